@@ -1,0 +1,75 @@
+package wspool
+
+import (
+	"errors"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+)
+
+// Backoff parameters that are not options: growth per failure and the
+// randomisation applied to every wait (±50% spreads a fleet of feeds that
+// failed together over a window as wide as the wait itself).
+const (
+	backoffMultiplier    = 1.5
+	backoffRandomization = 0.5
+)
+
+// retryPolicy is one feed's reconnect policy: a jittered exponential backoff
+// (backoff/v4, one per feed since it is not safe for concurrent use) that
+// never gives up on its own, reset only after a connection proved stable, and
+// stretched to honour a server's Retry-After.
+type retryPolicy struct {
+	bo            *backoff.ExponentialBackOff
+	minUptime     time.Duration
+	maxRetryAfter time.Duration
+	maxAttempts   int
+	failures      int // consecutive attempts without a stable connection
+}
+
+func newRetryPolicy(cfg *config) *retryPolicy {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = cfg.initialBO
+	bo.MaxInterval = cfg.maxBO
+	bo.Multiplier = backoffMultiplier
+	bo.RandomizationFactor = backoffRandomization
+	// backoff/v4 defaults MaxElapsedTime to 15 minutes, after which NextBackOff
+	// returns Stop: that would silently end a feed meant to retry forever.
+	bo.MaxElapsedTime = 0
+	bo.Reset()
+	return &retryPolicy{
+		bo:            bo,
+		minUptime:     cfg.minUptime,
+		maxRetryAfter: cfg.maxRetryAfter,
+		maxAttempts:   cfg.maxAttempts,
+	}
+}
+
+// connectionEnded records how long a connection stayed up. Only a connection
+// that lasted minUptime resets the backoff; a server that accepts and drops at
+// once keeps the waits growing.
+func (r *retryPolicy) connectionEnded(uptime time.Duration) {
+	if uptime >= r.minUptime {
+		r.bo.Reset()
+		r.failures = 0
+	}
+}
+
+// next records a failed attempt and returns how long to wait before the next
+// one, and false when WithMaxAttempts says to give up.
+func (r *retryPolicy) next(err error) (time.Duration, bool) {
+	r.failures++
+	if r.maxAttempts > 0 && r.failures >= r.maxAttempts {
+		return 0, false
+	}
+	wait := r.bo.NextBackOff()
+	if wait == backoff.Stop { // cannot happen with MaxElapsedTime 0; be safe
+		wait = r.bo.MaxInterval
+	}
+	var he *HandshakeError
+	if errors.As(err, &he) && he.RetryAfter > 0 {
+		ra := min(he.RetryAfter, r.maxRetryAfter)
+		wait = max(wait, ra)
+	}
+	return wait, true
+}

@@ -1,0 +1,797 @@
+package wspool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// MessageType is the type of a data message.
+type MessageType int
+
+// The data message types (the values of gorilla/websocket's constants).
+const (
+	TextMessage   MessageType = websocket.TextMessage
+	BinaryMessage MessageType = websocket.BinaryMessage
+)
+
+func (t MessageType) String() string {
+	switch t {
+	case TextMessage:
+		return "text"
+	case BinaryMessage:
+		return "binary"
+	}
+	return fmt.Sprintf("MessageType(%d)", int(t))
+}
+
+// Message is one data message of a feed.
+//
+// Data is only valid until the handler returns: the buffer is reused for the
+// next message. A handler that keeps the message (hands it to another
+// goroutine, stores it) must keep a Clone.
+type Message struct {
+	Type MessageType
+	Data []byte
+}
+
+// Clone returns a copy of m whose Data the caller owns.
+func (m Message) Clone() Message {
+	return Message{Type: m.Type, Data: append([]byte(nil), m.Data...)}
+}
+
+// A Handler receives a feed's messages, one at a time, in arrival order; it
+// is never called concurrently with itself. ctx ends when the feed is closed.
+// An error or a panic is reported (WithOnError, the logger, Stats.HandlerErrors)
+// and the feed goes on with the next message. While the handler runs, the
+// feed's reader waits: a slow handler slows only its own feed (and, through
+// TCP, its server), never another feed, and does not count against liveness.
+type Handler func(ctx context.Context, msg Message) error
+
+// State is a feed's connection state.
+type State int32
+
+// The states of a feed.
+const (
+	StateIdle       State = iota // created, Run not called yet
+	StateConnecting              // dialling, handshaking or running OnConnect
+	StateConnected               // connected; messages are delivered
+	StateBackingOff              // waiting before the next attempt
+	StateClosed                  // Run has returned
+)
+
+func (s State) String() string {
+	switch s {
+	case StateIdle:
+		return "idle"
+	case StateConnecting:
+		return "connecting"
+	case StateConnected:
+		return "connected"
+	case StateBackingOff:
+		return "backing off"
+	case StateClosed:
+		return "closed"
+	}
+	return fmt.Sprintf("State(%d)", int32(s))
+}
+
+// StateChange describes one transition of a feed.
+type StateChange struct {
+	Feed     string
+	From, To State
+	// Err is the cause: why the connection or the attempt ended (for
+	// BackingOff, Connecting after a lost connection, and Closed after a
+	// permanent failure); nil for a clean transition.
+	Err error
+	// Attempt counts consecutive attempts without a stable connection.
+	Attempt int
+	// Wait is the backoff before the next attempt (BackingOff only).
+	Wait time.Duration
+	At   time.Time
+}
+
+// Client keeps one feed alive: it dials, runs OnConnect, delivers messages to
+// its handler, and on any transient failure waits a jittered exponential
+// backoff and dials again, until its context ends, Close is called, or a
+// permanent failure. All methods are safe for concurrent use.
+type Client struct {
+	name    string
+	url     *url.URL
+	handler Handler
+	cfg     config
+	dialer  *websocket.Dialer
+	log     *slog.Logger
+
+	mu         sync.Mutex
+	state      State
+	conn       *Conn // current connection while connected
+	started    bool
+	closed     bool
+	cancel     context.CancelFunc
+	done       chan struct{}
+	lastErr    error
+	lastErrAt  time.Time
+	connSince  time.Time
+	closeCause error
+
+	stats clientCounters
+}
+
+type clientCounters struct {
+	connects, disconnects, attempts atomic.Int64
+	msgsIn, bytesIn, msgsOut        atomic.Int64
+	bytesOut, handlerErrs, replies  atomic.Int64
+	rtt, srtt                       atomic.Int64
+}
+
+// dataCount is the number of data messages read so far, heartbeat replies excluded.
+func (c *Client) dataCount() int64 { return c.stats.msgsIn.Load() - c.stats.replies.Load() }
+
+// NewClient returns a Client for the ws:// or wss:// URL rawURL, delivering
+// to h (nil discards messages). It validates the URL and every option and
+// does no I/O; Run starts it.
+func NewClient(rawURL string, h Handler, opts ...Option) (*Client, error) {
+	cfg := defaultConfig()
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if len(cfg.poolOnly) > 0 {
+		cfg.errorf("%s applies only to a Pool", strings.Join(cfg.poolOnly, ", "))
+	}
+	return newClient(rawURL, h, cfg)
+}
+
+func newClient(rawURL string, h Handler, cfg config) (*Client, error) {
+	u, err := parseFeedURL(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if h == nil {
+		h = func(context.Context, Message) error { return nil }
+	}
+	if cfg.permanent == nil {
+		cfg.permanent = DefaultPermanent
+	}
+	name := cfg.name
+	if name == "" {
+		name = redactURL(u)
+	}
+	logger := cfg.logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	c := &Client{
+		name:    name,
+		url:     u,
+		handler: h,
+		cfg:     cfg,
+		log:     logger.With("feed", name),
+		done:    make(chan struct{}),
+	}
+	c.dialer = c.buildDialer()
+	return c, nil
+}
+
+func parseFeedURL(raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		// url.Error includes the raw URL; do not echo what may hold secrets.
+		return nil, fmt.Errorf("%w: cannot parse", ErrInvalidURL)
+	}
+	if err := checkFeedURL(u); err != nil {
+		return nil, err
+	}
+	return u, nil
+}
+
+func checkFeedURL(u *url.URL) error {
+	if u.Scheme != "ws" && u.Scheme != "wss" {
+		return fmt.Errorf("%w: scheme %q, want ws or wss", ErrInvalidURL, u.Scheme)
+	}
+	if u.Host == "" {
+		return fmt.Errorf("%w: no host", ErrInvalidURL)
+	}
+	return nil
+}
+
+// Name returns the feed's name.
+func (c *Client) Name() string { return c.name }
+
+// State returns the feed's current state.
+func (c *Client) State() State {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state
+}
+
+// Run connects and keeps the feed connected until ctx ends or Close is
+// called (it then sends a close frame, waits at most the close timeout, and
+// returns nil), or until a failure is permanent or WithMaxAttempts gives up
+// (it returns that error). Run may be called once.
+func (c *Client) Run(ctx context.Context) error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return ErrClosed
+	}
+	if c.started {
+		c.mu.Unlock()
+		return ErrAlreadyRunning
+	}
+	c.started = true
+	ctx, cancel := context.WithCancel(ctx)
+	c.cancel = cancel
+	c.mu.Unlock()
+	defer close(c.done)
+	defer cancel()
+
+	err := c.loop(ctx)
+	c.setState(StateClosed, err, 0, 0)
+	if err != nil {
+		c.log.Error("feed stopped", "err", err)
+	}
+	return err
+}
+
+// Close stops the feed: it cancels Run, sends a close frame (1000) on an open
+// connection, and returns once Run's goroutines and socket are gone. It is
+// idempotent, and a Client closed before Run never connects.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	if !c.started {
+		if !c.closed {
+			c.closed = true
+			c.state = StateClosed
+		}
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	cancel := c.cancel
+	c.mu.Unlock()
+	cancel()
+	<-c.done
+	return nil
+}
+
+// Send writes one message on the current connection and returns when it has
+// been written to the socket or has failed. It is safe from any goroutine;
+// writes are serialized. ctx bounds the wait for the connection's writer; the
+// write itself is bounded by the write timeout (a write that times out breaks
+// the connection, which is then redialled). While the feed is not connected
+// Send fails at once with ErrNotConnected (ErrClosed after Close).
+func (c *Client) Send(ctx context.Context, typ MessageType, data []byte) error {
+	c.mu.Lock()
+	conn, closed := c.conn, c.closed
+	c.mu.Unlock()
+	if conn == nil {
+		if closed {
+			return ErrClosed
+		}
+		return ErrNotConnected
+	}
+	return conn.Send(ctx, typ, data)
+}
+
+// loop is the reconnect loop; it returns nil when ctx ends.
+func (c *Client) loop(ctx context.Context) error {
+	rp := newRetryPolicy(&c.cfg)
+	var cause error
+	for {
+		if ctx.Err() != nil {
+			return nil
+		}
+		c.setState(StateConnecting, cause, rp.failures, 0)
+		c.stats.attempts.Add(1)
+		err := c.connectAndServe(ctx, rp)
+		if ctx.Err() != nil {
+			return nil
+		}
+		c.recordError(err)
+		if c.cfg.permanent(err) {
+			return err
+		}
+		wait, ok := rp.next(err)
+		if !ok {
+			return fmt.Errorf("%w (%d): %w", ErrMaxAttempts, rp.failures, err)
+		}
+		c.setState(StateBackingOff, err, rp.failures, wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		cause = err
+	}
+}
+
+// connectAndServe runs one connection from dial to its end and returns why it ended.
+func (c *Client) connectAndServe(ctx context.Context, rp *retryPolicy) error {
+	conn, err := c.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.close()
+	if err := c.runOnConnect(ctx, conn); err != nil {
+		if ctx.Err() != nil {
+			conn.closeHandshake(true)
+		}
+		return err
+	}
+	start := time.Now()
+	c.stats.connects.Add(1)
+	c.mu.Lock()
+	c.conn = conn
+	c.connSince = start
+	c.mu.Unlock()
+	c.setState(StateConnected, nil, rp.failures, 0)
+
+	err = c.serve(ctx, conn)
+
+	c.mu.Lock()
+	c.conn = nil
+	c.connSince = time.Time{}
+	c.mu.Unlock()
+	c.stats.disconnects.Add(1)
+	rp.connectionEnded(time.Since(start))
+	return err
+}
+
+func (c *Client) runOnConnect(ctx context.Context, conn *Conn) (err error) {
+	if c.cfg.onConnect == nil {
+		return nil
+	}
+	octx, cancel := context.WithTimeout(ctx, c.cfg.handshakeTO)
+	defer cancel()
+	conn.inOnConnect.Store(true)
+	defer conn.inOnConnect.Store(false)
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("wspool: OnConnect panicked: %v", r)
+		}
+	}()
+	if err := c.cfg.onConnect(octx, conn); err != nil {
+		return fmt.Errorf("wspool: OnConnect: %w", err)
+	}
+	return nil
+}
+
+// serve reads and delivers until the connection ends; it returns the cause.
+func (c *Client) serve(ctx context.Context, conn *Conn) error {
+	hb := startHeartbeat(conn)
+	// On shutdown: send our close frame and give the server closeTimeout to
+	// answer; the reader below sees the answer (or the deadline) and returns.
+	closerDone := make(chan struct{})
+	stopCloser := context.AfterFunc(ctx, func() {
+		defer close(closerDone)
+		conn.closeHandshake(false)
+	})
+	defer func() {
+		if !stopCloser() {
+			<-closerDone
+		}
+		conn.close() // unblocks heartbeat writes before stop waits for them
+		hb.stop()
+	}()
+
+	var isReply func(Message) bool
+	dropReplies := false
+	if hbc := c.cfg.heartbeat; hbc != nil {
+		isReply, dropReplies = hbc.IsReply, hbc.DropReplies
+	}
+	var buf []byte
+	for {
+		typ, r, err := conn.ws.NextReader()
+		if err != nil {
+			return conn.causeOf(err)
+		}
+		buf, err = readAll(r, buf[:0])
+		if err != nil {
+			return conn.causeOf(err)
+		}
+		msg := Message{Type: MessageType(typ), Data: buf}
+		deliver := !conn.closing.Load() // shutting down: drain until the close frame
+		if isReply != nil && isReply(msg) {
+			c.stats.replies.Add(1)
+			deliver = deliver && !dropReplies
+		}
+		if deliver {
+			conn.delivering.Store(true)
+			c.deliver(ctx, msg)
+			conn.delivering.Store(false)
+		}
+		// Counted after delivery: the heartbeat reads msgsIn as proof that the
+		// reader made progress, including a delivery that held it back.
+		c.stats.bytesIn.Add(int64(len(buf)))
+		c.stats.msgsIn.Add(1)
+		if cap(buf) > maxKeptReadBuffer {
+			buf = nil // do not pin one huge message's buffer for the life of the feed
+		}
+	}
+}
+
+// maxKeptReadBuffer is the largest read buffer kept between messages.
+const maxKeptReadBuffer = 256 << 10
+
+// readAll appends everything from r to buf, growing it as needed.
+func readAll(r io.Reader, buf []byte) ([]byte, error) {
+	if cap(buf) == 0 {
+		buf = make([]byte, 0, 512)
+	}
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err != nil {
+			if err == io.EOF {
+				return buf, nil
+			}
+			return buf, err
+		}
+	}
+}
+
+func (c *Client) deliver(ctx context.Context, msg Message) {
+	defer func() {
+		if r := recover(); r != nil {
+			c.reportHandlerError(&HandlerError{Feed: c.name, Panic: r, Stack: debug.Stack()})
+		}
+	}()
+	if err := c.handler(ctx, msg); err != nil {
+		c.reportHandlerError(&HandlerError{Feed: c.name, Err: err})
+	}
+}
+
+func (c *Client) reportHandlerError(err *HandlerError) {
+	c.stats.handlerErrs.Add(1)
+	c.recordError(err)
+	c.log.Warn("handler failed", "err", err)
+	if c.cfg.onError != nil {
+		c.cfg.onError(c.name, err)
+	}
+}
+
+func (c *Client) recordError(err error) {
+	if err == nil {
+		return
+	}
+	c.mu.Lock()
+	c.lastErr, c.lastErrAt = err, time.Now()
+	c.mu.Unlock()
+}
+
+func (c *Client) setState(to State, cause error, attempt int, wait time.Duration) {
+	c.mu.Lock()
+	from := c.state
+	c.state = to
+	c.mu.Unlock()
+	ch := StateChange{Feed: c.name, From: from, To: to, Err: cause, Attempt: attempt, Wait: wait, At: time.Now()}
+	switch {
+	case to == StateConnected:
+		c.log.Info("connected", "attempt", attempt)
+	case to == StateBackingOff:
+		c.log.Warn("disconnected", "err", cause, "attempt", attempt, "wait", wait)
+	default:
+		c.log.Debug("state", "from", from, "to", to, "err", cause)
+	}
+	if c.cfg.onState != nil {
+		c.cfg.onState(ch)
+	}
+}
+
+// dial makes one connection attempt, bounded by the handshake timeout and the
+// pool's dial limit.
+func (c *Client) dial(ctx context.Context) (*Conn, error) {
+	u := *c.url
+	h := c.cfg.header.Clone()
+	if h == nil {
+		h = http.Header{}
+	}
+	if c.cfg.requestFunc != nil {
+		if err := c.cfg.requestFunc(ctx, &u, h); err != nil {
+			return nil, fmt.Errorf("wspool: request func: %w", err)
+		}
+		if err := checkFeedURL(&u); err != nil {
+			return nil, err
+		}
+	}
+	if err := c.cfg.dialSem.acquire(ctx); err != nil {
+		return nil, err
+	}
+	defer c.cfg.dialSem.release()
+	dctx, cancel := context.WithTimeout(ctx, c.cfg.handshakeTO)
+	defer cancel()
+	slot := &dialSlot{}
+	dctx = context.WithValue(dctx, dialSlotKey{}, slot)
+	ws, resp, err := c.dialer.DialContext(dctx, u.String(), h)
+	if err != nil {
+		if resp != nil && errors.Is(err, websocket.ErrBadHandshake) {
+			he := &HandshakeError{StatusCode: resp.StatusCode, Err: err}
+			if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+				he.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+			}
+			return nil, he
+		}
+		return nil, fmt.Errorf("wspool: dial: %w", err)
+	}
+	if slot.conn == nil {
+		// A custom dial path bypassed our wrapper; liveness still works from
+		// complete frames, just without byte-level progress.
+		slot.conn = &trackedConn{Conn: ws.UnderlyingConn()}
+	}
+	ws.SetReadLimit(c.cfg.readLimit)
+	return newConn(c, ws, slot.conn), nil
+}
+
+type dialSlotKey struct{}
+
+// dialSlot carries the tracked socket of one dial out of the dialer.
+type dialSlot struct{ conn *trackedConn }
+
+// buildDialer copies the configured dialer and wraps its dial functions so
+// every socket gets keepalive tuning and byte-level liveness tracking.
+func (c *Client) buildDialer() *websocket.Dialer {
+	var d websocket.Dialer
+	if c.cfg.dialer != nil {
+		d = *c.cfg.dialer
+	} else {
+		d = *websocket.DefaultDialer
+	}
+	base := d.NetDialContext
+	if base == nil && d.NetDial != nil {
+		nd := d.NetDial
+		base = func(_ context.Context, network, addr string) (net.Conn, error) { return nd(network, addr) }
+	}
+	if base == nil {
+		nd := &net.Dialer{KeepAlive: -1} // keepalive is applied by tuneSocket
+		base = nd.DialContext
+	}
+	d.NetDial = nil
+	d.NetDialContext = c.wrapDial(base)
+	if d.NetDialTLSContext != nil {
+		d.NetDialTLSContext = c.wrapDial(d.NetDialTLSContext)
+	}
+	d.HandshakeTimeout = 0 // bounded by our own context
+	if d.WriteBufferPool == nil && d.WriteBufferSize == 0 {
+		d.WriteBufferPool = sharedWriteBuffers
+	}
+	if c.cfg.subprotocols != nil {
+		d.Subprotocols = c.cfg.subprotocols
+	}
+	return &d
+}
+
+func (c *Client) wrapDial(base func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		nc, err := base(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		if err := tuneSocket(nc, c.cfg.keepAlive); err != nil {
+			c.log.Warn("tcp keepalive not applied", "err", err)
+		}
+		tc := &trackedConn{Conn: nc}
+		if slot, ok := ctx.Value(dialSlotKey{}).(*dialSlot); ok {
+			slot.conn = tc
+		}
+		return tc, nil
+	}
+}
+
+// sharedWriteBuffers lends write buffers to connections only while they
+// write, so an idle feed holds none (gorilla's default buffer size).
+var sharedWriteBuffers = &sync.Pool{}
+
+// trackedConn counts bytes read from the socket: any inbound byte is proof the
+// peer is alive, even in the middle of a large, slow message.
+type trackedConn struct {
+	net.Conn
+	bytesIn atomic.Int64
+}
+
+func (t *trackedConn) Read(p []byte) (int, error) {
+	n, err := t.Conn.Read(p)
+	if n > 0 {
+		t.bytesIn.Add(int64(n))
+	}
+	return n, err
+}
+
+// NetConn returns the wrapped connection.
+func (t *trackedConn) NetConn() net.Conn { return t.Conn }
+
+// Conn is one live connection of a feed. The OnConnect hook gets it to
+// subscribe, authenticate or resume; it is valid until the connection ends.
+type Conn struct {
+	client *Client
+	ws     *websocket.Conn
+	nc     *trackedConn
+
+	wlock chan struct{} // one writer at a time, waitable with a context
+	dead  chan struct{} // closed when the connection is torn down
+	once  sync.Once
+	cause error // why it was torn down; written before dead is closed
+
+	inOnConnect atomic.Bool // ReadMessage is allowed
+	closing     atomic.Bool // our close frame is being or has been sent
+	delivering  atomic.Bool // the reader is held back by the handler
+	closeOnce   sync.Once
+	pingSeq     atomic.Uint64
+	pingSent    atomic.Int64
+}
+
+func newConn(c *Client, ws *websocket.Conn, nc *trackedConn) *Conn {
+	return &Conn{client: c, ws: ws, nc: nc, wlock: make(chan struct{}, 1), dead: make(chan struct{})}
+}
+
+// Feed returns the name of the feed the connection belongs to.
+func (cn *Conn) Feed() string { return cn.client.name }
+
+// Subprotocol returns the subprotocol the server chose, if any.
+func (cn *Conn) Subprotocol() string { return cn.ws.Subprotocol() }
+
+// Send writes one message on this connection; see Client.Send.
+func (cn *Conn) Send(ctx context.Context, typ MessageType, data []byte) error {
+	if typ != TextMessage && typ != BinaryMessage {
+		return fmt.Errorf("wspool: send: invalid message type %d", int(typ))
+	}
+	select {
+	case cn.wlock <- struct{}{}:
+	case <-cn.dead:
+		return ErrNotConnected
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-cn.wlock }()
+	select {
+	case <-cn.dead:
+		return ErrNotConnected
+	default:
+	}
+	if cn.closing.Load() {
+		return ErrClosed
+	}
+	if err := cn.ws.SetWriteDeadline(time.Now().Add(cn.client.cfg.writeTimeout)); err != nil {
+		cn.kill(err)
+		return fmt.Errorf("wspool: send: %w", err)
+	}
+	if err := cn.ws.WriteMessage(int(typ), data); err != nil {
+		err = fmt.Errorf("wspool: send: %w", err)
+		cn.kill(err)
+		return err
+	}
+	cn.client.stats.msgsOut.Add(1)
+	cn.client.stats.bytesOut.Add(int64(len(data)))
+	return nil
+}
+
+// ReadMessage reads the next message directly from the connection, for
+// request-reply exchanges inside OnConnect (e.g. wait for "authenticated").
+// Messages read this way are not passed to the handler. It may only be called
+// from OnConnect; ctx bounds the wait.
+func (cn *Conn) ReadMessage(ctx context.Context) (Message, error) {
+	if !cn.inOnConnect.Load() {
+		return Message{}, errors.New("wspool: Conn.ReadMessage called outside OnConnect")
+	}
+	// When ctx ends the OnConnect attempt fails anyway, so a read deadline in
+	// the past (which leaves the connection unusable) is the right interrupt.
+	stop := context.AfterFunc(ctx, func() { _ = cn.ws.SetReadDeadline(time.Now()) })
+	typ, data, err := cn.ws.ReadMessage()
+	stop()
+	if err != nil {
+		if ctx.Err() != nil {
+			err = ctx.Err()
+		}
+		return Message{}, fmt.Errorf("wspool: read: %w", err)
+	}
+	cn.client.stats.msgsIn.Add(1)
+	cn.client.stats.bytesIn.Add(int64(len(data)))
+	return Message{Type: MessageType(typ), Data: data}, nil
+}
+
+// kill tears the connection down with cause; the first cause wins. It
+// unblocks the reader and any writer.
+func (cn *Conn) kill(cause error) {
+	cn.once.Do(func() {
+		cn.cause = cause
+		close(cn.dead)
+		_ = cn.nc.Close()
+	})
+}
+
+// causeOf turns the reader's error into the connection's end cause: the reason
+// the connection was killed if it was, else the read error.
+func (cn *Conn) causeOf(readErr error) error {
+	select {
+	case <-cn.dead:
+		if cn.cause != nil {
+			return cn.cause
+		}
+	default:
+	}
+	if errors.Is(readErr, websocket.ErrReadLimit) {
+		return fmt.Errorf("wspool: message over read limit (%d bytes), closed with 1009: %w", cn.client.cfg.readLimit, readErr)
+	}
+	return fmt.Errorf("wspool: read: %w", readErr)
+}
+
+// closeHandshake sends a close frame (1000) and gives the server the close
+// timeout to answer. With drain it reads the answer itself (no reader is
+// running); otherwise the running reader sees it.
+func (cn *Conn) closeHandshake(drain bool) {
+	cn.closeOnce.Do(func() {
+		cn.closing.Store(true)
+		cfg := &cn.client.cfg
+		msg := websocket.FormatCloseMessage(websocket.CloseNormalClosure, "")
+		if err := cn.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(cfg.writeTimeout)); err != nil {
+			cn.kill(ErrClosed)
+			return
+		}
+		_ = cn.ws.SetReadDeadline(time.Now().Add(cfg.closeTimeout))
+		if drain {
+			for {
+				if _, _, err := cn.ws.NextReader(); err != nil {
+					return
+				}
+			}
+		}
+	})
+}
+
+// close releases the socket.
+func (cn *Conn) close() { cn.kill(ErrConnectionClosed) }
+
+// redactURL renders u for names and logs: no userinfo, no fragment, and
+// secret-looking query values replaced.
+func redactURL(u *url.URL) string {
+	r := *u
+	r.User = nil
+	r.Fragment = ""
+	r.RawFragment = ""
+	if r.RawQuery != "" {
+		q, err := url.ParseQuery(r.RawQuery)
+		if err != nil {
+			r.RawQuery = "REDACTED"
+		} else {
+			for k := range q {
+				if secretKey(k) {
+					q[k] = []string{"REDACTED"}
+				}
+			}
+			r.RawQuery = q.Encode()
+		}
+	}
+	return r.String()
+}
+
+var secretWords = []string{"token", "key", "secret", "pass", "auth", "sig", "session", "credential", "jwt", "bearer", "cookie", "code"}
+
+func secretKey(k string) bool {
+	k = strings.ToLower(k)
+	for _, w := range secretWords {
+		if strings.Contains(k, w) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,141 @@
+package wspool
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// Sentinel errors, usable with errors.Is.
+var (
+	// ErrInvalidOption wraps every option validation error.
+	ErrInvalidOption = errors.New("wspool: invalid option")
+	// ErrInvalidURL is returned for a URL that is not ws:// or wss:// with a host.
+	ErrInvalidURL = errors.New("wspool: invalid URL")
+	// ErrClosed is returned by operations on a Client or Pool that was closed.
+	ErrClosed = errors.New("wspool: closed")
+	// ErrNotConnected is returned by Send while the feed has no connection.
+	ErrNotConnected = errors.New("wspool: not connected")
+	// ErrAlreadyRunning is returned by a second call to Run.
+	ErrAlreadyRunning = errors.New("wspool: already running")
+	// ErrDuplicateName is returned by Pool.Add for a name already in the pool.
+	ErrDuplicateName = errors.New("wspool: duplicate feed name")
+	// ErrNotFound is returned by Pool.Remove for an unknown name.
+	ErrNotFound = errors.New("wspool: feed not found")
+	// ErrPongTimeout is the cause recorded when the peer stayed silent for
+	// PongTimeout after a ping.
+	ErrPongTimeout = errors.New("wspool: no frame from peer within pong timeout")
+	// ErrStaleData is the cause recorded when no data message arrived within the
+	// stale-data timeout.
+	ErrStaleData = errors.New("wspool: no data message within stale timeout")
+	// ErrMaxAttempts wraps the last error when WithMaxAttempts gave up.
+	ErrMaxAttempts = errors.New("wspool: too many failed attempts")
+	// ErrConnectionClosed is the cause recorded when the connection ended
+	// without an error of its own (for example a rotation or a Remove).
+	ErrConnectionClosed = errors.New("wspool: connection closed")
+)
+
+// HandshakeError is returned when the server answered the WebSocket upgrade
+// with something other than 101. StatusCode is the HTTP status.
+type HandshakeError struct {
+	StatusCode int
+	// RetryAfter is the server's Retry-After on a 429 or 503, zero otherwise.
+	RetryAfter time.Duration
+	Err        error // the underlying error (websocket.ErrBadHandshake)
+}
+
+func (e *HandshakeError) Error() string {
+	s := fmt.Sprintf("wspool: handshake failed: HTTP %d %s", e.StatusCode, http.StatusText(e.StatusCode))
+	if e.RetryAfter > 0 {
+		s += fmt.Sprintf(" (retry after %v)", e.RetryAfter)
+	}
+	return s
+}
+
+func (e *HandshakeError) Unwrap() error { return e.Err }
+
+// HandlerError reports a handler that returned an error or panicked. The feed
+// goes on with the next message.
+type HandlerError struct {
+	Feed  string
+	Err   error // the handler's error, nil if it panicked
+	Panic any   // the recovered value, nil if it returned an error
+	Stack []byte
+}
+
+func (e *HandlerError) Error() string {
+	if e.Panic != nil {
+		return fmt.Sprintf("wspool: feed %s: handler panicked: %v", e.Feed, e.Panic)
+	}
+	return fmt.Sprintf("wspool: feed %s: handler: %v", e.Feed, e.Err)
+}
+
+func (e *HandlerError) Unwrap() error { return e.Err }
+
+// PermanentError marks an error that must not be retried. Return one (via
+// Permanent) from an OnConnect hook or a request func to end the feed.
+type PermanentError struct{ Err error }
+
+func (e *PermanentError) Error() string { return e.Err.Error() }
+func (e *PermanentError) Unwrap() error { return e.Err }
+
+// Permanent wraps err so that DefaultPermanent reports it as permanent.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &PermanentError{Err: err}
+}
+
+// CloseStatus returns the close code carried by err (a *websocket.CloseError
+// anywhere in its chain), or -1 if there is none.
+func CloseStatus(err error) int {
+	var ce *websocket.CloseError
+	if errors.As(err, &ce) {
+		return ce.Code
+	}
+	return -1
+}
+
+// DefaultPermanent is the default retry classification. It reports as
+// permanent: a *PermanentError, ErrInvalidURL, and a *HandshakeError with status
+// 401, 403 or 404 (retrying cannot fix credentials or a wrong path). Everything
+// else — dial errors, TLS errors, other handshake statuses (408, 429, 5xx),
+// abnormal closes, read errors, missed pongs, stale data — is transient.
+func DefaultPermanent(err error) bool {
+	var pe *PermanentError
+	if errors.As(err, &pe) || errors.Is(err, ErrInvalidURL) {
+		return true
+	}
+	var he *HandshakeError
+	if errors.As(err, &he) {
+		switch he.StatusCode {
+		case http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound:
+			return true
+		}
+	}
+	return false
+}
+
+// parseRetryAfter reads a Retry-After header value: delay-seconds or an HTTP date.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	if v == "" {
+		return 0
+	}
+	if secs, err := strconv.Atoi(v); err == nil {
+		if secs < 0 {
+			return 0
+		}
+		return time.Duration(secs) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		if d := t.Sub(now); d > 0 {
+			return d
+		}
+	}
+	return 0
+}

@@ -1,0 +1,240 @@
+package wspool
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// Heartbeat configures an application-level heartbeat: a data message some
+// upstreams require every so often ("ping", {"op":"ping"}), sent on its own
+// timer per feed, separate from the ping control frames.
+type Heartbeat struct {
+	// Interval between heartbeat messages. Required.
+	Interval time.Duration
+	// Message returns the heartbeat to send; it is called on every tick, so it
+	// can carry a timestamp or a counter. Required.
+	Message func() (MessageType, []byte)
+	// IsReply, if set, recognises the upstream's heartbeat replies. Replies
+	// prove liveness like any inbound frame, but they are not data: they do not
+	// hold off the stale-data watchdog.
+	IsReply func(Message) bool
+	// DropReplies keeps replies recognised by IsReply from the handler.
+	DropReplies bool
+}
+
+// WithPingInterval sets the time between ping control frames. Zero disables
+// pings (and with them dead-peer detection above TCP). Default
+// DefaultPingInterval.
+func WithPingInterval(d time.Duration) Option {
+	return func(c *config) {
+		if d < 0 {
+			c.errorf("ping interval must not be negative, got %v", d)
+			return
+		}
+		c.pingInterval = d
+	}
+}
+
+// WithPongTimeout sets how long after a ping the connection may stay silent
+// before it is declared dead and redialled (ErrPongTimeout). Any inbound byte
+// counts as an answer, so a large message arriving slowly is not a dead peer,
+// and time during which the feed's own handler holds the reader back is never
+// blamed on the peer. Pings go out every max(PingInterval, PongTimeout).
+// Default DefaultPongTimeout.
+func WithPongTimeout(d time.Duration) Option {
+	return func(c *config) {
+		if positive(c, "pong timeout", d) {
+			c.pongTimeout = d
+		}
+	}
+}
+
+// WithHeartbeat enables an application-level heartbeat message for the feed.
+func WithHeartbeat(hb Heartbeat) Option {
+	return func(c *config) {
+		if hb.Interval <= 0 {
+			c.errorf("heartbeat interval must be positive, got %v", hb.Interval)
+			return
+		}
+		if hb.Message == nil {
+			c.errorf("heartbeat needs a Message func")
+			return
+		}
+		c.heartbeat = &hb
+	}
+}
+
+// WithStaleTimeout enables the stale-data watchdog: if no data message (a
+// heartbeat reply does not count) arrives for d, the connection is redialled
+// with ErrStaleData, for upstreams that still answer pings but stopped
+// publishing. The check runs every d/4, so it fires between d and 1.25·d.
+// Zero, the default, disables it.
+func WithStaleTimeout(d time.Duration) Option {
+	return func(c *config) {
+		if d < 0 {
+			c.errorf("stale timeout must not be negative, got %v", d)
+			return
+		}
+		c.staleTimeout = d
+	}
+}
+
+// monoBase anchors monotonic timestamps stored as int64 nanoseconds.
+var monoBase = time.Now()
+
+func monoNow() int64 { return int64(time.Since(monoBase)) }
+
+// heartbeat runs one connection's timers: ping/pong, the application
+// heartbeat and the stale-data watchdog. Timers are time.AfterFunc, so an idle
+// connection costs no goroutine; each callback holds mu for its whole run, so
+// stop, which takes mu, returns only when no callback is running.
+type heartbeat struct {
+	cn *Conn
+
+	mu      sync.Mutex
+	stopped bool
+
+	ping      *time.Timer
+	awaiting  bool // a ping is out; the next ping timer fire is its check
+	snapBytes int64
+	snapMsgs  int64
+	seq       uint64
+	payload   []byte
+
+	app *time.Timer
+
+	stale       *time.Timer
+	lastData    int64
+	lastDataAt  int64
+	staleTicker time.Duration
+}
+
+func startHeartbeat(cn *Conn) *heartbeat {
+	cfg := &cn.client.cfg
+	h := &heartbeat{cn: cn}
+	cn.ws.SetPongHandler(cn.onPong)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if cfg.pingInterval > 0 {
+		h.ping = time.AfterFunc(cfg.pingInterval, h.onPing)
+	}
+	if cfg.heartbeat != nil {
+		h.app = time.AfterFunc(cfg.heartbeat.Interval, h.onApp)
+	}
+	if cfg.staleTimeout > 0 {
+		h.staleTicker = max(cfg.staleTimeout/4, time.Millisecond)
+		h.lastData = cn.client.dataCount()
+		h.lastDataAt = monoNow()
+		h.stale = time.AfterFunc(h.staleTicker, h.onStale)
+	}
+	return h
+}
+
+// stop stops every timer and waits for a running callback to finish.
+func (h *heartbeat) stop() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.stopped = true
+	for _, t := range []*time.Timer{h.ping, h.app, h.stale} {
+		if t != nil {
+			t.Stop()
+		}
+	}
+}
+
+// heldBack reports whether the reader is, or was since the snapshot, busy
+// with our own handler rather than waiting for the peer.
+func (h *heartbeat) heldBack(snapMsgs int64) bool {
+	return h.cn.delivering.Load() || h.cn.client.stats.msgsIn.Load() != snapMsgs
+}
+
+func (h *heartbeat) onPing() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.stopped {
+		return
+	}
+	cn := h.cn
+	cfg := &cn.client.cfg
+	if h.awaiting {
+		h.awaiting = false
+		if cn.nc.bytesIn.Load() == h.snapBytes && !h.heldBack(h.snapMsgs) {
+			cn.kill(fmt.Errorf("%w (%v)", ErrPongTimeout, cfg.pongTimeout))
+			return
+		}
+		h.ping.Reset(max(cfg.pingInterval-cfg.pongTimeout, 0))
+		return
+	}
+	h.snapBytes = cn.nc.bytesIn.Load()
+	h.snapMsgs = cn.client.stats.msgsIn.Load()
+	h.seq++
+	h.payload = strconv.AppendUint(h.payload[:0], h.seq, 10)
+	cn.pingSeq.Store(h.seq)
+	cn.pingSent.Store(monoNow())
+	if err := cn.ws.WriteControl(websocket.PingMessage, h.payload, time.Now().Add(cfg.writeTimeout)); err != nil {
+		cn.kill(fmt.Errorf("wspool: ping: %w", err))
+		return
+	}
+	h.awaiting = true
+	h.ping.Reset(cfg.pongTimeout)
+}
+
+func (h *heartbeat) onApp() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.stopped {
+		return
+	}
+	hb := h.cn.client.cfg.heartbeat
+	typ, data := hb.Message()
+	// Send kills the connection itself on a write error; a connection that
+	// is already gone or closing needs no heartbeat.
+	if err := h.cn.Send(context.Background(), typ, data); err != nil {
+		return
+	}
+	h.app.Reset(hb.Interval)
+}
+
+func (h *heartbeat) onStale() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.stopped {
+		return
+	}
+	cn := h.cn
+	now := monoNow()
+	if d := cn.client.dataCount(); d != h.lastData || cn.delivering.Load() {
+		h.lastData, h.lastDataAt = d, now
+	} else if time.Duration(now-h.lastDataAt) >= cn.client.cfg.staleTimeout {
+		cn.kill(fmt.Errorf("%w (%v)", ErrStaleData, cn.client.cfg.staleTimeout))
+		return
+	}
+	h.stale.Reset(h.staleTicker)
+}
+
+// onPong runs on the reader goroutine when a pong arrives; a pong answering
+// our latest ping gives the round-trip time.
+func (cn *Conn) onPong(appData string) error {
+	seq, err := strconv.ParseUint(appData, 10, 64)
+	if err != nil || seq != cn.pingSeq.Load() {
+		return nil // unsolicited or stale pong: still proof of life, no RTT
+	}
+	rtt := monoNow() - cn.pingSent.Load()
+	if rtt < 0 {
+		return nil
+	}
+	st := &cn.client.stats
+	st.rtt.Store(rtt)
+	// Smoothed like TCP's SRTT: srtt += (rtt - srtt) / 8.
+	if old := st.srtt.Load(); old == 0 {
+		st.srtt.Store(rtt)
+	} else {
+		st.srtt.Store(old + (rtt-old)/8)
+	}
+	return nil
+}

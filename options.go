@@ -1,0 +1,345 @@
+package wspool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// Defaults. Each is documented with its reason in the README's defaults table.
+const (
+	// DefaultHandshakeTimeout bounds the TCP dial, TLS and HTTP upgrade of one attempt,
+	// and separately the OnConnect hook.
+	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultReadLimit is the largest message accepted; a larger one closes the
+	// connection with 1009 (message too big) and is reported.
+	DefaultReadLimit = 16 << 20
+	// DefaultWriteTimeout bounds one write to the socket (Send, ping, close frame).
+	DefaultWriteTimeout = 10 * time.Second
+	// DefaultCloseTimeout bounds how long shutdown waits for the server to answer
+	// our close frame.
+	DefaultCloseTimeout = 5 * time.Second
+	// DefaultInitialBackoff is the mean first wait after a failure.
+	DefaultInitialBackoff = 500 * time.Millisecond
+	// DefaultMaxBackoff caps the mean wait between attempts.
+	DefaultMaxBackoff = 30 * time.Second
+	// DefaultMinUptime is how long a connection must stay up before the backoff resets.
+	DefaultMinUptime = 10 * time.Second
+	// DefaultMaxRetryAfter caps how long a server's Retry-After can park a feed.
+	DefaultMaxRetryAfter = 10 * time.Minute
+	// DefaultPingInterval is the time between ping control frames.
+	DefaultPingInterval = 15 * time.Second
+	// DefaultPongTimeout is how long after a ping the connection may stay silent
+	// before it is declared dead.
+	DefaultPongTimeout = 10 * time.Second
+	// DefaultMaxConcurrentDials is the pool-wide cap on handshakes in flight.
+	DefaultMaxConcurrentDials = 32
+	// DefaultKeepAliveIdle, DefaultKeepAliveInterval and DefaultKeepAliveCount
+	// configure TCP keepalive on every dialed socket; on Linux TCP_USER_TIMEOUT is
+	// set to Idle+Interval*Count.
+	DefaultKeepAliveIdle     = 15 * time.Second
+	DefaultKeepAliveInterval = 5 * time.Second
+	DefaultKeepAliveCount    = 3
+)
+
+// An Option configures a Client, or a Pool. Options given to NewPool are
+// defaults for every feed of the pool; options given to Pool.Add override them
+// for one feed. Options marked "pool only" are rejected by NewClient and Pool.Add.
+type Option func(*config)
+
+// config is the resolved configuration of one feed (and, for pool-only fields, of a pool).
+type config struct {
+	errs []error // validation errors found while applying options
+
+	name          string
+	dialer        *websocket.Dialer
+	header        http.Header
+	subprotocols  []string
+	requestFunc   func(ctx context.Context, u *url.URL, h http.Header) error
+	handshakeTO   time.Duration
+	readLimit     int64
+	writeTimeout  time.Duration
+	closeTimeout  time.Duration
+	initialBO     time.Duration
+	maxBO         time.Duration
+	minUptime     time.Duration
+	maxRetryAfter time.Duration
+	maxAttempts   int
+	permanent     func(error) bool
+	pingInterval  time.Duration
+	pongTimeout   time.Duration
+	heartbeat     *Heartbeat
+	staleTimeout  time.Duration
+	keepAlive     KeepAlive
+	logger        *slog.Logger
+	onConnect     func(ctx context.Context, c *Conn) error
+	onState       func(StateChange)
+	onError       func(feed string, err error)
+
+	// pool only
+	poolOnly []string
+	maxDials int
+	failFast bool
+	dialSem  dialLimiter // set by the pool
+}
+
+func defaultConfig() config {
+	return config{
+		handshakeTO:   DefaultHandshakeTimeout,
+		readLimit:     DefaultReadLimit,
+		writeTimeout:  DefaultWriteTimeout,
+		closeTimeout:  DefaultCloseTimeout,
+		initialBO:     DefaultInitialBackoff,
+		maxBO:         DefaultMaxBackoff,
+		minUptime:     DefaultMinUptime,
+		maxRetryAfter: DefaultMaxRetryAfter,
+		pingInterval:  DefaultPingInterval,
+		pongTimeout:   DefaultPongTimeout,
+		keepAlive: KeepAlive{
+			Idle:     DefaultKeepAliveIdle,
+			Interval: DefaultKeepAliveInterval,
+			Count:    DefaultKeepAliveCount,
+		},
+		maxDials: DefaultMaxConcurrentDials,
+	}
+}
+
+func (c *config) errorf(format string, args ...any) {
+	c.errs = append(c.errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidOption}, args...)...))
+}
+
+func (c *config) validate() error {
+	if c.maxBO < c.initialBO {
+		c.errorf("max backoff %v is below initial backoff %v", c.maxBO, c.initialBO)
+	}
+	return errors.Join(c.errs...)
+}
+
+// poolOption marks the option name as pool only.
+func (c *config) markPoolOnly(name string) { c.poolOnly = append(c.poolOnly, name) }
+
+func positive(c *config, name string, d time.Duration) bool {
+	if d <= 0 {
+		c.errorf("%s must be positive, got %v", name, d)
+		return false
+	}
+	return true
+}
+
+// WithName sets the feed's name, used in logs, errors, Stats and Pool.Remove.
+// The default is the URL with userinfo removed and secret-looking query values
+// replaced by "REDACTED". Names must be unique within a pool.
+func WithName(name string) Option {
+	return func(c *config) {
+		if name == "" {
+			c.errorf("name must not be empty")
+			return
+		}
+		c.name = name
+	}
+}
+
+// WithDialer sets the websocket.Dialer used for every attempt: TLS
+// configuration, HTTP(S) proxy, compression, buffer sizes, cookie jar. The
+// dialer is copied; its TLSClientConfig is cloned. The default is a copy of
+// websocket.DefaultDialer (proxy from the environment, TLS verification on).
+// wspool wraps the dialer's NetDialContext (or NetDial) to tune TCP keepalive
+// and to observe inbound bytes for liveness; a NetDialTLSContext is wrapped the
+// same way.
+func WithDialer(d *websocket.Dialer) Option {
+	return func(c *config) {
+		if d == nil {
+			c.errorf("dialer must not be nil")
+			return
+		}
+		cp := *d
+		if d.TLSClientConfig != nil {
+			cp.TLSClientConfig = d.TLSClientConfig.Clone()
+		}
+		c.dialer = &cp
+	}
+}
+
+// WithHeader sets HTTP headers sent with every handshake. The header is cloned.
+// Authorization, Cookie and similar headers are never logged.
+func WithHeader(h http.Header) Option {
+	return func(c *config) { c.header = h.Clone() }
+}
+
+// WithSubprotocols sets the subprotocols offered in the handshake.
+func WithSubprotocols(protos ...string) Option {
+	return func(c *config) { c.subprotocols = append([]string(nil), protos...) }
+}
+
+// WithRequestFunc sets a function called before every dial with a fresh copy
+// of the feed's URL and headers, which it may change: a fresh auth token, a
+// resume cursor in the query. An error from it counts as a failed attempt and
+// goes through the retry classification; the URL must stay ws or wss.
+func WithRequestFunc(f func(ctx context.Context, u *url.URL, h http.Header) error) Option {
+	return func(c *config) { c.requestFunc = f }
+}
+
+// WithHandshakeTimeout bounds one dial attempt (TCP, TLS, HTTP upgrade) and,
+// separately, the OnConnect hook. Default DefaultHandshakeTimeout.
+func WithHandshakeTimeout(d time.Duration) Option {
+	return func(c *config) {
+		if positive(c, "handshake timeout", d) {
+			c.handshakeTO = d
+		}
+	}
+}
+
+// WithReadLimit sets the largest inbound message in bytes. A larger message
+// closes the connection with status 1009 and is reported as an error; the feed
+// then reconnects. Default DefaultReadLimit (16 MiB). It cannot be disabled.
+func WithReadLimit(n int64) Option {
+	return func(c *config) {
+		if n <= 0 {
+			c.errorf("read limit must be positive, got %d", n)
+			return
+		}
+		c.readLimit = n
+	}
+}
+
+// WithWriteTimeout bounds each write to the socket. A write that does not
+// complete in time fails and the connection is redialled. Default
+// DefaultWriteTimeout.
+func WithWriteTimeout(d time.Duration) Option {
+	return func(c *config) {
+		if positive(c, "write timeout", d) {
+			c.writeTimeout = d
+		}
+	}
+}
+
+// WithCloseTimeout bounds how long shutdown waits for the server's close frame
+// after sending ours (status 1000). Default DefaultCloseTimeout.
+func WithCloseTimeout(d time.Duration) Option {
+	return func(c *config) {
+		if positive(c, "close timeout", d) {
+			c.closeTimeout = d
+		}
+	}
+}
+
+// WithBackoff sets the mean first wait after a failure and the cap on the mean
+// wait. Waits grow by 1.5x per consecutive failure and are randomised by ±50%.
+// Defaults DefaultInitialBackoff and DefaultMaxBackoff.
+func WithBackoff(initial, max time.Duration) Option {
+	return func(c *config) {
+		if positive(c, "initial backoff", initial) && positive(c, "max backoff", max) {
+			c.initialBO, c.maxBO = initial, max
+		}
+	}
+}
+
+// WithMinUptime sets how long a connection must stay up before the backoff is
+// reset, so that a server that accepts and then drops at once is retried with
+// growing waits instead of in a tight loop. Default DefaultMinUptime.
+func WithMinUptime(d time.Duration) Option {
+	return func(c *config) {
+		if d < 0 {
+			c.errorf("min uptime must not be negative, got %v", d)
+			return
+		}
+		c.minUptime = d
+	}
+}
+
+// WithMaxRetryAfter caps the wait a server can impose with Retry-After on a
+// 429 or 503 handshake answer. Default DefaultMaxRetryAfter.
+func WithMaxRetryAfter(d time.Duration) Option {
+	return func(c *config) {
+		if d < 0 {
+			c.errorf("max retry-after must not be negative, got %v", d)
+			return
+		}
+		c.maxRetryAfter = d
+	}
+}
+
+// WithMaxAttempts makes a feed give up after n consecutive failed attempts
+// (the last error is returned from Run). The default, 0, retries forever.
+func WithMaxAttempts(n int) Option {
+	return func(c *config) {
+		if n < 0 {
+			c.errorf("max attempts must not be negative, got %d", n)
+			return
+		}
+		c.maxAttempts = n
+	}
+}
+
+// WithPermanentFunc overrides which errors end a feed instead of being
+// retried. The function sees every failure of a dial or of a connection; it
+// returning true ends Run with that error. DefaultPermanent is the default, and
+// a custom function may call it.
+func WithPermanentFunc(f func(err error) bool) Option {
+	return func(c *config) {
+		if f == nil {
+			c.errorf("permanent func must not be nil")
+			return
+		}
+		c.permanent = f
+	}
+}
+
+// WithLogger sets the slog logger. By default nothing is logged. Credentials in
+// URLs and headers are never logged.
+func WithLogger(l *slog.Logger) Option {
+	return func(c *config) { c.logger = l }
+}
+
+// WithOnConnect sets a hook run after every successful handshake and before any
+// message of that connection reaches the handler: subscribe, authenticate,
+// resume from a cursor. Its context ends after the handshake timeout or on
+// shutdown. If it returns an error the connection is closed and the attempt
+// counts as failed (and is retried unless the error is permanent).
+func WithOnConnect(f func(ctx context.Context, c *Conn) error) Option {
+	return func(c *config) { c.onConnect = f }
+}
+
+// WithOnStateChange sets a callback for every state transition of a feed, with
+// its cause. It is called in order on the feed's own goroutine, outside any lock;
+// it should return quickly, since the feed waits for it.
+func WithOnStateChange(f func(StateChange)) Option {
+	return func(c *config) { c.onState = f }
+}
+
+// WithOnError sets a callback for errors that do not change the feed's state:
+// a handler that returned an error or panicked (*HandlerError). It is called on
+// the goroutine that runs the handler.
+func WithOnError(f func(feed string, err error)) Option {
+	return func(c *config) { c.onError = f }
+}
+
+// WithMaxConcurrentDials caps, pool-wide, the handshakes in flight at once, so
+// that thousands of feeds coming back after an outage reach servers at a
+// bounded rate. Pool only. Default DefaultMaxConcurrentDials.
+func WithMaxConcurrentDials(n int) Option {
+	return func(c *config) {
+		c.markPoolOnly("WithMaxConcurrentDials")
+		if n <= 0 {
+			c.errorf("max concurrent dials must be positive, got %d", n)
+			return
+		}
+		c.maxDials = n
+	}
+}
+
+// WithFailFast makes a feed that fails for good end Pool.Run with its error
+// (cancelling every other feed). Pool only. By default such a feed is reported
+// (state closed with the error, log, Stats) and the other feeds go on.
+func WithFailFast(on bool) Option {
+	return func(c *config) {
+		c.markPoolOnly("WithFailFast")
+		c.failFast = on
+	}
+}

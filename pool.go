@@ -1,0 +1,216 @@
+package wspool
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
+)
+
+// Pool supervises many feeds, each an independent Client with its own
+// reconnect loop, heartbeats and handler. One feed failing, stalling or
+// flooding never slows, blocks or ends another. Feeds can be added and removed
+// before and during Run. All methods are safe for concurrent use.
+type Pool struct {
+	defaults []Option
+	cfg      config // pool-level settings (dial limit, fail-fast, logger)
+	sem      dialLimiter
+
+	mu       sync.Mutex
+	feeds    map[string]*Client
+	started  bool
+	stopping bool // Run's context ended: no new feed may start
+	closed   bool
+	group    *errgroup.Group
+	gctx     context.Context
+	cancel   context.CancelFunc
+	done     chan struct{}
+}
+
+// NewPool returns a Pool. Its options are defaults for every feed (each feed
+// may override them in Add), plus the pool-only options WithMaxConcurrentDials
+// and WithFailFast. Invalid options are reported here.
+func NewPool(opts ...Option) (*Pool, error) {
+	cfg := defaultConfig()
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &Pool{
+		defaults: append([]Option(nil), opts...),
+		cfg:      cfg,
+		sem:      dialLimiter{semaphore.NewWeighted(int64(cfg.maxDials))},
+		feeds:    make(map[string]*Client),
+		done:     make(chan struct{}),
+	}, nil
+}
+
+// Add creates a feed for the ws:// or wss:// URL with handler h and the pool's
+// default options overridden by opts, and starts it at once if the pool is
+// running. It fails for an invalid URL or option, a duplicate name
+// (ErrDuplicateName: give same-URL feeds distinct WithName), or a closed pool.
+func (p *Pool) Add(rawURL string, h Handler, opts ...Option) (*Client, error) {
+	cfg := defaultConfig()
+	for _, o := range p.defaults {
+		o(&cfg)
+	}
+	cfg.poolOnly = nil
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if len(cfg.poolOnly) > 0 {
+		cfg.errorf("%s applies only to NewPool", strings.Join(cfg.poolOnly, ", "))
+	}
+	cfg.dialSem = p.sem
+	c, err := newClient(rawURL, h, cfg)
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.stopping {
+		return nil, ErrClosed
+	}
+	if _, dup := p.feeds[c.name]; dup {
+		return nil, fmt.Errorf("%w: %s", ErrDuplicateName, c.name)
+	}
+	p.feeds[c.name] = c
+	if p.started {
+		p.start(c)
+	}
+	return c, nil
+}
+
+// Remove closes the named feed (close frame, bounded wait) and removes it
+// from the pool; the other feeds go on. It returns ErrNotFound for an unknown name.
+func (p *Pool) Remove(name string) error {
+	p.mu.Lock()
+	c, ok := p.feeds[name]
+	delete(p.feeds, name)
+	p.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	return c.Close()
+}
+
+// Run runs every feed until ctx ends, then closes them all (close frames,
+// each bounded by its close timeout) and returns nil once nothing is left
+// running. Transient failures never end Run. A feed that fails for good is
+// reported (state, log, Stats) and the others go on; with WithFailFast it ends
+// Run with its error instead. Run may be called once.
+func (p *Pool) Run(ctx context.Context) error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return ErrClosed
+	}
+	if p.started {
+		p.mu.Unlock()
+		return ErrAlreadyRunning
+	}
+	p.started = true
+	ctx, cancel := context.WithCancel(ctx)
+	p.cancel = cancel
+	p.group, p.gctx = errgroup.WithContext(ctx)
+	// The anchor keeps the group's count above zero while feeds may be added.
+	p.group.Go(func() error {
+		<-p.gctx.Done()
+		p.mu.Lock()
+		p.stopping = true
+		p.mu.Unlock()
+		return nil
+	})
+	for _, c := range p.feeds {
+		p.start(c)
+	}
+	p.mu.Unlock()
+
+	err := p.group.Wait()
+	cancel()
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	close(p.done)
+	return err
+}
+
+// start runs c under the group; p.mu must be held and the pool not stopping.
+func (p *Pool) start(c *Client) {
+	p.group.Go(func() error {
+		err := c.Run(p.gctx)
+		if err != nil && p.cfg.failFast {
+			return fmt.Errorf("wspool: feed %s: %w", c.name, err)
+		}
+		return nil
+	})
+}
+
+// Close stops Run (as if its context ended) and waits for it to return; on a
+// pool that never ran it closes the feeds. It is idempotent.
+func (p *Pool) Close() error {
+	p.mu.Lock()
+	if !p.started {
+		p.closed = true
+		feeds := p.clientsLocked()
+		p.mu.Unlock()
+		for _, c := range feeds {
+			c.Close()
+		}
+		return nil
+	}
+	cancel := p.cancel
+	p.mu.Unlock()
+	cancel()
+	<-p.done
+	return nil
+}
+
+func (p *Pool) clientsLocked() []*Client {
+	cs := make([]*Client, 0, len(p.feeds))
+	for _, c := range p.feeds {
+		cs = append(cs, c)
+	}
+	return cs
+}
+
+// Clients returns the pool's feeds, sorted by name.
+func (p *Pool) Clients() []*Client {
+	p.mu.Lock()
+	cs := p.clientsLocked()
+	p.mu.Unlock()
+	slices.SortFunc(cs, func(a, b *Client) int { return strings.Compare(a.name, b.name) })
+	return cs
+}
+
+// Stats returns a snapshot of every feed and the pool's totals.
+func (p *Pool) Stats() PoolStats {
+	cs := p.Clients()
+	ps := PoolStats{Feeds: make([]Stats, 0, len(cs))}
+	for _, c := range cs {
+		ps.add(c.Stats())
+	}
+	return ps
+}
+
+// dialLimiter caps the handshakes in flight across a pool.
+type dialLimiter struct{ sem *semaphore.Weighted }
+
+func (d dialLimiter) acquire(ctx context.Context) error {
+	if d.sem == nil {
+		return nil
+	}
+	return d.sem.Acquire(ctx, 1)
+}
+
+func (d dialLimiter) release() {
+	if d.sem != nil {
+		d.sem.Release(1)
+	}
+}

@@ -1,0 +1,88 @@
+package wspool
+
+import "time"
+
+// Stats is a snapshot of one feed. Taking it costs a few atomic loads and one
+// short lock, so polling every feed of a large pool every second is cheap.
+type Stats struct {
+	Name  string
+	State State
+	// Connects counts connections that completed the handshake and OnConnect;
+	// Disconnects counts those that ended. Attempts counts dial attempts.
+	Connects, Disconnects, Attempts int64
+	// LastError is the most recent failure (connection, attempt or handler),
+	// and LastErrorAt when it happened; nil if none.
+	LastError   error
+	LastErrorAt time.Time
+	// Messages and bytes received (delivered, dropped heartbeat replies and
+	// messages read by OnConnect included) and sent.
+	MessagesIn, BytesIn, MessagesOut, BytesOut int64
+	// HandlerErrors counts handler errors and panics.
+	HandlerErrors int64
+	// RTT is the latest ping round-trip time, SmoothedRTT an exponentially
+	// weighted average (weight 1/8); zero until the first pong.
+	RTT, SmoothedRTT time.Duration
+	// ConnectedSince is when the current connection was established; zero
+	// while not connected.
+	ConnectedSince time.Time
+}
+
+// Stats returns a snapshot of the feed's counters and state.
+func (c *Client) Stats() Stats {
+	c.mu.Lock()
+	s := Stats{
+		Name:           c.name,
+		State:          c.state,
+		LastError:      c.lastErr,
+		LastErrorAt:    c.lastErrAt,
+		ConnectedSince: c.connSince,
+	}
+	c.mu.Unlock()
+	st := &c.stats
+	s.Connects = st.connects.Load()
+	s.Disconnects = st.disconnects.Load()
+	s.Attempts = st.attempts.Load()
+	s.MessagesIn = st.msgsIn.Load()
+	s.BytesIn = st.bytesIn.Load()
+	s.MessagesOut = st.msgsOut.Load()
+	s.BytesOut = st.bytesOut.Load()
+	s.HandlerErrors = st.handlerErrs.Load()
+	s.RTT = time.Duration(st.rtt.Load())
+	s.SmoothedRTT = time.Duration(st.srtt.Load())
+	return s
+}
+
+// PoolStats is a snapshot of a pool: per-feed Stats and totals.
+type PoolStats struct {
+	// Feeds holds one snapshot per feed, sorted by name.
+	Feeds []Stats
+	// Feed counts by state.
+	Total, Connected, Connecting, BackingOff, Closed int
+	// Sums over the feeds.
+	Connects, Disconnects, Attempts            int64
+	MessagesIn, BytesIn, MessagesOut, BytesOut int64
+	HandlerErrors                              int64
+}
+
+func (ps *PoolStats) add(s Stats) {
+	ps.Feeds = append(ps.Feeds, s)
+	ps.Total++
+	switch s.State {
+	case StateConnected:
+		ps.Connected++
+	case StateConnecting:
+		ps.Connecting++
+	case StateBackingOff:
+		ps.BackingOff++
+	case StateClosed:
+		ps.Closed++
+	}
+	ps.Connects += s.Connects
+	ps.Disconnects += s.Disconnects
+	ps.Attempts += s.Attempts
+	ps.MessagesIn += s.MessagesIn
+	ps.BytesIn += s.BytesIn
+	ps.MessagesOut += s.MessagesOut
+	ps.BytesOut += s.BytesOut
+	ps.HandlerErrors += s.HandlerErrors
+}
