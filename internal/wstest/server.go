@@ -146,8 +146,10 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	c, err := s.upgrader.Upgrade(w, r, nil)
+	// Counted until the 101 is about to be written: the client holds its dial
+	// slot until it has read the 101, so this window lies inside the client's.
 	s.inFlight.Add(-1)
+	c, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		return
 	}

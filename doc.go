@@ -1,0 +1,98 @@
+// Package wspool keeps many long-lived upstream WebSocket feeds alive at
+// once, unattended, for weeks: market data, IoT gateways, monitoring agents,
+// exchange bridges.
+//
+// # Overview
+//
+// A [Pool] supervises many independent feeds under an errgroup. Each feed is a
+// [Client] with its own reconnect loop, heartbeats, TCP keepalive tuning and
+// [Handler]:
+//
+//	pool, err := wspool.NewPool(wspool.WithLogger(slog.Default()))
+//	pool.Add("wss://a.example/stream", handleA, wspool.WithPingInterval(10*time.Second))
+//	pool.Add("wss://b.example/ticker", handleB, wspool.WithOnConnect(subscribeB))
+//	err = pool.Run(ctx) // nil when ctx ends; an error only with WithFailFast
+//
+// A Client can also be used on its own: NewClient, then Run.
+//
+// # Lifecycle
+//
+// A feed moves through [StateIdle], [StateConnecting], [StateConnected],
+// [StateBackingOff] and [StateClosed]. Every transition is reported, with its
+// cause, to the WithOnStateChange callback, in order, on the feed's own
+// goroutine. Cancelling Run's context (or Close) sends a close frame (1000),
+// waits at most the close timeout for the server's answer, and returns once
+// no goroutine, timer or socket of the feed is left.
+//
+// # Reconnect
+//
+// Any transient failure — dial error, handshake answered 408, 429 or 5xx,
+// abnormal close, read error, a message over the read limit, missed pong,
+// stale data, a failing OnConnect — leads to a new dial after a jittered
+// exponential backoff (backoff/v4: mean 500ms growing 1.5x to 30s, ±50%). The
+// backoff resets only after a connection stayed up for the minimum uptime
+// (WithMinUptime), so a server that accepts and drops at once is not hammered.
+// Retry-After on 429 and 503 is honoured (capped by WithMaxRetryAfter).
+// Failures retrying cannot fix are permanent: 401, 403 and 404 at the
+// handshake, an invalid URL from a request func, and errors wrapped with
+// [Permanent]. [DefaultPermanent] documents the rule; WithPermanentFunc
+// replaces it. Retrying forever is the default; WithMaxAttempts bounds it.
+// A pool caps concurrent handshakes (WithMaxConcurrentDials) so that feeds
+// coming back together after an outage reach servers at a bounded rate.
+//
+// # Liveness
+//
+// A ping control frame goes out every ping interval; if nothing at all
+// arrives within the pong timeout after it, the peer is declared dead
+// ([ErrPongTimeout]) and the feed redials. Any inbound byte counts, so a large
+// message arriving slowly is not mistaken for a dead peer, and time during which
+// the feed's own handler holds the reader back is never blamed on the peer. At
+// the defaults (15s interval, 10s timeout) a silently dead peer is detected
+// within 25s, and traffic every 15s keeps intermediaries that drop idle
+// connections after 60s from doing so. WithHeartbeat adds an
+// application-level heartbeat message; WithStaleTimeout redials when no data
+// message arrives for a while. Every dialed socket gets TCP keepalive, and on
+// Linux TCP_USER_TIMEOUT, so unacknowledged writes cannot hang for the
+// kernel's default of about 15 minutes. Stats report the ping round-trip time.
+//
+// # Delivery
+//
+// A feed's handler gets that feed's messages in arrival order and is never
+// called concurrently with itself. Message.Data is valid only until the
+// handler returns (the buffer is reused); keep a [Message.Clone] if needed.
+// While the handler runs the feed's reader waits, so a slow handler slows only
+// its own feed (TCP pushes back on its server) and never another feed. A
+// handler's error or panic is reported as a [HandlerError] (WithOnError, the
+// logger, Stats.HandlerErrors) and the feed goes on with the next message.
+//
+// # Resume
+//
+// WithOnConnect runs after every handshake and before any message of that
+// connection is delivered; it gets the [Conn] to subscribe, authenticate (it
+// may read replies with Conn.ReadMessage) or resume from a cursor. If it fails,
+// the connection is dropped and retried. WithRequestFunc computes the URL and
+// headers of every dial (a fresh token, a resume cursor).
+//
+// # Sending
+//
+// Client.Send is safe from any goroutine; writes are serialized, and each is
+// bounded by the write timeout. While the feed is not connected, Send fails at
+// once with [ErrNotConnected].
+//
+// # Concurrency
+//
+// Every exported method of Pool and Client is safe for concurrent use.
+// Callbacks (OnStateChange, OnError, OnConnect, the handler) are called
+// outside the library's locks. They may call Send, Stats and State; a state
+// callback must not call Close or Pool.Remove on its own feed (Close waits for
+// the feed's goroutine, which is running the callback).
+//
+// # Security
+//
+// TLS certificates are verified (supply a Dialer with a TLSClientConfig to
+// add a CA). A read limit (16 MiB) is always on: a larger message closes the
+// connection with 1009 and is reported. HTTP(S) proxies are taken from the
+// environment (HTTPS_PROXY, NO_PROXY) unless WithDialer says otherwise. Feed
+// names, logs and errors never contain URL userinfo or secret-looking query
+// values, and headers are never logged.
+package wspool

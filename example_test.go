@@ -1,0 +1,118 @@
+package wspool_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/wspool/wspool"
+	"github.com/wspool/wspool/internal/wstest"
+)
+
+// quoteServer starts a local feed: after a "subscribe:SYMBOL" message it
+// sends three quotes for that symbol.
+func quoteServer() *wstest.Server {
+	s, err := wstest.New(func(c *websocket.Conn, _ *http.Request) {
+		_, sub, err := c.ReadMessage()
+		if err != nil {
+			return
+		}
+		for i := 1; i <= 3; i++ {
+			c.WriteMessage(websocket.TextMessage, fmt.Appendf(nil, "%s quote %d", sub[len("subscribe:"):], i))
+		}
+		wstest.Drain(c, nil)
+	})
+	if err != nil {
+		panic(err)
+	}
+	return s
+}
+
+// A pool with two feeds, each subscribing in OnConnect; the handler of each
+// feed sees only its own messages, in order.
+func Example() {
+	srv := quoteServer()
+	defer srv.Close()
+
+	pool, err := wspool.NewPool(wspool.WithPingInterval(5 * time.Second))
+	if err != nil {
+		panic(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan string)
+	for _, sym := range []string{"BTC", "ETH"} {
+		var got []string
+		_, err := pool.Add(srv.URL("/"+sym),
+			func(_ context.Context, m wspool.Message) error {
+				got = append(got, string(m.Data)) // handlers are never concurrent with themselves
+				if len(got) == 3 {
+					done <- fmt.Sprint(got)
+				}
+				return nil
+			},
+			wspool.WithName(sym),
+			wspool.WithOnConnect(func(ctx context.Context, c *wspool.Conn) error {
+				return c.Send(ctx, wspool.TextMessage, []byte("subscribe:"+sym))
+			}))
+		if err != nil {
+			panic(err)
+		}
+	}
+	runErr := make(chan error)
+	go func() { runErr <- pool.Run(ctx) }()
+	results := map[string]bool{<-done: true, <-done: true}
+	cancel()
+	fmt.Println("Run returned:", <-runErr)
+	fmt.Println(results["[BTC quote 1 BTC quote 2 BTC quote 3]"], results["[ETH quote 1 ETH quote 2 ETH quote 3]"])
+	// Output:
+	// Run returned: <nil>
+	// true true
+}
+
+// A single Client with a state callback: the transitions and their order.
+func ExampleNewClient() {
+	srv := quoteServer()
+	defer srv.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	c, err := wspool.NewClient(srv.URL("/"),
+		func(_ context.Context, m wspool.Message) error {
+			fmt.Println("message:", string(m.Data))
+			if string(m.Data) == "X quote 3" {
+				cancel()
+			}
+			return nil
+		},
+		wspool.WithOnConnect(func(ctx context.Context, c *wspool.Conn) error {
+			return c.Send(ctx, wspool.TextMessage, []byte("subscribe:X"))
+		}),
+		wspool.WithOnStateChange(func(sc wspool.StateChange) {
+			fmt.Println("state:", sc.From, "->", sc.To)
+		}))
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("Run:", c.Run(ctx))
+	// Output:
+	// state: idle -> connecting
+	// state: connecting -> connected
+	// message: X quote 1
+	// message: X quote 2
+	// message: X quote 3
+	// state: connected -> closed
+	// Run: <nil>
+}
+
+// Invalid input fails at construction, not at 3 a.m.
+func ExampleNewClient_validation() {
+	_, err := wspool.NewClient("https://example.com/feed", nil)
+	fmt.Println(err)
+	_, err = wspool.NewClient("wss://example.com/feed", nil, wspool.WithPongTimeout(-time.Second))
+	fmt.Println(err)
+	// Output:
+	// wspool: invalid URL: scheme "https", want ws or wss
+	// wspool: invalid option: pong timeout must be positive, got -1s
+}

@@ -1,0 +1,194 @@
+package wspool_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/wspool/wspool"
+	"github.com/wspool/wspool/internal/wstest"
+)
+
+// ticker sends a message every few milliseconds until the connection ends.
+func ticker(c *websocket.Conn, _ *http.Request) {
+	go wstest.Drain(c, nil)
+	for {
+		if err := c.WriteMessage(websocket.TextMessage, []byte("tick")); err != nil {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func runPool(t *testing.T, p *wspool.Pool) (stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- p.Run(ctx) }()
+	done := false
+	var err error
+	stop = func() error {
+		if !done {
+			done = true
+			cancel()
+			select {
+			case err = <-errc:
+			case <-time.After(20 * time.Second):
+				t.Errorf("Pool.Run did not return after cancel")
+			}
+		}
+		return err
+	}
+	t.Cleanup(func() { stop() })
+	return stop
+}
+
+func counter(n *atomic.Int64) wspool.Handler {
+	return func(context.Context, wspool.Message) error { n.Add(1); return nil }
+}
+
+func TestPoolAddRemoveWhileRunning(t *testing.T) {
+	srv := newServer(t, ticker)
+	closeCodes := make(chan int, 4)
+	other := newServer(t, func(c *websocket.Conn, _ *http.Request) {
+		_, _, err := c.ReadMessage()
+		var ce *websocket.CloseError
+		if errors.As(err, &ce) {
+			closeCodes <- ce.Code
+		}
+	})
+	p, err := wspool.NewPool(wspool.WithPingInterval(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a, b atomic.Int64
+	if _, err := p.Add(srv.URL("/a"), counter(&a)); err != nil {
+		t.Fatal(err)
+	}
+	stop := runPool(t, p)
+	waitFor(t, 5*time.Second, "feed a to receive", func() bool { return a.Load() > 0 })
+
+	// Add while running.
+	cb, err := p.Add(srv.URL("/b"), counter(&b), wspool.WithName("b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "feed b to receive", func() bool { return b.Load() > 0 })
+	if _, err := p.Add(srv.URL("/b"), nil, wspool.WithName("b")); !errors.Is(err, wspool.ErrDuplicateName) {
+		t.Fatalf("duplicate Add: %v", err)
+	}
+	if _, err := p.Add(other.URL("/c"), nil, wspool.WithName("c")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "3 feeds connected", func() bool { return p.Stats().Connected == 3 })
+
+	// Remove one: it sends 1000, the others go on.
+	if err := p.Remove("c"); err != nil {
+		t.Fatal(err)
+	}
+	if code := recv(t, closeCodes, 5*time.Second, "close frame of the removed feed"); code != 1000 {
+		t.Fatalf("removed feed closed with %d", code)
+	}
+	if err := p.Remove("c"); !errors.Is(err, wspool.ErrNotFound) {
+		t.Fatalf("second Remove: %v", err)
+	}
+	before := a.Load()
+	waitFor(t, 5*time.Second, "feed a to keep receiving", func() bool { return a.Load() > before+10 })
+	ps := p.Stats()
+	if ps.Total != 2 || ps.Connected != 2 || ps.MessagesIn < a.Load() {
+		t.Fatalf("pool stats %+v", ps)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	if cb.State() != wspool.StateClosed {
+		t.Fatalf("feed state after Run %v", cb.State())
+	}
+	if _, err := p.Add(srv.URL("/d"), nil); !errors.Is(err, wspool.ErrClosed) {
+		t.Fatalf("Add after Run: %v", err)
+	}
+}
+
+func TestPoolPermanentFailureDoesNotStopOthers(t *testing.T) {
+	srv := newServer(t, ticker)
+	denied := newServer(t, wstest.Drain)
+	denied.SetReject(func(*http.Request) (int, http.Header) { return http.StatusForbidden, nil })
+	ev := newEvents()
+	p, err := wspool.NewPool()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a atomic.Int64
+	p.Add(srv.URL("/"), counter(&a))
+	p.Add(denied.URL("/"), nil, ev.option())
+	stop := runPool(t, p)
+	ev.waitCount(t, wspool.StateClosed, 1, 5*time.Second)
+	before := a.Load()
+	waitFor(t, 5*time.Second, "the healthy feed to keep going", func() bool { return a.Load() > before+5 })
+	ps := p.Stats()
+	if ps.Closed != 1 || ps.Connected != 1 {
+		t.Fatalf("stats %+v", ps)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("Run = %v, want nil (a failed feed is not fatal by default)", err)
+	}
+}
+
+func TestPoolFailFast(t *testing.T) {
+	srv := newServer(t, ticker)
+	denied := newServer(t, wstest.Drain)
+	denied.SetReject(func(*http.Request) (int, http.Header) { return http.StatusNotFound, nil })
+	p, err := wspool.NewPool(wspool.WithFailFast(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	healthy, _ := p.Add(srv.URL("/"), nil)
+	p.Add(denied.URL("/"), nil)
+	errc := make(chan error, 1)
+	go func() { errc <- p.Run(context.Background()) }()
+	err = recv(t, errc, 10*time.Second, "Run to fail")
+	var he *wspool.HandshakeError
+	if !errors.As(err, &he) || he.StatusCode != 404 {
+		t.Fatalf("Run = %v, want the 404", err)
+	}
+	if healthy.State() != wspool.StateClosed {
+		t.Fatalf("healthy feed left in %v", healthy.State())
+	}
+}
+
+func TestPoolCloseBeforeRun(t *testing.T) {
+	p, _ := wspool.NewPool()
+	c, _ := p.Add("ws://127.0.0.1:1/", nil)
+	p.Close()
+	p.Close()
+	if err := p.Run(context.Background()); !errors.Is(err, wspool.ErrClosed) {
+		t.Fatalf("Run after Close: %v", err)
+	}
+	if c.State() != wspool.StateClosed {
+		t.Fatalf("feed state %v", c.State())
+	}
+}
+
+func TestPoolDialLimit(t *testing.T) {
+	srv := newServer(t, wstest.Drain)
+	srv.SetHandshakeDelay(30 * time.Millisecond)
+	const cap = 3
+	p, err := wspool.NewPool(wspool.WithMaxConcurrentDials(cap))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 30; i++ {
+		if _, err := p.Add(srv.URL("/"), nil, wspool.WithName(string(rune('A'+i)))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runPool(t, p)
+	waitFor(t, 10*time.Second, "30 feeds connected", func() bool { return p.Stats().Connected == 30 })
+	if peak := srv.PeakConcurrentHandshakes(); peak > cap {
+		t.Fatalf("server saw %d concurrent handshakes, cap %d", peak, cap)
+	}
+}
