@@ -24,6 +24,7 @@ type retryPolicy struct {
 	minUptime     time.Duration
 	maxRetryAfter time.Duration
 	maxAttempts   int
+	healthy       Health
 	failures      int // consecutive attempts without a stable connection
 }
 
@@ -42,14 +43,51 @@ func newRetryPolicy(cfg *config) *retryPolicy {
 		minUptime:     cfg.minUptime,
 		maxRetryAfter: cfg.maxRetryAfter,
 		maxAttempts:   cfg.maxAttempts,
+		healthy:       cfg.healthy,
 	}
 }
 
-// connectionEnded records how long a connection stayed up. Only a connection
-// that lasted minUptime resets the backoff; a server that accepts and drops at
-// once keeps the waits growing.
-func (r *retryPolicy) connectionEnded(uptime time.Duration) {
-	if uptime >= r.minUptime {
+// Health says when a connection has proved healthy, which resets the backoff.
+// The flags combine: every condition set must hold.
+type Health uint8
+
+const (
+	// HealthMinUptime: the connection stayed up for the minimum uptime
+	// (WithMinUptime). The default.
+	HealthMinUptime Health = 1 << iota
+	// HealthOnConnect: the handshake and OnConnect succeeded.
+	HealthOnConnect
+	// HealthFirstMessage: a data message (not a heartbeat reply) arrived.
+	HealthFirstMessage
+)
+
+// WithHealthyWhen sets when a connection counts as healthy and resets the
+// backoff. The default, HealthMinUptime, keeps waits growing against an
+// upstream that accepts, lets the feed subscribe and then kicks it; add
+// HealthFirstMessage to also require data, or use HealthOnConnect alone for
+// upstreams that legitimately close short sessions.
+func WithHealthyWhen(h Health) Option {
+	return func(c *config) {
+		if h == 0 || h&^(HealthMinUptime|HealthOnConnect|HealthFirstMessage) != 0 {
+			c.errorf("invalid health condition %d", h)
+			return
+		}
+		c.healthy = h
+	}
+}
+
+// connectionEnded records how a connection that reached the connected state
+// went. Only a healthy one resets the backoff; a server that accepts and drops
+// at once keeps the waits growing.
+func (r *retryPolicy) connectionEnded(uptime time.Duration, gotData bool) {
+	h := r.healthy
+	if h&HealthMinUptime != 0 && uptime < r.minUptime {
+		return
+	}
+	if h&HealthFirstMessage != 0 && !gotData {
+		return
+	}
+	{
 		r.bo.Reset()
 		r.failures = 0
 	}

@@ -125,7 +125,10 @@ type Client struct {
 	lastErr    error
 	lastErrAt  time.Time
 	connSince  time.Time
-	closeCause error
+	finished   bool       // Run has returned
+	sendQ      []*sendReq // WithSendBuffer: messages waiting for a connection
+	sendQBytes int
+	inq        *inQueue // WithQueue
 
 	stats clientCounters
 }
@@ -134,6 +137,7 @@ type clientCounters struct {
 	connects, disconnects, attempts atomic.Int64
 	msgsIn, bytesIn, msgsOut        atomic.Int64
 	bytesOut, handlerErrs, replies  atomic.Int64
+	sendFailed                      atomic.Int64
 	rtt, srtt                       atomic.Int64
 }
 
@@ -185,6 +189,9 @@ func newClient(rawURL string, h Handler, cfg config) (*Client, error) {
 		done:    make(chan struct{}),
 	}
 	c.dialer = c.buildDialer()
+	if cfg.queue != nil {
+		c.inq = newInQueue(*cfg.queue)
+	}
 	return c, nil
 }
 
@@ -241,7 +248,22 @@ func (c *Client) Run(ctx context.Context) error {
 	defer close(c.done)
 	defer cancel()
 
+	var delivered chan struct{}
+	if c.inq != nil {
+		delivered = make(chan struct{})
+		go c.deliverQueued(ctx, delivered)
+	}
 	err := c.loop(ctx)
+	if c.inq != nil {
+		// After a permanent failure the handler still gets what was queued;
+		// on shutdown (ctx ended) the rest is discarded and counted as dropped.
+		c.inq.close()
+		<-delivered
+	}
+	c.mu.Lock()
+	c.finished = true
+	c.mu.Unlock()
+	c.failBuffered(ErrClosed)
 	c.setState(StateClosed, err, 0, 0)
 	if err != nil {
 		c.log.Error("feed stopped", "err", err)
@@ -268,25 +290,6 @@ func (c *Client) Close() error {
 	cancel()
 	<-c.done
 	return nil
-}
-
-// Send writes one message on the current connection and returns when it has
-// been written to the socket or has failed. It is safe from any goroutine;
-// writes are serialized. ctx bounds the wait for the connection's writer; the
-// write itself is bounded by the write timeout (a write that times out breaks
-// the connection, which is then redialled). While the feed is not connected
-// Send fails at once with ErrNotConnected (ErrClosed after Close).
-func (c *Client) Send(ctx context.Context, typ MessageType, data []byte) error {
-	c.mu.Lock()
-	conn, closed := c.conn, c.closed
-	c.mu.Unlock()
-	if conn == nil {
-		if closed {
-			return ErrClosed
-		}
-		return ErrNotConnected
-	}
-	return conn.Send(ctx, typ, data)
 }
 
 // loop is the reconnect loop; it returns nil when ctx ends.
@@ -336,10 +339,14 @@ func (c *Client) connectAndServe(ctx context.Context, rp *retryPolicy) error {
 		}
 		return err
 	}
+	// Buffered sends go out after OnConnect (subscriptions first) and before
+	// the connection is published to Send.
+	if err := c.flushAndPublish(ctx, conn); err != nil {
+		return err
+	}
 	start := time.Now()
 	c.stats.connects.Add(1)
 	c.mu.Lock()
-	c.conn = conn
 	c.connSince = start
 	c.mu.Unlock()
 	c.setState(StateConnected, nil, rp.failures, 0)
@@ -351,7 +358,7 @@ func (c *Client) connectAndServe(ctx context.Context, rp *retryPolicy) error {
 	c.connSince = time.Time{}
 	c.mu.Unlock()
 	c.stats.disconnects.Add(1)
-	rp.connectionEnded(time.Since(start))
+	rp.connectionEnded(time.Since(start), conn.gotData.Load())
 	return err
 }
 
@@ -412,10 +419,16 @@ func (c *Client) serve(ctx context.Context, conn *Conn) error {
 		if isReply != nil && isReply(msg) {
 			c.stats.replies.Add(1)
 			deliver = deliver && !dropReplies
+		} else if !conn.gotData.Load() {
+			conn.gotData.Store(true)
 		}
 		if deliver {
 			conn.delivering.Store(true)
-			c.deliver(ctx, msg)
+			if c.inq != nil {
+				c.enqueue(ctx, conn, msg)
+			} else {
+				c.deliver(ctx, msg)
+			}
 			conn.delivering.Store(false)
 		}
 		// Counted after delivery: the heartbeat reads msgsIn as proof that the
@@ -448,6 +461,35 @@ func readAll(r io.Reader, buf []byte) ([]byte, error) {
 			}
 			return buf, err
 		}
+	}
+}
+
+// enqueue hands a copy of msg to the queue; under Block it waits for room
+// (TCP then pushes back on the server) until shutdown or the connection dies.
+func (c *Client) enqueue(ctx context.Context, conn *Conn, msg Message) {
+	msg.Data = append([]byte(nil), msg.Data...)
+	_, started := c.inq.push(msg, ctx.Done(), conn.dead)
+	if started {
+		err := fmt.Errorf("%w: queue full (%d messages), dropping (%v)", ErrSlowConsumer, c.inq.cfg.Messages, c.inq.cfg.Policy)
+		c.recordError(err)
+		c.log.Warn("slow consumer", "err", err)
+		if c.cfg.onError != nil {
+			c.cfg.onError(c.name, err)
+		}
+	}
+}
+
+// deliverQueued runs the handler on queued messages until the queue is
+// closed or ctx ends; what is left then is counted as dropped.
+func (c *Client) deliverQueued(ctx context.Context, done chan<- struct{}) {
+	defer close(done)
+	for {
+		m, ok := c.inq.pop(ctx)
+		if !ok {
+			c.inq.discardAll()
+			return
+		}
+		c.deliver(ctx, m)
 	}
 }
 
@@ -636,6 +678,7 @@ type Conn struct {
 	closing     atomic.Bool // our close frame is being or has been sent
 	delivering  atomic.Bool // the reader is held back by the handler
 	closeOnce   sync.Once
+	gotData     atomic.Bool // a data message (not a heartbeat reply) arrived
 	pingSeq     atomic.Uint64
 	pingSent    atomic.Int64
 }
@@ -652,8 +695,8 @@ func (cn *Conn) Subprotocol() string { return cn.ws.Subprotocol() }
 
 // Send writes one message on this connection; see Client.Send.
 func (cn *Conn) Send(ctx context.Context, typ MessageType, data []byte) error {
-	if typ != TextMessage && typ != BinaryMessage {
-		return fmt.Errorf("wspool: send: invalid message type %d", int(typ))
+	if err := checkType(typ); err != nil {
+		return err
 	}
 	select {
 	case cn.wlock <- struct{}{}:

@@ -34,6 +34,13 @@ var (
 	ErrStaleData = errors.New("wspool: no data message within stale timeout")
 	// ErrMaxAttempts wraps the last error when WithMaxAttempts gave up.
 	ErrMaxAttempts = errors.New("wspool: too many failed attempts")
+	// ErrSlowConsumer is reported (WithOnError) when a feed's queue starts
+	// dropping messages because its handler cannot keep up.
+	ErrSlowConsumer = errors.New("wspool: slow consumer")
+	// ErrSendBufferFull fails a Send that does not fit the send buffer.
+	ErrSendBufferFull = errors.New("wspool: send buffer full")
+	// ErrSendExpired fails a buffered Send older than SendBuffer.MaxAge.
+	ErrSendExpired = errors.New("wspool: send expired in buffer")
 	// ErrConnectionClosed is the cause recorded when the connection ended
 	// without an error of its own (for example a rotation or a Remove).
 	ErrConnectionClosed = errors.New("wspool: connection closed")

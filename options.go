@@ -76,6 +76,9 @@ type config struct {
 	pongTimeout   time.Duration
 	heartbeat     *Heartbeat
 	staleTimeout  time.Duration
+	queue         *Queue
+	sendBuffer    *SendBuffer
+	healthy       Health
 	keepAlive     KeepAlive
 	logger        *slog.Logger
 	onConnect     func(ctx context.Context, c *Conn) error
@@ -107,6 +110,7 @@ func defaultConfig() config {
 			Count:    DefaultKeepAliveCount,
 		},
 		maxDials: DefaultMaxConcurrentDials,
+		healthy:  HealthMinUptime,
 	}
 }
 

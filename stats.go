@@ -19,6 +19,15 @@ type Stats struct {
 	MessagesIn, BytesIn, MessagesOut, BytesOut int64
 	// HandlerErrors counts handler errors and panics.
 	HandlerErrors int64
+	// Inbound queue (WithQueue): messages dropped by the overflow policy or
+	// discarded at shutdown, current depth and its high-water mark.
+	Dropped                    int64
+	QueueDepth, QueueHighWater int
+	// Send buffer (WithSendBuffer): messages waiting for a connection, and
+	// sends reported failed (buffer full, expired, closed, write error while
+	// flushing).
+	SendBuffered int
+	SendFailed   int64
 	// RTT is the latest ping round-trip time, SmoothedRTT an exponentially
 	// weighted average (weight 1/8); zero until the first pong.
 	RTT, SmoothedRTT time.Duration
@@ -36,6 +45,7 @@ func (c *Client) Stats() Stats {
 		LastError:      c.lastErr,
 		LastErrorAt:    c.lastErrAt,
 		ConnectedSince: c.connSince,
+		SendBuffered:   len(c.sendQ),
 	}
 	c.mu.Unlock()
 	st := &c.stats
@@ -49,6 +59,12 @@ func (c *Client) Stats() Stats {
 	s.HandlerErrors = st.handlerErrs.Load()
 	s.RTT = time.Duration(st.rtt.Load())
 	s.SmoothedRTT = time.Duration(st.srtt.Load())
+	s.SendFailed = st.sendFailed.Load()
+	if q := c.inq; q != nil {
+		s.Dropped = q.dropped.Load()
+		s.QueueDepth = int(q.depth.Load())
+		s.QueueHighWater = int(q.highWater.Load())
+	}
 	return s
 }
 
@@ -61,7 +77,7 @@ type PoolStats struct {
 	// Sums over the feeds.
 	Connects, Disconnects, Attempts            int64
 	MessagesIn, BytesIn, MessagesOut, BytesOut int64
-	HandlerErrors                              int64
+	HandlerErrors, Dropped, SendFailed         int64
 }
 
 func (ps *PoolStats) add(s Stats) {
@@ -85,4 +101,6 @@ func (ps *PoolStats) add(s Stats) {
 	ps.MessagesOut += s.MessagesOut
 	ps.BytesOut += s.BytesOut
 	ps.HandlerErrors += s.HandlerErrors
+	ps.Dropped += s.Dropped
+	ps.SendFailed += s.SendFailed
 }

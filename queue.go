@@ -1,0 +1,228 @@
+package wspool
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+)
+
+// OverflowPolicy says what a feed's inbound queue does when it is full.
+type OverflowPolicy int
+
+const (
+	// Block stops the feed's reader until the handler makes room: nothing is
+	// lost, and TCP flow control pushes back on the server. Time the reader
+	// spends blocked is never blamed on the peer by the liveness checks.
+	Block OverflowPolicy = iota
+	// DropOldest discards the oldest queued message to make room.
+	DropOldest
+	// DropNewest discards the arriving message.
+	DropNewest
+)
+
+func (p OverflowPolicy) String() string {
+	switch p {
+	case Block:
+		return "block"
+	case DropOldest:
+		return "drop-oldest"
+	case DropNewest:
+		return "drop-newest"
+	}
+	return "OverflowPolicy(?)"
+}
+
+// Queue configures a bounded queue between a feed's reader and its handler,
+// which lets the reader keep reading (and answering pings) while the handler
+// works through a burst.
+type Queue struct {
+	// Messages is the most messages queued at once. Required (> 0).
+	Messages int
+	// Bytes is the most payload bytes queued at once; 0 means Messages ×
+	// 64 KiB. A single message larger than Bytes is still accepted when the
+	// queue is empty, so the bound is Bytes plus one message (itself bounded by
+	// the read limit).
+	Bytes int
+	// Policy applies when either bound is reached. Default Block.
+	Policy OverflowPolicy
+}
+
+// WithQueue puts a bounded queue between the feed's reader and its handler.
+// Without it (the default) the handler runs on the reader's goroutine: no
+// copy, no extra goroutine, and the same lossless backpressure as Block with
+// a queue of zero. With a queue, every queued message is a copy the handler
+// owns, and the handler runs on a second goroutine of the feed.
+//
+// When a feed starts dropping, an error wrapping ErrSlowConsumer is reported
+// through WithOnError and the logger, once until the queue next drains; Stats
+// count every dropped message.
+func WithQueue(q Queue) Option {
+	return func(c *config) {
+		if q.Messages <= 0 {
+			c.errorf("queue needs Messages > 0, got %d", q.Messages)
+			return
+		}
+		if q.Bytes < 0 {
+			c.errorf("queue Bytes must not be negative, got %d", q.Bytes)
+			return
+		}
+		if q.Policy < Block || q.Policy > DropNewest {
+			c.errorf("unknown overflow policy %d", q.Policy)
+			return
+		}
+		if q.Bytes == 0 {
+			q.Bytes = q.Messages * (64 << 10)
+		}
+		c.queue = &q
+	}
+}
+
+// inQueue is a bounded FIFO of owned messages with an overflow policy.
+type inQueue struct {
+	cfg Queue
+
+	mu       sync.Mutex
+	buf      []Message // ring
+	head, n  int
+	bytes    int
+	closed   bool
+	dropping bool // reported ErrSlowConsumer; re-armed when the queue empties
+
+	notEmpty chan struct{} // capacity 1
+	notFull  chan struct{} // capacity 1
+
+	depth, highWater atomic.Int64
+	dropped          atomic.Int64
+}
+
+func newInQueue(q Queue) *inQueue {
+	return &inQueue{
+		cfg:      q,
+		buf:      make([]Message, q.Messages),
+		notEmpty: make(chan struct{}, 1),
+		notFull:  make(chan struct{}, 1),
+	}
+}
+
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+func (q *inQueue) fullLocked(size int) bool {
+	return q.n == len(q.buf) || (q.n > 0 && q.bytes+size > q.cfg.Bytes)
+}
+
+func (q *inQueue) pushLocked(m Message) {
+	q.buf[(q.head+q.n)%len(q.buf)] = m
+	q.n++
+	q.bytes += len(m.Data)
+	d := int64(q.n)
+	q.depth.Store(d)
+	if d > q.highWater.Load() {
+		q.highWater.Store(d)
+	}
+	signal(q.notEmpty)
+}
+
+func (q *inQueue) popLocked() Message {
+	m := q.buf[q.head]
+	q.buf[q.head] = Message{}
+	q.head = (q.head + 1) % len(q.buf)
+	q.n--
+	q.bytes -= len(m.Data)
+	q.depth.Store(int64(q.n))
+	if q.n == 0 {
+		q.dropping = false
+	}
+	return m
+}
+
+// push adds m (which the queue now owns). Under Block it waits for room until
+// stop is closed, and then returns false. It reports whether the feed just
+// started dropping.
+func (q *inQueue) push(m Message, stop, dead <-chan struct{}) (ok, startedDropping bool) {
+	size := len(m.Data)
+	for {
+		q.mu.Lock()
+		if q.closed {
+			q.mu.Unlock()
+			return false, false
+		}
+		if !q.fullLocked(size) {
+			q.pushLocked(m)
+			q.mu.Unlock()
+			return true, false
+		}
+		switch q.cfg.Policy {
+		case DropNewest:
+			q.dropped.Add(1)
+			started := !q.dropping
+			q.dropping = true
+			q.mu.Unlock()
+			return true, started
+		case DropOldest:
+			for q.n > 0 && q.fullLocked(size) {
+				q.popLocked()
+				q.dropped.Add(1)
+			}
+			started := !q.dropping
+			q.dropping = true
+			q.pushLocked(m)
+			q.mu.Unlock()
+			return true, started
+		}
+		q.mu.Unlock()
+		select {
+		case <-q.notFull:
+		case <-stop:
+			return false, false
+		case <-dead:
+			return false, false
+		}
+	}
+}
+
+// pop waits for a message until ctx ends or the queue is closed and empty.
+func (q *inQueue) pop(ctx context.Context) (Message, bool) {
+	for {
+		q.mu.Lock()
+		if q.n > 0 {
+			m := q.popLocked()
+			q.mu.Unlock()
+			signal(q.notFull)
+			return m, true
+		}
+		closed := q.closed
+		q.mu.Unlock()
+		if closed {
+			return Message{}, false
+		}
+		select {
+		case <-q.notEmpty:
+		case <-ctx.Done():
+			return Message{}, false
+		}
+	}
+}
+
+// close stops pushes; pop drains what is left and then reports false.
+func (q *inQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	signal(q.notEmpty)
+	signal(q.notFull)
+}
+
+// discardAll empties the queue at shutdown, counting what is left as dropped.
+func (q *inQueue) discardAll() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for q.n > 0 {
+		q.popLocked()
+		q.dropped.Add(1)
+	}
+}
