@@ -578,9 +578,7 @@ func (s *Server) firehose(nc net.Conn, br *bufio.Reader, cfg Config) {
 				}
 				continue
 			case cp := <-closing:
-				if cp != nil {
-					_ = s.write(nc, closeReply(cp))
-				}
+				s.finish(nc, pongs, cp)
 				return
 			case <-tick:
 				continue
@@ -595,9 +593,7 @@ func (s *Server) firehose(nc net.Conn, br *bufio.Reader, cfg Config) {
 			}
 			continue
 		case cp := <-closing:
-			if cp != nil {
-				_ = s.write(nc, closeReply(cp))
-			}
+			s.finish(nc, pongs, cp)
 			return
 		default:
 		}
@@ -618,5 +614,24 @@ func (s *Server) firehose(nc net.Conn, br *bufio.Reader, cfg Config) {
 		remaining -= n
 		s.msgsOut.Add(n)
 		s.bytesOut.Add(n * int64(cfg.Size))
+	}
+}
+
+// finish answers the pings that came before the client's close frame, then
+// the close frame itself (cp nil: the client left without one).
+func (s *Server) finish(nc net.Conn, pongs <-chan []byte, cp []byte) {
+	for range cap(pongs) {
+		select {
+		case p := <-pongs:
+			if s.write(nc, p) != nil {
+				return
+			}
+			continue
+		default:
+		}
+		break
+	}
+	if cp != nil {
+		_ = s.write(nc, closeReply(cp))
 	}
 }
