@@ -134,11 +134,11 @@ type Client struct {
 }
 
 type clientCounters struct {
-	connects, disconnects, attempts atomic.Int64
-	msgsIn, bytesIn, msgsOut        atomic.Int64
-	bytesOut, handlerErrs, replies  atomic.Int64
-	sendFailed                      atomic.Int64
-	rtt, srtt                       atomic.Int64
+	connects, disconnects, attempts   atomic.Int64
+	msgsIn, bytesIn, msgsOut          atomic.Int64
+	bytesOut, handlerErrs, replies    atomic.Int64
+	sendFailed, rotations, duplicates atomic.Int64
+	rtt, srtt                         atomic.Int64
 }
 
 // dataCount is the number of data messages read so far, heartbeat replies excluded.
@@ -332,7 +332,7 @@ func (c *Client) connectAndServe(ctx context.Context, rp *retryPolicy) error {
 	if err != nil {
 		return err
 	}
-	defer conn.close()
+	defer func() { conn.close() }() // whichever connection is current at the end
 	if err := c.runOnConnect(ctx, conn); err != nil {
 		if ctx.Err() != nil {
 			conn.closeHandshake(true)
@@ -351,10 +351,29 @@ func (c *Client) connectAndServe(ctx context.Context, rp *retryPolicy) error {
 	c.mu.Unlock()
 	c.setState(StateConnected, nil, rp.failures, 0)
 
-	err = c.serve(ctx, conn)
+	for {
+		err = c.serve(ctx, conn)
+		next := conn.next.Load()
+		if next == nil {
+			break
+		}
+		// Rotated: the old connection is drained; go on with the new one.
+		conn.close()
+		conn = next
+		c.stats.rotations.Add(1)
+		c.stats.connects.Add(1)
+		c.stats.disconnects.Add(1)
+		if ctx.Err() != nil {
+			conn.closeHandshake(true)
+			err = nil
+			break
+		}
+	}
 
 	c.mu.Lock()
-	c.conn = nil
+	if c.conn == conn {
+		c.conn = nil
+	}
 	c.connSince = time.Time{}
 	c.mu.Unlock()
 	c.stats.disconnects.Add(1)
@@ -389,15 +408,21 @@ func (c *Client) serve(ctx context.Context, conn *Conn) error {
 	closerDone := make(chan struct{})
 	stopCloser := context.AfterFunc(ctx, func() {
 		defer close(closerDone)
+		conn.stopping.Store(true)
 		conn.closeHandshake(false)
 	})
+	rot := c.startRotator(ctx, conn)
 	defer func() {
 		if !stopCloser() {
 			<-closerDone
 		}
-		conn.close() // unblocks heartbeat writes before stop waits for them
+		rot.stop()
+		if conn.next.Load() == nil {
+			conn.close() // unblocks heartbeat writes before stop waits for them
+		}
 		hb.stop()
 	}()
+	filterDups := conn.afterRotation.Load() && c.cfg.dupFilter != nil
 
 	var isReply func(Message) bool
 	dropReplies := false
@@ -415,12 +440,22 @@ func (c *Client) serve(ctx context.Context, conn *Conn) error {
 			return conn.causeOf(err)
 		}
 		msg := Message{Type: MessageType(typ), Data: buf}
-		deliver := !conn.closing.Load() // shutting down: drain until the close frame
+		deliver := !conn.stopping.Load() // shutting down: drain until the close frame
 		if isReply != nil && isReply(msg) {
 			c.stats.replies.Add(1)
 			deliver = deliver && !dropReplies
-		} else if !conn.gotData.Load() {
-			conn.gotData.Store(true)
+		} else {
+			if filterDups {
+				if c.cfg.dupFilter(msg) {
+					c.stats.duplicates.Add(1)
+					deliver = false
+				} else {
+					filterDups = false
+				}
+			}
+			if !conn.gotData.Load() {
+				conn.gotData.Store(true)
+			}
 		}
 		if deliver {
 			conn.delivering.Store(true)
@@ -674,13 +709,16 @@ type Conn struct {
 	once  sync.Once
 	cause error // why it was torn down; written before dead is closed
 
-	inOnConnect atomic.Bool // ReadMessage is allowed
-	closing     atomic.Bool // our close frame is being or has been sent
-	delivering  atomic.Bool // the reader is held back by the handler
-	closeOnce   sync.Once
-	gotData     atomic.Bool // a data message (not a heartbeat reply) arrived
-	pingSeq     atomic.Uint64
-	pingSent    atomic.Int64
+	inOnConnect   atomic.Bool // ReadMessage is allowed
+	closing       atomic.Bool // our close frame is being or has been sent
+	stopping      atomic.Bool // the feed is shutting down: deliver nothing more
+	delivering    atomic.Bool // the reader is held back by the handler
+	closeOnce     sync.Once
+	gotData       atomic.Bool          // a data message (not a heartbeat reply) arrived
+	next          atomic.Pointer[Conn] // the replacement after a rotation
+	afterRotation atomic.Bool          // this connection replaced a rotated one
+	pingSeq       atomic.Uint64
+	pingSent      atomic.Int64
 }
 
 func newConn(c *Client, ws *websocket.Conn, nc *trackedConn) *Conn {

@@ -79,6 +79,8 @@ type config struct {
 	queue         *Queue
 	sendBuffer    *SendBuffer
 	healthy       Health
+	maxAge        time.Duration
+	dupFilter     func(Message) bool
 	keepAlive     KeepAlive
 	logger        *slog.Logger
 	onConnect     func(ctx context.Context, c *Conn) error

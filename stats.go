@@ -28,6 +28,9 @@ type Stats struct {
 	// flushing).
 	SendBuffered int
 	SendFailed   int64
+	// Rotations counts planned replacements (WithMaxConnectionAge), and
+	// Duplicates the messages WithDuplicateFilter dropped after them.
+	Rotations, Duplicates int64
 	// RTT is the latest ping round-trip time, SmoothedRTT an exponentially
 	// weighted average (weight 1/8); zero until the first pong.
 	RTT, SmoothedRTT time.Duration
@@ -60,6 +63,8 @@ func (c *Client) Stats() Stats {
 	s.RTT = time.Duration(st.rtt.Load())
 	s.SmoothedRTT = time.Duration(st.srtt.Load())
 	s.SendFailed = st.sendFailed.Load()
+	s.Rotations = st.rotations.Load()
+	s.Duplicates = st.duplicates.Load()
 	if q := c.inq; q != nil {
 		s.Dropped = q.dropped.Load()
 		s.QueueDepth = int(q.depth.Load())
