@@ -92,6 +92,9 @@ func main() {
 	}
 	if err := run(ctx, cfg, os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "tail:", err)
+		if errors.Is(err, errUsage) || errors.Is(err, wspool.ErrInvalidURL) {
+			os.Exit(2)
+		}
 		os.Exit(1)
 	}
 }
@@ -226,7 +229,7 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 			return print(name, msg)
 		}, feedOpts...)
 		if errors.Is(err, wspool.ErrDuplicateName) {
-			return fmt.Errorf("%s given twice", t.url)
+			return fmt.Errorf("%w: %s given twice", errUsage, t.url)
 		}
 		if err != nil {
 			return err
@@ -242,7 +245,10 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 	return err
 }
 
-var errAllFailed = errors.New("every feed failed for good")
+var (
+	errAllFailed = errors.New("every feed failed for good")
+	errUsage     = errors.New("usage")
+)
 
 // statusLog writes state changes to stderr and ends the run when every feed
 // has failed for good.
