@@ -154,7 +154,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.mu.Lock()
-	if s.srv == nil { // stopped while upgrading
+	if s.srv == nil { // stopped listening while upgrading
 		s.mu.Unlock()
 		c.Close()
 		return
@@ -177,18 +177,22 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 // close frame), and waits for the connection handlers to return. Connections
 // to the port are refused until Start.
 func (s *Server) Stop() {
+	s.StopListening()
+	s.DropAll()
+	s.wg.Wait()
+}
+
+// StopListening closes the listener (new connections are refused) but leaves
+// open connections alone; Start listens again.
+func (s *Server) StopListening() {
 	s.mu.Lock()
 	srv := s.srv
 	s.srv = nil
-	for c := range s.conns {
-		c.NetConn().Close()
-	}
 	s.mu.Unlock()
 	if srv != nil {
 		_ = srv.Close()
 	}
 	s.srvWG.Wait()
-	s.wg.Wait()
 }
 
 // DropAll closes every open connection abruptly but keeps listening.
@@ -206,6 +210,18 @@ func (s *Server) CloseAll(code int) {
 	for c := range s.conns {
 		_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ""), time.Now().Add(time.Second))
 		c.NetConn().Close()
+	}
+	s.mu.Unlock()
+}
+
+// GoingAway starts a graceful close of every open connection: a close frame
+// with 1001 (going away) and nothing else; each handler keeps reading until
+// the client answers, so everything the client wrote before its answer is
+// still read.
+func (s *Server) GoingAway() {
+	s.mu.Lock()
+	for c := range s.conns {
+		_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, "restart"), time.Now().Add(time.Second))
 	}
 	s.mu.Unlock()
 }
