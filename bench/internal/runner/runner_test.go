@@ -76,7 +76,7 @@ func BenchmarkSend(b *testing.B) {
 	for _, mode := range modes {
 		b.Run(mode, func(b *testing.B) {
 			ctx := testCtx(b, 5*time.Minute)
-			s, err := newSender(ctx, mode, srv.URL())
+			s, err := newSender(ctx, mode, srv.URL(), 0)
 			if err != nil {
 				b.Fatal(err)
 			}

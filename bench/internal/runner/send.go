@@ -22,6 +22,10 @@ type SendConfig struct {
 	Window time.Duration
 	// MaxSends bounds the loop besides the window (0: 100 million).
 	MaxSends int64
+	// MaxInFlight bounds the messages sent but not yet echoed (0: 1024), so
+	// that socket buffers filling up do not pass for send throughput: the
+	// rate measured is that of the whole round trip.
+	MaxInFlight int
 }
 
 // SendResult is the measurement of one send run.
@@ -42,14 +46,29 @@ type sender struct {
 	send   func(ctx context.Context, b []byte) error
 	echoes atomic.Int64
 	close  func()
+	// inflight, if set, holds a token per message sent and not yet echoed.
+	inflight chan struct{}
 }
 
-func newSender(ctx context.Context, mode, url string) (*sender, error) {
+func (s *sender) echoed() {
+	s.echoes.Add(1)
+	if s.inflight != nil {
+		select {
+		case <-s.inflight:
+		default:
+		}
+	}
+}
+
+func newSender(ctx context.Context, mode, url string, maxInFlight int) (*sender, error) {
 	s := &sender{}
+	if maxInFlight > 0 {
+		s.inflight = make(chan struct{}, maxInFlight)
+	}
 	switch mode {
 	case ModeWspool:
 		c, err := wspool.NewClient(url, func(context.Context, wspool.Message) error {
-			s.echoes.Add(1)
+			s.echoed()
 			return nil
 		}, wspool.WithName("sender"))
 		if err != nil {
@@ -83,7 +102,7 @@ func newSender(ctx context.Context, mode, url string) (*sender, error) {
 				if _, _, err := c.ReadMessage(); err != nil {
 					return
 				}
-				s.echoes.Add(1)
+				s.echoed()
 			}
 		})
 		s.close = func() { c.Close(); wg.Wait() }
@@ -100,7 +119,10 @@ func RunSend(ctx context.Context, cfg SendConfig) (SendResult, error) {
 	if cfg.MaxSends <= 0 {
 		cfg.MaxSends = 100_000_000
 	}
-	s, err := newSender(ctx, cfg.Mode, WithQuery(cfg.URL, "mode", "echo"))
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = 1024
+	}
+	s, err := newSender(ctx, cfg.Mode, WithQuery(cfg.URL, "mode", "echo"), cfg.MaxInFlight)
 	if err != nil {
 		return res, err
 	}
@@ -115,6 +137,11 @@ func RunSend(ctx context.Context, cfg SendConfig) (SendResult, error) {
 		for n < limit {
 			if n&63 == 0 && !time.Now().Before(end) {
 				break
+			}
+			select {
+			case s.inflight <- struct{}{}:
+			case <-ctx.Done():
+				return n, ctx.Err()
 			}
 			if err := s.send(ctx, payload); err != nil {
 				return n, err

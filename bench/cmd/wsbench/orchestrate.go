@@ -1,0 +1,499 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/wspool/wspool"
+	"github.com/wspool/wspool/bench/internal/firehose"
+	"github.com/wspool/wspool/bench/internal/runner"
+)
+
+// settings are the orchestrator's parameters.
+type settings struct {
+	preset string
+
+	only map[string]bool
+
+	rounds         int
+	warmup, window time.Duration
+	tpFeeds        []int
+	tpSizes        []int
+
+	sendRounds int
+	sendWindow time.Duration
+
+	idleFeeds              []int
+	idleSettle, idleWindow time.Duration
+
+	recFeeds []int
+	outage   time.Duration
+
+	timeout    time.Duration
+	profileDir string
+	jsonOut    string
+	note       string
+	verbose    bool
+}
+
+func parseInts(s string) ([]int, error) {
+	var out []int
+	for f := range strings.SplitSeq(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("bad number %q", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func parseSettings(args []string) (*settings, error) {
+	fs := flag.NewFlagSet("wsbench", flag.ContinueOnError)
+	quick := fs.Bool("quick", false, "shorter runs (about 1-2 minutes)")
+	smoke := fs.Bool("smoke", false, "a few seconds with 100 feeds, for CI")
+	only := fs.String("only", "throughput,send,idle,recovery", "benchmarks to run")
+	rounds := fs.Int("rounds", 0, "throughput rounds (each wspool and raw); 0 = preset")
+	window := fs.Duration("window", 0, "throughput window per run; 0 = preset")
+	tpFeeds := fs.String("tp-feeds", "1,16", "throughput: feeds per run")
+	tpSizes := fs.String("tp-sizes", "64,4096", "throughput: message sizes")
+	idleFeeds := fs.String("idle-feeds", "", "idle: feed counts; empty = preset")
+	idleWindow := fs.Duration("idle-window", 0, "idle: CPU window; 0 = preset")
+	recFeeds := fs.String("recovery-feeds", "", "recovery: feed counts; empty = preset")
+	outage := fs.Duration("outage", 0, "recovery: server down this long; 0 = preset")
+	timeout := fs.Duration("timeout", 0, "kill everything after this long; 0 = preset")
+	profileDir := fs.String("profile", "", "write CPU/heap profiles of the wspool runs into this directory")
+	jsonOut := fs.String("json", "", "also write all raw results as JSON to this file")
+	note := fs.String("note", "", "a line printed with the results (e.g. the library commit)")
+	verbose := fs.Bool("v", false, "show the children's stderr")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	s := &settings{
+		preset: "full", rounds: 5, warmup: 300 * time.Millisecond, window: 2 * time.Second,
+		sendRounds: 5, sendWindow: 2 * time.Second,
+		idleFeeds: []int{1000, 10000}, idleSettle: 2 * time.Second, idleWindow: 30 * time.Second,
+		recFeeds: []int{10000, 200}, outage: 3 * time.Second,
+		timeout: 11 * time.Minute,
+	}
+	switch {
+	case *smoke:
+		s.preset = "smoke"
+		s.rounds, s.warmup, s.window = 1, 100*time.Millisecond, 300*time.Millisecond
+		s.sendRounds, s.sendWindow = 1, 300*time.Millisecond
+		s.idleFeeds, s.idleSettle, s.idleWindow = []int{100}, 200*time.Millisecond, 2*time.Second
+		s.recFeeds, s.outage = []int{100}, time.Second
+		s.timeout = 90 * time.Second
+	case *quick:
+		s.preset = "quick"
+		s.rounds, s.window = 3, time.Second
+		s.sendRounds, s.sendWindow = 3, time.Second
+		s.idleSettle, s.idleWindow = time.Second, 5*time.Second
+		s.timeout = 5 * time.Minute
+	}
+	var err error
+	if *rounds > 0 {
+		s.rounds, s.sendRounds = *rounds, *rounds
+	}
+	if *window > 0 {
+		s.window, s.sendWindow = *window, *window
+	}
+	if s.tpFeeds, err = parseInts(*tpFeeds); err != nil {
+		return nil, err
+	}
+	if s.tpSizes, err = parseInts(*tpSizes); err != nil {
+		return nil, err
+	}
+	if *idleFeeds != "" {
+		if s.idleFeeds, err = parseInts(*idleFeeds); err != nil {
+			return nil, err
+		}
+	}
+	if *idleWindow > 0 {
+		s.idleWindow = *idleWindow
+	}
+	if *recFeeds != "" {
+		if s.recFeeds, err = parseInts(*recFeeds); err != nil {
+			return nil, err
+		}
+	}
+	if *outage > 0 {
+		s.outage = *outage
+	}
+	if *timeout > 0 {
+		s.timeout = *timeout
+	}
+	s.only = map[string]bool{}
+	for f := range strings.SplitSeq(*only, ",") {
+		switch f = strings.TrimSpace(f); f {
+		case "throughput", "send", "idle", "recovery":
+			s.only[f] = true
+		case "":
+		default:
+			return nil, fmt.Errorf("unknown benchmark %q in -only", f)
+		}
+	}
+	s.profileDir, s.jsonOut, s.note, s.verbose = *profileDir, *jsonOut, *note, *verbose
+	return s, nil
+}
+
+// orch runs the benchmarks.
+type orch struct {
+	s     *settings
+	p     *procs
+	res   *results
+	start time.Time
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+}
+
+func orchestrate(args []string) error {
+	s, err := parseSettings(args)
+	if err != nil {
+		return err
+	}
+	raiseFDLimit()
+	p, err := newProcs(s.verbose)
+	if err != nil {
+		return err
+	}
+	defer p.killAll()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	if s.profileDir != "" {
+		if s.profileDir, err = filepath.Abs(s.profileDir); err != nil {
+			return err
+		}
+		if err := os.MkdirAll(s.profileDir, 0o755); err != nil {
+			return err
+		}
+	}
+
+	o := &orch{s: s, p: p, res: newResults(s), start: time.Now()}
+	steps := []struct {
+		name string
+		run  func(context.Context) error
+	}{
+		{"throughput", o.throughput},
+		{"send", o.send},
+		{"idle", o.idle},
+		{"recovery", o.recovery},
+	}
+	var errs []error
+	for _, st := range steps {
+		if !s.only[st.name] {
+			continue
+		}
+		if ctx.Err() != nil {
+			errs = append(errs, fmt.Errorf("%s: skipped: %w", st.name, ctx.Err()))
+			continue
+		}
+		logf("== %s", st.name)
+		if err := st.run(ctx); err != nil {
+			logf("%s failed: %v", st.name, err)
+			errs = append(errs, fmt.Errorf("%s: %w", st.name, err))
+		}
+		p.killAll() // nothing of one step survives into the next
+		p.mu.Lock()
+		p.children = map[*child]struct{}{}
+		p.mu.Unlock()
+	}
+	o.res.Elapsed = time.Since(o.start)
+	o.res.print(os.Stdout)
+	if s.jsonOut != "" {
+		b, _ := json.MarshalIndent(o.res, "", "  ")
+		if err := os.WriteFile(s.jsonOut, b, 0o644); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if ctx.Err() != nil && !errors.Is(ctx.Err(), context.Canceled) {
+		errs = append(errs, fmt.Errorf("overall timeout %v reached", s.timeout))
+	}
+	return errors.Join(errs...)
+}
+
+// remaining is how long children may live: until the overall deadline.
+func remaining(ctx context.Context) string {
+	if d, ok := ctx.Deadline(); ok {
+		return (time.Until(d) + 5*time.Second).Round(time.Second).String()
+	}
+	return "10m"
+}
+
+// server starts a firehose server child on addr and returns it with its
+// address and when it started listening.
+func (o *orch) server(ctx context.Context, mode, addr string) (*child, string, time.Time, error) {
+	c, err := o.p.start("server", "serve", "-addr", addr, "-mode", mode, "-maxtime", remaining(ctx))
+	if err != nil {
+		return nil, "", time.Time{}, err
+	}
+	line, err := c.expect(ctx, "LISTENING ", 10*time.Second)
+	if err != nil {
+		c.kill()
+		return nil, "", time.Time{}, err
+	}
+	f := strings.Fields(line)
+	if len(f) != 2 {
+		c.kill()
+		return nil, "", time.Time{}, fmt.Errorf("server: bad line %q", line)
+	}
+	ns, err := strconv.ParseInt(f[1], 10, 64)
+	if err != nil {
+		c.kill()
+		return nil, "", time.Time{}, err
+	}
+	return c, f[0], time.Unix(0, ns), nil
+}
+
+// serverStats asks a server for its counters.
+func serverStats(ctx context.Context, addr string) (firehose.Stats, error) {
+	var st firehose.Stats
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/stats", nil)
+	if err != nil {
+		return st, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	err = json.NewDecoder(resp.Body).Decode(&st)
+	return st, err
+}
+
+func (o *orch) profile(name string) string {
+	if o.s.profileDir == "" {
+		return ""
+	}
+	return filepath.Join(o.s.profileDir, name)
+}
+
+func (o *orch) throughput(ctx context.Context) error {
+	srv, addr, _, err := o.server(ctx, firehose.ModeFirehose, "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer srv.stop()
+	perRun := o.s.warmup + o.s.window + 2*time.Second
+	for _, feeds := range o.s.tpFeeds {
+		for _, size := range o.s.tpSizes {
+			args := []string{"throughput", "-url", "ws://" + addr + "/", "-feeds", fmt.Sprint(feeds), "-size", fmt.Sprint(size),
+				"-rounds", fmt.Sprint(o.s.rounds), "-warmup", o.s.warmup.String(), "-window", o.s.window.String(), "-maxtime", remaining(ctx)}
+			if pf := o.profile(fmt.Sprintf("throughput-f%d-s%d.cpu", feeds, size)); pf != "" {
+				args = append(args, "-cpuprofile", pf)
+			}
+			c, err := o.p.start(fmt.Sprintf("throughput f=%d s=%d", feeds, size), args...)
+			if err != nil {
+				return err
+			}
+			for range 2 * o.s.rounds {
+				var r tpRow
+				if err := c.result(ctx, perRun+15*time.Second, &r); err != nil {
+					c.kill()
+					return err
+				}
+				logf("throughput feeds=%d size=%d round %d %-6s %10.0f msgs/s  %.3f CPU s/M  %.2f allocs/msg",
+					feeds, size, r.Round, r.Mode, r.MsgsPerSec, r.CPUPerMillion, r.AllocsPerMsg)
+				o.res.Throughput = append(o.res.Throughput, r)
+			}
+			if err := c.wait(20 * time.Second); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (o *orch) send(ctx context.Context) error {
+	srv, addr, _, err := o.server(ctx, firehose.ModeEcho, "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer srv.stop()
+	c, err := o.p.start("send", "send", "-url", "ws://"+addr+"/", "-size", "64", "-rounds", fmt.Sprint(o.s.sendRounds),
+		"-window", o.s.sendWindow.String(), "-maxtime", remaining(ctx))
+	if err != nil {
+		return err
+	}
+	for range 2 * o.s.sendRounds {
+		var r sendRow
+		if err := c.result(ctx, o.s.sendWindow+20*time.Second, &r); err != nil {
+			c.kill()
+			return err
+		}
+		logf("send round %d %-6s %10.0f sends/s %10.0f echoes/s  %.3f CPU s/M  %.2f allocs/send",
+			r.Round, r.Mode, r.SendsPerSec, r.EchoesPerSec, r.CPUPerMillion, r.AllocsPerSend)
+		o.res.Send = append(o.res.Send, r)
+	}
+	return c.wait(20 * time.Second)
+}
+
+func (o *orch) idle(ctx context.Context) error {
+	var errs []error
+	for i, feeds := range o.s.idleFeeds {
+		modes := []string{runner.ModeWspool, runner.ModeRaw}
+		if i%2 == 1 {
+			modes[0], modes[1] = modes[1], modes[0]
+		}
+		for _, mode := range modes {
+			if err := o.idleOne(ctx, mode, feeds); err != nil {
+				errs = append(errs, err)
+				if ctx.Err() != nil {
+					return errors.Join(errs...)
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (o *orch) idleOne(ctx context.Context, mode string, feeds int) error {
+	// A fresh server (and port) per run: the previous run's sockets linger
+	// in TIME_WAIT on the old port.
+	srv, addr, _, err := o.server(ctx, firehose.ModeIdle, "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer srv.stop()
+	args := []string{"idle", "-url", "ws://" + addr + "/", "-mode", mode, "-feeds", fmt.Sprint(feeds),
+		"-settle", o.s.idleSettle.String(), "-window", o.s.idleWindow.String(), "-maxtime", remaining(ctx)}
+	if mode == runner.ModeWspool && o.s.profileDir != "" {
+		base := fmt.Sprintf("idle-%s-%d", mode, feeds)
+		args = append(args, "-cpuprofile", o.profile(base+".cpu"), "-heapprofile", o.profile(base+".heap"),
+			"-goroutines", o.profile(base+".goroutines.txt"), "-memprofilerate", "4096")
+	}
+	c, err := o.p.start(fmt.Sprintf("idle %s %d", mode, feeds), args...)
+	if err != nil {
+		return err
+	}
+	var r runner.IdleResult
+	if err := c.result(ctx, 2*time.Minute+o.s.idleWindow, &r); err != nil {
+		c.kill()
+		return err
+	}
+	logf("idle %-6s feeds=%-6d connect %.2fs  RSS/feed %.1f KiB  heap/feed %.1f KiB  stack/feed %.1f KiB  CPU %.2f%% of a core",
+		mode, feeds, r.ConnectSeconds, r.RSSPerFeed/1024, r.HeapPerFeed/1024, r.StackPerFeed/1024, r.CPUPercent)
+	row := idleRow{IdleResult: r}
+	if st, err := serverStats(ctx, addr); err == nil {
+		row.ServerPings = st.Pings
+	}
+	o.res.Idle = append(o.res.Idle, row)
+	return c.wait(time.Minute)
+}
+
+func (o *orch) recovery(ctx context.Context) error {
+	var errs []error
+	for _, feeds := range o.s.recFeeds {
+		if err := o.recoveryOne(ctx, feeds); err != nil {
+			errs = append(errs, err)
+			if ctx.Err() != nil {
+				break
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (o *orch) recoveryOne(ctx context.Context, feeds int) error {
+	srv, addr, _, err := o.server(ctx, firehose.ModeIdle, "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer func() { srv.kill() }()
+	c, err := o.p.start(fmt.Sprintf("recovery %d", feeds), "recovery", "-url", "ws://"+addr+"/", "-feeds", fmt.Sprint(feeds),
+		"-maxtime", remaining(ctx))
+	if err != nil {
+		return err
+	}
+	defer c.kill()
+	if _, err := c.expect(ctx, "UP ", 2*time.Minute); err != nil {
+		return err
+	}
+	first, _ := serverStats(ctx, addr)
+	if err := sleepCtx(ctx, time.Second); err != nil {
+		return err
+	}
+	// The outage: kill -9 the server, keep the port closed, start it again.
+	srv.kill()
+	killedAt := time.Now()
+	if _, err := c.expect(ctx, "DOWN ", 30*time.Second); err != nil {
+		return err
+	}
+	if err := sleepCtx(ctx, time.Until(killedAt.Add(o.s.outage))); err != nil {
+		return err
+	}
+	var backAt time.Time
+	for attempt := 0; ; attempt++ {
+		srv, _, backAt, err = o.server(ctx, firehose.ModeIdle, addr)
+		if err == nil {
+			break
+		}
+		// The port may not be free again at once; retry briefly.
+		if attempt >= 20 || ctx.Err() != nil {
+			return fmt.Errorf("restarting the server on %s: %w", addr, err)
+		}
+		if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
+			return err
+		}
+	}
+	logf("recovery feeds=%d: server killed, back after %v", feeds, backAt.Sub(killedAt).Round(time.Millisecond))
+	var r runner.RecoveryResult
+	if err := c.result(ctx, 2*time.Minute, &r); err != nil {
+		return err
+	}
+	st, err := serverStats(ctx, addr)
+	if err != nil {
+		return err
+	}
+	row := recoveryRow{
+		RecoveryResult:     r,
+		Outage:             backAt.Sub(killedAt),
+		BackToFirst:        time.Duration(r.FirstReconnectAt - backAt.UnixNano()),
+		BackToLast:         time.Duration(r.LastReconnectAt - backAt.UnixNano()),
+		BackToAllSeen:      time.Duration(r.AllSeenAt - backAt.UnixNano()),
+		PeakHandshakes:     st.PeakInFlight,
+		InitialPeak:        first.PeakInFlight,
+		ServerUpgrades:     st.Upgrades,
+		ServerAccepted:     st.Accepted,
+		MaxConcurrentDials: wspool.DefaultMaxConcurrentDials,
+	}
+	logf("recovery feeds=%d: last feed connected %v after the server was back; peak handshakes %d (initial connect %d)",
+		feeds, row.BackToLast.Round(time.Millisecond), row.PeakHandshakes, row.InitialPeak)
+	o.res.Recovery = append(o.res.Recovery, row)
+	return nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

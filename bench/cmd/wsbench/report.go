@@ -1,0 +1,400 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/wspool/wspool"
+	"github.com/wspool/wspool/bench/internal/runner"
+)
+
+type tpRow struct {
+	Round int
+	runner.ThroughputResult
+}
+
+type sendRow struct {
+	Round int
+	runner.SendResult
+}
+
+type idleRow struct {
+	runner.IdleResult
+	ServerPings int64 // pings the idle server answered during the run
+}
+
+type recoveryRow struct {
+	runner.RecoveryResult
+	Outage                      time.Duration // server killed -> listening again
+	BackToFirst, BackToLast     time.Duration // server listening -> first/last feed connected
+	BackToAllSeen               time.Duration // ... -> Pool.Stats showed every feed connected
+	PeakHandshakes, InitialPeak int64         // server-side peak of handshakes in flight
+	ServerUpgrades              int64         // handshakes completed by the restarted server
+	ServerAccepted              int64         // TCP connections it accepted
+	MaxConcurrentDials          int
+}
+
+// results is everything one orchestrator run measured.
+type results struct {
+	Preset    string
+	Note      string
+	Started   time.Time
+	Elapsed   time.Duration
+	GoVersion string
+	Machine   string
+	Settings  map[string]string
+
+	Throughput []tpRow
+	Send       []sendRow
+	Idle       []idleRow
+	Recovery   []recoveryRow
+}
+
+func newResults(s *settings) *results {
+	return &results{
+		Preset:    s.preset,
+		Note:      s.note,
+		Started:   time.Now(),
+		GoVersion: runtime.Version(),
+		Machine:   machine(),
+		Settings: map[string]string{
+			"throughput": fmt.Sprintf("%d rounds x (wspool, raw), alternating order, %v warm-up + %v window each", s.rounds, s.warmup, s.window),
+			"send":       fmt.Sprintf("%d rounds x (wspool, raw), %v window, 64 B", s.sendRounds, s.sendWindow),
+			"idle":       fmt.Sprintf("feeds %v, settle %v, CPU window %v, one process per run", s.idleFeeds, s.idleSettle, s.idleWindow),
+			"recovery":   fmt.Sprintf("feeds %v, outage %v (kill -9, restart on the same port)", s.recFeeds, s.outage),
+		},
+	}
+}
+
+// machine describes the CPU, core count and kernel.
+func machine() string {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		sc := bufio.NewScanner(bytes.NewReader(b))
+		for sc.Scan() {
+			if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	kernel := runtime.GOOS
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		kernel += " " + strings.TrimSpace(string(b))
+	}
+	var mem string
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		var kb int64
+		if _, err := fmt.Sscanf(string(b), "MemTotal: %d kB", &kb); err == nil {
+			mem = fmt.Sprintf(", %.0f GiB RAM", float64(kb)/(1<<20))
+		}
+	}
+	return fmt.Sprintf("%s, %d cores%s, %s", model, runtime.NumCPU(), mem, kernel)
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+func rate(x float64) string {
+	switch {
+	case x >= 1e6:
+		return fmt.Sprintf("%.2f M", x/1e6)
+	case x >= 1e3:
+		return fmt.Sprintf("%.1f k", x/1e3)
+	}
+	return fmt.Sprintf("%.0f", x)
+}
+
+func kib(b float64) string { return fmt.Sprintf("%.1f", b/1024) }
+
+// table prints a Markdown table with aligned columns.
+func table(w io.Writer, header []string, rows [][]string) {
+	width := make([]int, len(header))
+	for i, h := range header {
+		width[i] = len(h)
+	}
+	for _, r := range rows {
+		for i, c := range r {
+			width[i] = max(width[i], len(c))
+		}
+	}
+	line := func(cells []string) {
+		var b strings.Builder
+		b.WriteString("|")
+		for i, c := range cells {
+			fmt.Fprintf(&b, " %-*s |", width[i], c)
+		}
+		fmt.Fprintln(w, b.String())
+	}
+	line(header)
+	sep := make([]string, len(header))
+	for i := range sep {
+		sep[i] = strings.Repeat("-", width[i])
+	}
+	line(sep)
+	for _, r := range rows {
+		line(r)
+	}
+	fmt.Fprintln(w)
+}
+
+type tpKey struct{ feeds, size int }
+
+// tpSummary is one throughput configuration's medians.
+type tpSummary struct {
+	key                       tpKey
+	rounds                    int
+	ws, raw                   float64 // msgs/s
+	ratio, ratioMin, ratioMax float64 // per-round wspool/raw
+	wsCPU, rawCPU             float64
+	wsAllocs, rawAllocs       float64
+	wsBytes, rawBytes         float64
+	wsSpreadPct, rawSpreadPct float64 // (max-min)/median
+	wsRuns, rawRuns           []float64
+	ratioRuns                 []float64
+	wsCPURuns, rawCPURuns     []float64
+	wsAllocRuns, rawAllocRuns []float64
+	wsBytesRuns, rawBytesRuns []float64
+}
+
+func spread(xs []float64) float64 {
+	if len(xs) < 2 {
+		return 0
+	}
+	m := median(xs)
+	if m == 0 {
+		return 0
+	}
+	return 100 * (slices.Max(xs) - slices.Min(xs)) / m
+}
+
+func (r *results) throughputSummaries() []tpSummary {
+	var keys []tpKey
+	byKey := map[tpKey]*tpSummary{}
+	perRound := map[tpKey]map[int][2]float64{}
+	for _, t := range r.Throughput {
+		k := tpKey{t.Feeds, t.Size}
+		s, ok := byKey[k]
+		if !ok {
+			s = &tpSummary{key: k}
+			byKey[k] = s
+			keys = append(keys, k)
+			perRound[k] = map[int][2]float64{}
+		}
+		pr := perRound[k][t.Round]
+		if t.Mode == runner.ModeWspool {
+			s.wsRuns = append(s.wsRuns, t.MsgsPerSec)
+			s.wsCPURuns = append(s.wsCPURuns, t.CPUPerMillion)
+			s.wsAllocRuns = append(s.wsAllocRuns, t.AllocsPerMsg)
+			s.wsBytesRuns = append(s.wsBytesRuns, t.BytesPerMsg)
+			pr[0] = t.MsgsPerSec
+		} else {
+			s.rawRuns = append(s.rawRuns, t.MsgsPerSec)
+			s.rawCPURuns = append(s.rawCPURuns, t.CPUPerMillion)
+			s.rawAllocRuns = append(s.rawAllocRuns, t.AllocsPerMsg)
+			s.rawBytesRuns = append(s.rawBytesRuns, t.BytesPerMsg)
+			pr[1] = t.MsgsPerSec
+		}
+		perRound[k][t.Round] = pr
+	}
+	var out []tpSummary
+	for _, k := range keys {
+		s := byKey[k]
+		for _, pr := range perRound[k] {
+			if pr[0] > 0 && pr[1] > 0 {
+				s.ratioRuns = append(s.ratioRuns, pr[0]/pr[1])
+			}
+		}
+		s.rounds = len(s.ratioRuns)
+		s.ws, s.raw = median(s.wsRuns), median(s.rawRuns)
+		s.ratio = median(s.ratioRuns)
+		if len(s.ratioRuns) > 0 {
+			s.ratioMin, s.ratioMax = slices.Min(s.ratioRuns), slices.Max(s.ratioRuns)
+		}
+		s.wsCPU, s.rawCPU = median(s.wsCPURuns), median(s.rawCPURuns)
+		s.wsAllocs, s.rawAllocs = median(s.wsAllocRuns), median(s.rawAllocRuns)
+		s.wsBytes, s.rawBytes = median(s.wsBytesRuns), median(s.rawBytesRuns)
+		s.wsSpreadPct, s.rawSpreadPct = spread(s.wsRuns), spread(s.rawRuns)
+		out = append(out, *s)
+	}
+	return out
+}
+
+type target struct{ name, measured, status string }
+
+func status(ok bool) string {
+	if ok {
+		return "PASS"
+	}
+	return "MISS"
+}
+
+func (r *results) print(w io.Writer) {
+	fmt.Fprintf(w, "## wsbench results (%s preset)\n\n", r.Preset)
+	fmt.Fprintf(w, "- started %s, took %v\n", r.Started.UTC().Format("2006-01-02 15:04 MST"), r.Elapsed.Round(time.Second))
+	fmt.Fprintf(w, "- machine: %s; %s\n", r.Machine, r.GoVersion)
+	if r.Note != "" {
+		fmt.Fprintf(w, "- %s\n", r.Note)
+	}
+	for _, k := range []string{"throughput", "send", "idle", "recovery"} {
+		fmt.Fprintf(w, "- %s: %s\n", k, r.Settings[k])
+	}
+	fmt.Fprintln(w)
+	var targets []target
+
+	if sums := r.throughputSummaries(); len(sums) > 0 {
+		fmt.Fprintf(w, "### Throughput: firehose server process -> one client process, no-op handler\n\n")
+		fmt.Fprintf(w, "Medians over rounds; ratio is the median of per-round wspool/raw (min-max in brackets); CPU is the client process's user+sys per million messages; allocs and bytes are heap allocations per message in the client process.\n\n")
+		var rows [][]string
+		for _, s := range sums {
+			rows = append(rows, []string{
+				fmt.Sprint(s.key.feeds), fmt.Sprintf("%d B", s.key.size),
+				rate(s.ws), rate(s.raw),
+				fmt.Sprintf("%.2f [%.2f-%.2f]", s.ratio, s.ratioMin, s.ratioMax),
+				fmt.Sprintf("%.3f", s.wsCPU), fmt.Sprintf("%.3f", s.rawCPU),
+				fmt.Sprintf("%.3f", s.wsAllocs), fmt.Sprintf("%.3f", s.rawAllocs),
+				fmt.Sprintf("%.0f", s.wsBytes), fmt.Sprintf("%.0f", s.rawBytes),
+				fmt.Sprintf("%.0f%% / %.0f%%", s.wsSpreadPct, s.rawSpreadPct),
+				fmt.Sprint(s.rounds),
+			})
+			targets = append(targets, target{
+				fmt.Sprintf("throughput >= 0.95x raw (%d feeds, %d B)", s.key.feeds, s.key.size),
+				fmt.Sprintf("%.2fx", s.ratio), status(s.ratio >= 0.95),
+			})
+		}
+		table(w, []string{"feeds", "size", "wspool msgs/s", "raw msgs/s", "wspool/raw", "CPU s/M wspool", "CPU s/M raw",
+			"allocs/msg wspool", "allocs/msg raw", "B/msg wspool", "B/msg raw", "spread ws/raw", "rounds"}, rows)
+		worst := 0.0
+		for _, s := range sums {
+			worst = max(worst, s.wsAllocs)
+		}
+		// The harness itself allocates a little during a window (MemStats,
+		// timers, the runtime): 1% of slack over one allocation per message.
+		targets = append(targets, target{"<= 1 heap alloc per delivered message (wspool, worst config; 1% slack for the harness)",
+			fmt.Sprintf("%.3f", worst), status(worst <= 1.01)})
+		for _, s := range sums {
+			if s.key == (tpKey{1, 64}) {
+				fmt.Fprintf(w, "Reference: raw gorilla ~3.3 M msgs/s on one connection (64 B); measured here: %s.\n\n", rate(s.raw))
+			}
+		}
+	}
+
+	if len(r.Send) > 0 {
+		fmt.Fprintf(w, "### Send: one feed, Client.Send in a loop, 64 B, against an echo server process\n\n")
+		fmt.Fprintf(w, "At most 1024 messages are in flight (sent, not yet echoed), so the rate is that of the round trip, not of filling socket buffers. CPU and allocations are the client process's (echo reading included) per message sent.\n\n")
+		var ws, raw, wsE, rawE, wsC, rawC, wsA, rawA []float64
+		var lost int64
+		for _, s := range r.Send {
+			lost += s.Lost
+			if s.Mode == runner.ModeWspool {
+				ws, wsE, wsC, wsA = append(ws, s.SendsPerSec), append(wsE, s.EchoesPerSec), append(wsC, s.CPUPerMillion), append(wsA, s.AllocsPerSend)
+			} else {
+				raw, rawE, rawC, rawA = append(raw, s.SendsPerSec), append(rawE, s.EchoesPerSec), append(rawC, s.CPUPerMillion), append(rawA, s.AllocsPerSend)
+			}
+		}
+		ratio := 0.0
+		if median(raw) > 0 {
+			ratio = median(ws) / median(raw)
+		}
+		table(w, []string{"client", "sends/s", "echoes/s", "CPU s/M sends", "allocs/send", "runs"}, [][]string{
+			{"wspool Client.Send", rate(median(ws)), rate(median(wsE)), fmt.Sprintf("%.3f", median(wsC)), fmt.Sprintf("%.2f", median(wsA)), fmt.Sprint(len(ws))},
+			{"raw WriteMessage", rate(median(raw)), rate(median(rawE)), fmt.Sprintf("%.3f", median(rawC)), fmt.Sprintf("%.2f", median(rawA)), fmt.Sprint(len(raw))},
+		})
+		fmt.Fprintf(w, "wspool/raw sends: %.2f; messages not echoed 2 s after the loop (all runs): %d.\n\n", ratio, lost)
+	}
+
+	if len(r.Idle) > 0 {
+		fmt.Fprintf(w, "### Idle feeds: one client process per row against an idle server process (answers pings, sends nothing)\n\n")
+		fmt.Fprintf(w, "Per feed = (value after the window - value before the first dial) / feeds. RSS is VmRSS as is; \"after GC\" is after runtime.GC + debug.FreeOSMemory. wspool runs with default heartbeats (ping every %v); raw is one goroutine per connection in ReadMessage, no pings.\n\n", wspool.DefaultPingInterval)
+		var rows [][]string
+		byFeeds := map[int]map[string]idleRow{}
+		var order []int
+		for _, i := range r.Idle {
+			if byFeeds[i.Feeds] == nil {
+				byFeeds[i.Feeds] = map[string]idleRow{}
+				order = append(order, i.Feeds)
+			}
+			byFeeds[i.Feeds][i.Mode] = i
+			rows = append(rows, []string{
+				fmt.Sprint(i.Feeds), i.Mode, fmt.Sprintf("%.2f", i.ConnectSeconds),
+				kib(i.RSSPerFeed), kib(i.RSSAfterGCPerFeed), kib(i.HeapPerFeed), kib(i.StackPerFeed),
+				fmt.Sprintf("%.2f", i.GoroutinesPerFeed),
+				fmt.Sprintf("%.2f%% (%.1fs)", i.CPUPercent, i.WindowSeconds),
+				fmt.Sprintf("%.1f MiB", float64(i.After.RSS)/(1<<20)),
+				fmt.Sprintf("%d/%d", i.Connected, i.Feeds),
+				fmt.Sprint(i.ServerPings),
+			})
+		}
+		table(w, []string{"feeds", "client", "connect s", "RSS KiB/feed", "RSS after GC KiB/feed", "heap KiB/feed", "stack KiB/feed",
+			"goroutines/feed", "CPU % of a core (window)", "RSS total", "connected", "pings answered"}, rows)
+		for _, n := range order {
+			ws, okW := byFeeds[n][runner.ModeWspool]
+			raw, okR := byFeeds[n][runner.ModeRaw]
+			if okW && okR {
+				targets = append(targets, target{fmt.Sprintf("idle RSS per feed <= raw's (%d feeds)", n),
+					fmt.Sprintf("%s vs %s KiB", kib(ws.RSSPerFeed), kib(raw.RSSPerFeed)), status(ws.RSSPerFeed <= raw.RSSPerFeed)})
+			}
+			if okW && n >= 10000 {
+				targets = append(targets, target{fmt.Sprintf("idle CPU of %d feeds < 5%% of a core", n),
+					fmt.Sprintf("%.2f%%", ws.CPUPercent), status(ws.CPUPercent < 5)})
+			}
+			if okR && n == 10000 {
+				fmt.Fprintf(w, "Reference: raw gorilla ~11 KB RSS per idle connection at 10,000; measured here: %s KiB.\n\n", kib(raw.RSSPerFeed))
+			}
+		}
+	}
+
+	if len(r.Recovery) > 0 {
+		fmt.Fprintf(w, "### Recovery: Pool of idle feeds, server process killed (-9) and restarted on the same port\n\n")
+		fmt.Fprintf(w, "Times are from the restarted server's listen() to the feeds' StateConnected callbacks; \"all seen\" is when polling Pool.Stats().Connected every 50 ms saw every feed. Peak handshakes are counted by the server (accept to 101 written).\n\n")
+		var rows [][]string
+		for _, x := range r.Recovery {
+			rows = append(rows, []string{
+				fmt.Sprint(x.Feeds), x.Outage.Round(time.Millisecond).String(),
+				x.BackToFirst.Round(time.Millisecond).String(), x.BackToLast.Round(time.Millisecond).String(),
+				x.BackToAllSeen.Round(time.Millisecond).String(),
+				fmt.Sprintf("%d (cap %d)", x.PeakHandshakes, x.MaxConcurrentDials),
+				fmt.Sprint(x.InitialPeak),
+				fmt.Sprintf("%.2f", x.InitialConnectSeconds),
+				fmt.Sprint(x.AttemptsDuringOutage),
+				fmt.Sprintf("%.2f / %.2f", x.StatsMeanMillis, x.StatsMaxMs),
+			})
+			limit := 5 * time.Second
+			if x.Feeds <= 200 {
+				limit = 2 * time.Second
+			}
+			targets = append(targets, target{fmt.Sprintf("recovery: %d feeds back within %v of the server", x.Feeds, limit),
+				x.BackToLast.Round(time.Millisecond).String(), status(x.BackToLast <= limit)})
+			targets = append(targets, target{fmt.Sprintf("recovery: server never sees > %d concurrent handshakes (%d feeds)", x.MaxConcurrentDials, x.Feeds),
+				fmt.Sprint(x.PeakHandshakes), status(x.PeakHandshakes <= int64(x.MaxConcurrentDials))})
+		}
+		table(w, []string{"feeds", "outage", "back->first", "back->last", "back->all seen (poll)", "peak handshakes",
+			"peak at first connect", "first connect s", "dial attempts (outage+recovery)", "Pool.Stats ms mean/max"}, rows)
+	}
+
+	if len(targets) > 0 {
+		fmt.Fprintf(w, "### Targets\n\n")
+		var rows [][]string
+		for _, t := range targets {
+			rows = append(rows, []string{t.name, t.measured, t.status})
+		}
+		table(w, []string{"target", "measured", "status"}, rows)
+	}
+}
