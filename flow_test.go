@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -379,20 +378,6 @@ func TestKickAfterSubscribeBacksOff(t *testing.T) {
 			}
 		}
 	})
-}
-
-func raiseFDLimit(t *testing.T, want uint64) {
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-		t.Skip("no rlimit:", err)
-	}
-	if rl.Cur < rl.Max {
-		rl.Cur = rl.Max
-		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl)
-	}
-	if rl.Cur < want {
-		t.Skipf("fd limit %d below the %d this test needs", rl.Cur, want)
-	}
 }
 
 func TestReconnectStormIsCapped(t *testing.T) {
