@@ -65,6 +65,12 @@
 // handler's error or panic is reported as a [HandlerError] (WithOnError, the
 // logger, Stats.HandlerErrors) and the feed goes on with the next message.
 //
+// With WithQueue a bounded queue sits between reader and handler (the reader
+// keeps reading while the handler works through a burst) with a stated
+// overflow policy: Block (lossless; TCP pushes back), DropOldest or
+// DropNewest, with counters in Stats and an ErrSlowConsumer report when a feed
+// starts dropping. Queued messages are copies the handler owns.
+//
 // # Resume
 //
 // WithOnConnect runs after every handshake and before any message of that
@@ -77,7 +83,18 @@
 //
 // Client.Send is safe from any goroutine; writes are serialized, and each is
 // bounded by the write timeout. While the feed is not connected, Send fails at
-// once with [ErrNotConnected].
+// once with [ErrNotConnected], or, with WithSendBuffer, waits in a bounded
+// buffer that is flushed in order on the next connection after OnConnect.
+// Client.SendAsync reports the outcome through a callback. Every message is
+// either written to the socket or reported failed, exactly once; a message
+// marked [NoReplay] is never carried over to a later connection.
+//
+// # Rotation
+//
+// WithMaxConnectionAge replaces a connection before an upstream's age limit
+// cuts it: the new connection is dialled and subscribed while the old one
+// keeps delivering, then the old one is closed and drained. WithDuplicateFilter
+// drops messages the overlap delivered twice.
 //
 // # Concurrency
 //
