@@ -369,12 +369,13 @@ func TestHeartbeats(t *testing.T) {
 		}
 	}
 	for _, name := range []string{"fast", "medium"} { // DropReplies
-		if num(t, s[name], "pongs_to_handler") != 0 || num(t, s[name], "replies_dropped") < 1 {
+		if num(t, s[name], "replies") < 1 || num(t, s[name], "replies_to_handler") != 0 {
 			t.Errorf("%s: replies should be recognised and dropped: %v", name, s[name])
 		}
 	}
-	if num(t, s["json"], "pongs_to_handler") < 1 || num(t, s["json"], "replies_dropped") != 0 {
-		t.Errorf("json: replies should reach the handler: %v", s["json"])
+	// A reply read during the close handshake is not delivered.
+	if r, h := num(t, s["json"], "replies"), num(t, s["json"], "replies_to_handler"); h < 1 || h > r {
+		t.Errorf("json: replies should be recognised and reach the handler: %v", s["json"])
 	}
 }
 

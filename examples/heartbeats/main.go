@@ -14,8 +14,8 @@
 // The embedded server (127.0.0.1) answers every heartbeat, counts them per
 // feed, and publishes a data message every 400ms on each connection. Every
 // second the program prints, per feed, how many heartbeats the server heard
-// and at what measured interval, and what the handler got: data messages,
-// pongs, and the replies that were dropped before reaching it. Replies
+// and at what measured interval, how many replies IsReply recognised, and
+// what the handler got: data messages and, for json, the pongs. Replies
 // recognised by IsReply still prove the connection alive, but they are not
 // data for the stale-data watchdog (WithStaleTimeout).
 //
@@ -48,8 +48,22 @@ type feed struct {
 	interval time.Duration
 	hb       wspool.Heartbeat
 
-	data, pongs atomic.Int64
+	data, pongs atomic.Int64 // seen by the handler
+	replies     atomic.Int64 // recognised by IsReply, dropped or not
 	appRTT      atomic.Int64 // latest, in ns (json feed)
+}
+
+// countReplies wraps the feed's IsReply to count the replies it recognises.
+func (f *feed) countReplies() *feed {
+	isReply := f.hb.IsReply
+	f.hb.IsReply = func(m wspool.Message) bool {
+		if isReply(m) {
+			f.replies.Add(1)
+			return true
+		}
+		return false
+	}
+	return f
 }
 
 func textPing(name string, interval time.Duration) *feed {
@@ -134,9 +148,9 @@ func run(ctx context.Context, dataEvery time.Duration, out io.Writer) error {
 	defer srv.Close()
 
 	feeds := []*feed{
-		textPing("fast", 250*time.Millisecond),
-		textPing("medium", 500*time.Millisecond),
-		jsonPing("json", time.Second),
+		textPing("fast", 250*time.Millisecond).countReplies(),
+		textPing("medium", 500*time.Millisecond).countReplies(),
+		jsonPing("json", time.Second).countReplies(),
 	}
 	pool, err := wspool.NewPool()
 	if err != nil {
@@ -157,20 +171,22 @@ func run(ctx context.Context, dataEvery time.Duration, out io.Writer) error {
 		}
 		for _, f := range feeds {
 			h, st := heard[f.name], stats[f.name]
-			data, pongs := f.data.Load(), f.pongs.Load()
-			// MessagesIn counts every message read, dropped replies included.
-			dropped := max(st.MessagesIn-data-pongs, 0)
+			data, pongs, replies := f.data.Load(), f.pongs.Load(), f.replies.Load()
+			fate := "delivered"
+			if f.hb.DropReplies {
+				fate = "dropped"
+			}
 			if final {
-				fmt.Fprintf(out, "summary feed=%s interval=%v heard=%d measured_interval=%v sent=%d data=%d pongs_to_handler=%d replies_dropped=%d connects=%d\n",
-					f.name, f.interval, h.n, h.interval().Round(time.Millisecond), st.MessagesOut, data, pongs, dropped, st.Connects)
+				fmt.Fprintf(out, "summary feed=%s interval=%v heard=%d measured_interval=%v sent=%d data=%d replies=%d replies_to_handler=%d connects=%d\n",
+					f.name, f.interval, h.n, h.interval().Round(time.Millisecond), st.MessagesOut, data, replies, pongs, st.Connects)
 				continue
 			}
 			measured := "-"
 			if d := h.interval(); d > 0 {
 				measured = d.Round(time.Millisecond).String()
 			}
-			line := fmt.Sprintf("[%5.1fs] %-6s every %-5v  server heard %3d, one every %-6s  handler got %3d data, %3d pongs (%d replies dropped)",
-				time.Since(start).Seconds(), f.name, f.interval, h.n, measured, data, pongs, dropped)
+			line := fmt.Sprintf("[%5.1fs] %-6s every %-5v  server heard %3d, one every %-6s  replies %3d %-9s  handler got %3d data, %3d pongs",
+				time.Since(start).Seconds(), f.name, f.interval, h.n, measured, replies, fate, data, pongs)
 			if rtt := time.Duration(f.appRTT.Load()); rtt > 0 {
 				line += fmt.Sprintf(", app RTT %v", rtt.Round(time.Microsecond))
 			}
