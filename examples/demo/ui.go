@@ -159,12 +159,17 @@ func (u *statusUI) redraw(st wspool.PoolStats, events []string) {
 	if u.stopped {
 		hint = "(stopped)"
 	}
+	// Auto-wrap off while drawing the table: on a narrow terminal a long row
+	// is clipped instead of taking two lines, which would throw off the
+	// cursor-up count of the next redraw.
+	b.WriteString("\x1b[?7l")
 	fmt.Fprintf(&b, "\x1b[1mwspool demo\x1b[0m  %s  feeds %d, connected %d  %s\n",
 		time.Since(u.start).Round(time.Second), st.Total, st.Connected, hint)
 	for _, r := range rows {
 		b.WriteString(r)
 		b.WriteByte('\n')
 	}
+	b.WriteString("\x1b[?7h")
 	u.onScreen = len(rows) + 1
 	io.WriteString(u.out, b.String())
 }

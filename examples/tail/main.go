@@ -181,7 +181,7 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 
 	// Handlers of different feeds run concurrently: one lock keeps lines whole.
 	var outMu sync.Mutex
-	print := func(feed string, msg wspool.Message) error {
+	emit := func(feed string, msg wspool.Message) error {
 		var b []byte
 		if cfg.raw {
 			b = append(msg.Data[:len(msg.Data):len(msg.Data)], '\n') // a copy: Data is the library's buffer
@@ -226,7 +226,7 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 		// is not running yet, so no message arrives before it is set.
 		var name string
 		c, err := pool.Add(t.url, func(_ context.Context, msg wspool.Message) error {
-			return print(name, msg)
+			return emit(name, msg)
 		}, feedOpts...)
 		if errors.Is(err, wspool.ErrDuplicateName) {
 			return fmt.Errorf("%w: %s given twice", errUsage, t.url)
