@@ -229,7 +229,8 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 			return emit(name, msg)
 		}, feedOpts...)
 		if errors.Is(err, wspool.ErrDuplicateName) {
-			return fmt.Errorf("%w: %s given twice", errUsage, t.url)
+			// Not echoing the URL: it may carry credentials.
+			return fmt.Errorf("%w: the same feed URL given twice", errUsage)
 		}
 		if err != nil {
 			return err
