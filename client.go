@@ -45,11 +45,15 @@ func (t MessageType) String() string {
 type Message struct {
 	Type MessageType
 	Data []byte
+	// Feed is the name of the feed the message arrived on, so that one
+	// handler can serve several feeds.
+	Feed string
 }
 
 // Clone returns a copy of m whose Data the caller owns.
 func (m Message) Clone() Message {
-	return Message{Type: m.Type, Data: append([]byte(nil), m.Data...)}
+	m.Data = append([]byte(nil), m.Data...)
+	return m
 }
 
 // A Handler receives a feed's messages, one at a time, in arrival order; it
@@ -138,6 +142,7 @@ type clientCounters struct {
 	msgsIn, bytesIn, msgsOut          atomic.Int64
 	bytesOut, handlerErrs, replies    atomic.Int64
 	sendFailed, rotations, duplicates atomic.Int64
+	delivered                         atomic.Int64
 	rtt, srtt                         atomic.Int64
 }
 
@@ -300,6 +305,11 @@ func (c *Client) loop(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		if c.inq != nil && c.inq.cfg.DrainBeforeReconnect && cause != nil {
+			if !c.inq.waitDrained(ctx) {
+				return nil
+			}
+		}
 		c.setState(StateConnecting, cause, rp.failures, 0)
 		c.stats.attempts.Add(1)
 		err := c.connectAndServe(ctx, rp)
@@ -439,7 +449,7 @@ func (c *Client) serve(ctx context.Context, conn *Conn) error {
 		if err != nil {
 			return conn.causeOf(err)
 		}
-		msg := Message{Type: MessageType(typ), Data: buf}
+		msg := Message{Type: MessageType(typ), Data: buf, Feed: c.name}
 		deliver := !conn.stopping.Load() // shutting down: drain until the close frame
 		if isReply != nil && isReply(msg) {
 			c.stats.replies.Add(1)
@@ -525,6 +535,7 @@ func (c *Client) deliverQueued(ctx context.Context, done chan<- struct{}) {
 			return
 		}
 		c.deliver(ctx, m)
+		c.inq.delivered()
 	}
 }
 
@@ -534,6 +545,7 @@ func (c *Client) deliver(ctx context.Context, msg Message) {
 			c.reportHandlerError(&HandlerError{Feed: c.name, Panic: r, Stack: debug.Stack()})
 		}
 	}()
+	defer c.stats.delivered.Add(1)
 	if err := c.handler(ctx, msg); err != nil {
 		c.reportHandlerError(&HandlerError{Feed: c.name, Err: err})
 	}
@@ -602,12 +614,18 @@ func (c *Client) dial(ctx context.Context) (*Conn, error) {
 	dctx = context.WithValue(dctx, dialSlotKey{}, slot)
 	ws, resp, err := c.dialer.DialContext(dctx, u.String(), h)
 	if err != nil {
+		if resp != nil && resp.StatusCode == http.StatusSwitchingProtocols {
+			return nil, fmt.Errorf("wspool: handshake: invalid 101 response (Upgrade, Connection or Sec-WebSocket-Accept wrong): %w", err)
+		}
 		if resp != nil && errors.Is(err, websocket.ErrBadHandshake) {
 			he := &HandshakeError{StatusCode: resp.StatusCode, Err: err}
 			if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
 				he.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
 			}
 			return nil, he
+		}
+		if ctx.Err() == nil && errors.Is(dctx.Err(), context.DeadlineExceeded) {
+			return nil, fmt.Errorf("wspool: dial: handshake timeout (%v): %w: %w", c.cfg.handshakeTO, context.DeadlineExceeded, err)
 		}
 		return nil, fmt.Errorf("wspool: dial: %w", err)
 	}
@@ -787,7 +805,7 @@ func (cn *Conn) ReadMessage(ctx context.Context) (Message, error) {
 	}
 	cn.client.stats.msgsIn.Add(1)
 	cn.client.stats.bytesIn.Add(int64(len(data)))
-	return Message{Type: MessageType(typ), Data: data}, nil
+	return Message{Type: MessageType(typ), Data: data, Feed: cn.client.name}, nil
 }
 
 // kill tears the connection down with cause; the first cause wins. It

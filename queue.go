@@ -45,6 +45,14 @@ type Queue struct {
 	Bytes int
 	// Policy applies when either bound is reached. Default Block.
 	Policy OverflowPolicy
+	// DrainBeforeReconnect makes the feed wait, after a connection ends, until
+	// the handler has finished every queued message before it dials again. By
+	// default the queue survives reconnects: the next dial, request func and
+	// OnConnect may run while messages of the old connection are still being
+	// handled, so a resume cursor computed by the handler can lag behind what
+	// was received. Set it when OnConnect or the request func resumes from
+	// state the handler keeps.
+	DrainBeforeReconnect bool
 }
 
 // WithQueue puts a bounded queue between the feed's reader and its handler.
@@ -90,6 +98,8 @@ type inQueue struct {
 
 	notEmpty chan struct{} // capacity 1
 	notFull  chan struct{} // capacity 1
+	drained  chan struct{} // capacity 1: the handler finished and the queue is empty
+	busy     bool          // the handler is running on a popped message
 
 	depth, highWater atomic.Int64
 	dropped          atomic.Int64
@@ -101,6 +111,7 @@ func newInQueue(q Queue) *inQueue {
 		buf:      make([]Message, q.Messages),
 		notEmpty: make(chan struct{}, 1),
 		notFull:  make(chan struct{}, 1),
+		drained:  make(chan struct{}, 1),
 	}
 }
 
@@ -191,6 +202,7 @@ func (q *inQueue) pop(ctx context.Context) (Message, bool) {
 		q.mu.Lock()
 		if q.n > 0 {
 			m := q.popLocked()
+			q.busy = true
 			q.mu.Unlock()
 			signal(q.notFull)
 			return m, true
@@ -224,5 +236,34 @@ func (q *inQueue) discardAll() {
 	for q.n > 0 {
 		q.popLocked()
 		q.dropped.Add(1)
+	}
+}
+
+// delivered marks the end of the handler's work on a popped message.
+func (q *inQueue) delivered() {
+	q.mu.Lock()
+	q.busy = false
+	empty := q.n == 0
+	q.mu.Unlock()
+	if empty {
+		signal(q.drained)
+	}
+}
+
+// waitDrained waits until the queue is empty and the handler idle; false if
+// ctx ended first.
+func (q *inQueue) waitDrained(ctx context.Context) bool {
+	for {
+		q.mu.Lock()
+		idle := q.n == 0 && !q.busy
+		q.mu.Unlock()
+		if idle {
+			return true
+		}
+		select {
+		case <-q.drained:
+		case <-ctx.Done():
+			return false
+		}
 	}
 }

@@ -2,6 +2,7 @@ package wspool
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -70,15 +71,19 @@ type sendReq struct {
 // Send fails with ErrClosed.
 //
 // data is not retained after Send returns.
-func (c *Client) Send(ctx context.Context, typ MessageType, data []byte, opts ...SendOption) error {
+func (c *Client) Send(ctx context.Context, typ MessageType, data []byte, opts ...SendOption) (err error) {
+	defer func() { c.countFailed(err) }()
 	if err := checkType(typ); err != nil {
 		return err
 	}
 	c.mu.Lock()
-	conn := c.conn
-	if conn != nil {
+	if conn := c.conn; conn != nil {
 		c.mu.Unlock()
-		return conn.Send(ctx, typ, data)
+		err := conn.Send(ctx, typ, data)
+		if !c.retryBuffered(err, opts) {
+			return err
+		}
+		c.mu.Lock() // the connection died before a byte was written: buffer it
 	}
 	result := make(chan error, 1)
 	r, err := c.bufferLocked(typ, data, func(err error) { result <- err }, opts)
@@ -106,25 +111,51 @@ func (c *Client) Send(ctx context.Context, typ MessageType, data []byte, opts ..
 // order of messages from one goroutine is kept. data must not be modified
 // until done is called.
 func (c *Client) SendAsync(typ MessageType, data []byte, done func(error), opts ...SendOption) {
-	if done == nil {
-		done = func(error) {}
+	userDone := done
+	done = func(err error) {
+		c.countFailed(err)
+		if userDone != nil {
+			userDone(err)
+		}
 	}
 	if err := checkType(typ); err != nil {
 		done(err)
 		return
 	}
 	c.mu.Lock()
-	conn := c.conn
-	if conn != nil {
+	if conn := c.conn; conn != nil {
 		c.mu.Unlock()
-		done(conn.Send(context.Background(), typ, data))
-		return
+		err := conn.Send(context.Background(), typ, data)
+		if !c.retryBuffered(err, opts) {
+			done(err)
+			return
+		}
+		c.mu.Lock() // the connection died before a byte was written: buffer it
 	}
 	_, err := c.bufferLocked(typ, data, done, opts)
 	c.mu.Unlock()
 	if err != nil {
 		done(err)
 	}
+}
+
+func (c *Client) countFailed(err error) {
+	if err != nil {
+		c.stats.sendFailed.Add(1)
+	}
+}
+
+// retryBuffered reports whether a direct write that failed because the
+// connection was already gone (nothing written) should go to the send buffer.
+func (c *Client) retryBuffered(err error, opts []SendOption) bool {
+	if c.cfg.sendBuffer == nil || !errors.Is(err, ErrNotConnected) {
+		return false
+	}
+	var r sendReq
+	for _, o := range opts {
+		o(&r)
+	}
+	return !r.noReplay
 }
 
 func checkType(typ MessageType) error {
@@ -148,7 +179,6 @@ func (c *Client) bufferLocked(typ MessageType, data []byte, done func(error), op
 	case sb == nil || r.noReplay:
 		return nil, ErrNotConnected
 	case len(c.sendQ) >= sb.Messages || c.sendQBytes+len(data) > sb.Bytes:
-		c.stats.sendFailed.Add(1)
 		return nil, fmt.Errorf("%w (%d messages, %d bytes buffered)", ErrSendBufferFull, len(c.sendQ), c.sendQBytes)
 	}
 	r.at = time.Now()
@@ -157,7 +187,6 @@ func (c *Client) bufferLocked(typ MessageType, data []byte, done func(error), op
 	if sb.MaxAge > 0 {
 		r.expiry = time.AfterFunc(sb.MaxAge, func() {
 			if c.withdraw(r) {
-				c.stats.sendFailed.Add(1)
 				r.done(fmt.Errorf("%w after %v", ErrSendExpired, sb.MaxAge))
 			}
 		})
@@ -207,9 +236,6 @@ func (c *Client) flushAndPublish(ctx context.Context, conn *Conn) error {
 		r := c.takeLocked()
 		c.mu.Unlock()
 		err := conn.Send(ctx, r.typ, r.data)
-		if err != nil {
-			c.stats.sendFailed.Add(1)
-		}
 		r.done(err)
 		if err != nil {
 			return err
@@ -227,7 +253,6 @@ func (c *Client) failBuffered(err error) {
 		if r.expiry != nil {
 			r.expiry.Stop()
 		}
-		c.stats.sendFailed.Add(1)
 		r.done(err)
 	}
 }

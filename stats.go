@@ -14,18 +14,22 @@ type Stats struct {
 	// and LastErrorAt when it happened; nil if none.
 	LastError   error
 	LastErrorAt time.Time
-	// Messages and bytes received (delivered, dropped heartbeat replies and
-	// messages read by OnConnect included) and sent.
+	// Messages and bytes read from the socket (heartbeat replies, messages
+	// read by OnConnect and messages drained during shutdown included) and
+	// written to it.
 	MessagesIn, BytesIn, MessagesOut, BytesOut int64
+	// Delivered counts handler calls that completed (with or without error);
+	// HeartbeatReplies counts inbound messages recognised by Heartbeat.IsReply.
+	Delivered, HeartbeatReplies int64
 	// HandlerErrors counts handler errors and panics.
 	HandlerErrors int64
 	// Inbound queue (WithQueue): messages dropped by the overflow policy or
 	// discarded at shutdown, current depth and its high-water mark.
 	Dropped                    int64
 	QueueDepth, QueueHighWater int
-	// Send buffer (WithSendBuffer): messages waiting for a connection, and
-	// sends reported failed (buffer full, expired, closed, write error while
-	// flushing).
+	// SendBuffered is the number of messages waiting for a connection
+	// (WithSendBuffer); SendFailed counts every Send and SendAsync reported
+	// failed, whatever the reason.
 	SendBuffered int
 	SendFailed   int64
 	// Rotations counts planned replacements (WithMaxConnectionAge), and
@@ -60,6 +64,8 @@ func (c *Client) Stats() Stats {
 	s.MessagesOut = st.msgsOut.Load()
 	s.BytesOut = st.bytesOut.Load()
 	s.HandlerErrors = st.handlerErrs.Load()
+	s.Delivered = st.delivered.Load()
+	s.HeartbeatReplies = st.replies.Load()
 	s.RTT = time.Duration(st.rtt.Load())
 	s.SmoothedRTT = time.Duration(st.srtt.Load())
 	s.SendFailed = st.sendFailed.Load()
