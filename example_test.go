@@ -116,3 +116,36 @@ func ExampleNewClient_validation() {
 	// wspool: invalid URL: scheme "https", want ws or wss
 	// wspool: invalid option: pong timeout must be positive, got -1s
 }
+
+// A handler of decoded JSON values; a message that does not decode is
+// reported as a *DecodeError and the feed goes on.
+func ExampleJSON() {
+	type quote struct {
+		Symbol string  `json:"s"`
+		Price  float64 `json:"p"`
+	}
+	srv, _ := wstest.New(func(c *websocket.Conn, _ *http.Request) {
+		c.WriteMessage(websocket.TextMessage, []byte(`{"s":"BTC","p":64000.5}`))
+		c.WriteMessage(websocket.TextMessage, []byte(`not json`))
+		c.WriteMessage(websocket.TextMessage, []byte(`{"s":"ETH","p":3100}`))
+		wstest.Drain(c, nil)
+	})
+	defer srv.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	c, _ := wspool.NewClient(srv.URL("/"),
+		wspool.JSON(func(_ context.Context, q quote) error {
+			fmt.Printf("%s %.1f\n", q.Symbol, q.Price)
+			if q.Symbol == "ETH" {
+				cancel()
+			}
+			return nil
+		}),
+		wspool.WithName("quotes"),
+		wspool.WithOnError(func(feed string, err error) { fmt.Println("error:", err) }))
+	c.Run(ctx)
+	// Output:
+	// BTC 64000.5
+	// error: wspool: feed quotes: handler: wspool: decode text message of 8 bytes: invalid character 'o' in literal null (expecting 'u')
+	// ETH 3100.0
+}

@@ -104,7 +104,9 @@ func (p *Pool) Remove(name string) error {
 // each bounded by its close timeout) and returns nil once nothing is left
 // running. Transient failures never end Run. A feed that fails for good is
 // reported (state, log, Stats) and the others go on; with WithFailFast it ends
-// Run with its error instead. Run may be called once.
+// Run with its error instead. Run keeps running even when every feed has
+// ended, since feeds may still be added; a caller that wants to stop then
+// watches WithOnStateChange for StateClosed. Run may be called once.
 func (p *Pool) Run(ctx context.Context) error {
 	p.mu.Lock()
 	if p.closed {
