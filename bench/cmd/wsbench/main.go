@@ -97,6 +97,7 @@ func roleThroughput(args []string) error {
 	warmup := fs.Duration("warmup", 300*time.Millisecond, "warm-up before each window")
 	window := fs.Duration("window", 2*time.Second, "measured window per run")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the first wspool window")
+	readBuf := fs.Int("readbuf", 0, "gorilla read buffer size for both clients (0 = gorilla's default)")
 	maxTime := fs.Duration("maxtime", 5*time.Minute, "give up after this long")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -112,6 +113,7 @@ func roleThroughput(args []string) error {
 		for _, mode := range order {
 			runtime.GC()
 			cfg := runner.ThroughputConfig{Mode: mode, URL: *url, Feeds: *feeds, Size: *size, Warmup: *warmup, Window: *window}
+			cfg.ReadBuffer = *readBuf
 			if r == 0 && mode == runner.ModeWspool {
 				cfg.CPUProfile = *cpuprofile
 			}
@@ -132,7 +134,8 @@ func roleIdle(args []string) error {
 	fs := flag.NewFlagSet("wsbench idle", flag.ContinueOnError)
 	var cfg runner.IdleConfig
 	fs.StringVar(&cfg.URL, "url", "", "idle server base URL")
-	fs.StringVar(&cfg.Mode, "mode", runner.ModeWspool, "wspool or raw")
+	fs.StringVar(&cfg.Mode, "mode", runner.ModeWspool, "wspool, raw or raw+ping")
+	fs.IntVar(&cfg.ReadBuffer, "readbuf", 0, "gorilla read buffer size (0 = gorilla's default)")
 	fs.IntVar(&cfg.Feeds, "feeds", 1000, "connections")
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", time.Minute, "bound on connecting every feed")
 	fs.DurationVar(&cfg.Settle, "settle", 2*time.Second, "wait after connecting, before the window")

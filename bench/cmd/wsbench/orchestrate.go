@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -35,7 +36,9 @@ type settings struct {
 	sendWindow time.Duration
 
 	idleFeeds              []int
+	idleModes              []string
 	idleSettle, idleWindow time.Duration
+	readBuf                int
 
 	recFeeds []int
 	outage   time.Duration
@@ -73,7 +76,9 @@ func parseSettings(args []string) (*settings, error) {
 	tpFeeds := fs.String("tp-feeds", "1,16", "throughput: feeds per run")
 	tpSizes := fs.String("tp-sizes", "64,4096", "throughput: message sizes")
 	idleFeeds := fs.String("idle-feeds", "", "idle: feed counts; empty = preset")
-	idleWindow := fs.Duration("idle-window", 0, "idle: CPU window; 0 = preset")
+	idleWindow := fs.Duration("idle-window", 0, "idle: CPU window for 10,000 feeds or more (smaller counts: 16s, or this if shorter); 0 = preset")
+	idleModes := fs.String("idle-modes", "wspool,raw,raw+ping", "idle: clients to measure")
+	readBuf := fs.Int("readbuf", 0, "throughput and idle: gorilla read buffer size for every client (0 = gorilla's default)")
 	recFeeds := fs.String("recovery-feeds", "", "recovery: feed counts; empty = preset")
 	outage := fs.Duration("outage", 0, "recovery: server down this long; 0 = preset")
 	timeout := fs.Duration("timeout", 0, "kill everything after this long; 0 = preset")
@@ -148,6 +153,16 @@ func parseSettings(args []string) (*settings, error) {
 			return nil, fmt.Errorf("unknown benchmark %q in -only", f)
 		}
 	}
+	for m := range strings.SplitSeq(*idleModes, ",") {
+		switch m = strings.TrimSpace(m); m {
+		case runner.ModeWspool, runner.ModeRaw, runner.ModeRawPing:
+			s.idleModes = append(s.idleModes, m)
+		case "":
+		default:
+			return nil, fmt.Errorf("unknown idle mode %q", m)
+		}
+	}
+	s.readBuf = *readBuf
 	s.profileDir, s.jsonOut, s.note, s.verbose = *profileDir, *jsonOut, *note, *verbose
 	return s, nil
 }
@@ -299,7 +314,8 @@ func (o *orch) throughput(ctx context.Context) error {
 	for _, feeds := range o.s.tpFeeds {
 		for _, size := range o.s.tpSizes {
 			args := []string{"throughput", "-url", "ws://" + addr + "/", "-feeds", fmt.Sprint(feeds), "-size", fmt.Sprint(size),
-				"-rounds", fmt.Sprint(o.s.rounds), "-warmup", o.s.warmup.String(), "-window", o.s.window.String(), "-maxtime", remaining(ctx)}
+				"-rounds", fmt.Sprint(o.s.rounds), "-warmup", o.s.warmup.String(), "-window", o.s.window.String(), "-maxtime", remaining(ctx),
+				"-readbuf", fmt.Sprint(o.s.readBuf)}
 			if pf := o.profile(fmt.Sprintf("throughput-f%d-s%d.cpu", feeds, size)); pf != "" {
 				args = append(args, "-cpuprofile", pf)
 			}
@@ -352,9 +368,9 @@ func (o *orch) send(ctx context.Context) error {
 func (o *orch) idle(ctx context.Context) error {
 	var errs []error
 	for i, feeds := range o.s.idleFeeds {
-		modes := []string{runner.ModeWspool, runner.ModeRaw}
+		modes := slices.Clone(o.s.idleModes)
 		if i%2 == 1 {
-			modes[0], modes[1] = modes[1], modes[0]
+			slices.Reverse(modes)
 		}
 		for _, mode := range modes {
 			if err := o.idleOne(ctx, mode, feeds); err != nil {
@@ -376,8 +392,15 @@ func (o *orch) idleOne(ctx context.Context, mode string, feeds int) error {
 		return err
 	}
 	defer srv.stop()
+	// The window covers two ping intervals at 10,000 feeds and more (for
+	// CPU), and at least the first ping round otherwise (for memory).
+	window := o.s.idleWindow
+	if feeds < 10000 {
+		window = min(window, 16*time.Second)
+	}
 	args := []string{"idle", "-url", "ws://" + addr + "/", "-mode", mode, "-feeds", fmt.Sprint(feeds),
-		"-settle", o.s.idleSettle.String(), "-window", o.s.idleWindow.String(), "-maxtime", remaining(ctx)}
+		"-settle", o.s.idleSettle.String(), "-window", window.String(), "-maxtime", remaining(ctx),
+		"-readbuf", fmt.Sprint(o.s.readBuf)}
 	if mode == runner.ModeWspool && o.s.profileDir != "" {
 		base := fmt.Sprintf("idle-%s-%d", mode, feeds)
 		args = append(args, "-cpuprofile", o.profile(base+".cpu"), "-heapprofile", o.profile(base+".heap"),
@@ -388,7 +411,7 @@ func (o *orch) idleOne(ctx context.Context, mode string, feeds int) error {
 		return err
 	}
 	var r runner.IdleResult
-	if err := c.result(ctx, 2*time.Minute+o.s.idleWindow, &r); err != nil {
+	if err := c.result(ctx, 2*time.Minute+window, &r); err != nil {
 		c.kill()
 		return err
 	}

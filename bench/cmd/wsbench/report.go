@@ -58,7 +58,7 @@ type results struct {
 }
 
 func newResults(s *settings) *results {
-	return &results{
+	r := &results{
 		Preset:    s.preset,
 		Note:      s.note,
 		Started:   time.Now(),
@@ -67,10 +67,15 @@ func newResults(s *settings) *results {
 		Settings: map[string]string{
 			"throughput": fmt.Sprintf("%d rounds x (wspool, raw), alternating order, %v warm-up + %v window each", s.rounds, s.warmup, s.window),
 			"send":       fmt.Sprintf("%d rounds x (wspool, raw), %v window, 64 B", s.sendRounds, s.sendWindow),
-			"idle":       fmt.Sprintf("feeds %v, settle %v, CPU window %v, one process per run", s.idleFeeds, s.idleSettle, s.idleWindow),
-			"recovery":   fmt.Sprintf("feeds %v, outage %v (kill -9, restart on the same port)", s.recFeeds, s.outage),
+			"idle": fmt.Sprintf("feeds %v, clients %v, settle %v, CPU window %v (at most 16s below 10,000 feeds), one process per run",
+				s.idleFeeds, s.idleModes, s.idleSettle, s.idleWindow),
+			"recovery": fmt.Sprintf("feeds %v, outage %v (kill -9, restart on the same port)", s.recFeeds, s.outage),
 		},
 	}
+	if s.readBuf != 0 {
+		r.Settings["tuning"] = fmt.Sprintf("gorilla ReadBufferSize %d for every throughput and idle client (not the default)", s.readBuf)
+	}
+	return r
 }
 
 // machine describes the CPU, core count and kernel.
@@ -253,8 +258,10 @@ func (r *results) print(w io.Writer) {
 	if r.Note != "" {
 		fmt.Fprintf(w, "- %s\n", r.Note)
 	}
-	for _, k := range []string{"throughput", "send", "idle", "recovery"} {
-		fmt.Fprintf(w, "- %s: %s\n", k, r.Settings[k])
+	for _, k := range []string{"throughput", "send", "idle", "recovery", "tuning"} {
+		if v, ok := r.Settings[k]; ok {
+			fmt.Fprintf(w, "- %s: %s\n", k, v)
+		}
 	}
 	fmt.Fprintln(w)
 	var targets []target

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/wspool/wspool"
 	"github.com/wspool/wspool/bench/internal/sysstat"
 )
@@ -27,6 +28,7 @@ type IdleConfig struct {
 	CPUProfile     string        // CPU profile of the window
 	HeapProfile    string        // heap profile (in-use) after the window
 	GoroutineDump  string        // goroutine profile (debug=1) after the window
+	Tuning
 }
 
 // MemPoint is the process's memory at one point, measured in this order: RSS
@@ -96,7 +98,7 @@ func RunIdle(ctx context.Context, cfg IdleConfig) (IdleResult, error) {
 		}
 		cs := make([]*wspool.Client, cfg.Feeds)
 		for i := range cs {
-			if cs[i], err = p.Add(u, nil, wspool.WithName(fmt.Sprintf("f%d", i))); err != nil {
+			if cs[i], err = p.Add(u, nil, append(cfg.options(), wspool.WithName(fmt.Sprintf("f%d", i)))...); err != nil {
 				return res, err
 			}
 		}
@@ -122,10 +124,29 @@ func RunIdle(ctx context.Context, cfg IdleConfig) (IdleResult, error) {
 			return n
 		}
 		closeAll = func() { cancel(); p.Close(); <-done }
-	case ModeRaw:
-		conns, err := dialRaw(ctx, u, cfg.Feeds, wspool.DefaultMaxConcurrentDials)
+	case ModeRaw, ModeRawPing:
+		conns, err := dialRaw(ctx, cfg.dialer(), u, cfg.Feeds, wspool.DefaultMaxConcurrentDials)
 		if err != nil {
 			return res, err
+		}
+		var pingers []*time.Timer
+		if cfg.Mode == ModeRawPing {
+			pingers = make([]*time.Timer, len(conns))
+			var pmu sync.Mutex // guards pingers against Stop during a fire
+			for i, c := range conns {
+				var t *time.Timer
+				payload := []byte("ping")
+				pmu.Lock()
+				t = time.AfterFunc(wspool.DefaultPingInterval, func() {
+					if c.WriteControl(websocket.PingMessage, payload, time.Now().Add(wspool.DefaultWriteTimeout)) == nil {
+						pmu.Lock()
+						t.Reset(wspool.DefaultPingInterval)
+						pmu.Unlock()
+					}
+				})
+				pingers[i] = t
+				pmu.Unlock()
+			}
 		}
 		var alive sync.WaitGroup
 		var live = make([]bool, len(conns))
@@ -154,6 +175,9 @@ func RunIdle(ctx context.Context, cfg IdleConfig) (IdleResult, error) {
 		}
 		rtts = func() int { return 0 }
 		closeAll = func() {
+			for _, t := range pingers {
+				t.Stop()
+			}
 			for _, c := range conns {
 				c.Close()
 			}

@@ -21,7 +21,38 @@ import (
 const (
 	ModeWspool = "wspool"
 	ModeRaw    = "raw"
+	// ModeRawPing (idle only) is raw plus a ping every
+	// wspool.DefaultPingInterval from a time.AfterFunc per connection: the
+	// least a client with heartbeats can do.
+	ModeRawPing = "raw+ping"
 )
+
+// Tuning applies to both wspool and raw clients of a run.
+type Tuning struct {
+	// ReadBuffer is the gorilla read buffer size (Dialer.ReadBufferSize);
+	// 0 keeps gorilla's default (4096).
+	ReadBuffer int
+}
+
+// dialer returns the gorilla dialer for raw connections.
+func (t Tuning) dialer() *websocket.Dialer {
+	if t.ReadBuffer == 0 {
+		return websocket.DefaultDialer
+	}
+	d := *websocket.DefaultDialer
+	d.ReadBufferSize = t.ReadBuffer
+	return &d
+}
+
+// options returns the wspool options for the tuning.
+func (t Tuning) options() []wspool.Option {
+	if t.ReadBuffer == 0 {
+		return nil
+	}
+	d := *websocket.DefaultDialer
+	d.ReadBufferSize = t.ReadBuffer
+	return []wspool.Option{wspool.WithDialer(&d)}
+}
 
 // WithQuery returns base with the query parameters kv (name, value, ...) set.
 func WithQuery(base string, kv ...string) string {
@@ -101,22 +132,22 @@ func (r *Receiver) Close() { r.close() }
 func noop(context.Context, wspool.Message) error { return nil }
 
 // StartReceiver connects feeds feeds to url in the given mode.
-func StartReceiver(ctx context.Context, mode, url string, feeds int) (*Receiver, error) {
+func StartReceiver(ctx context.Context, mode, url string, feeds int, tune Tuning) (*Receiver, error) {
 	switch mode {
 	case ModeWspool:
-		return startWspool(ctx, url, feeds, noop)
+		return startWspool(ctx, url, feeds, noop, tune.options()...)
 	case ModeRaw:
-		return startRaw(ctx, url, feeds)
+		return startRaw(ctx, url, feeds, tune.dialer())
 	}
 	return nil, fmt.Errorf("runner: unknown mode %q", mode)
 }
 
-func startWspool(ctx context.Context, url string, feeds int, h wspool.Handler) (*Receiver, error) {
+func startWspool(ctx context.Context, url string, feeds int, h wspool.Handler, opts ...wspool.Option) (*Receiver, error) {
 	r := &Receiver{Mode: ModeWspool, Feeds: feeds, errs: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	if feeds == 1 {
-		c, err := wspool.NewClient(url, h, wspool.WithName("f0"))
+		c, err := wspool.NewClient(url, h, append(opts, wspool.WithName("f0"))...)
 		if err != nil {
 			cancel()
 			return nil, err
@@ -131,7 +162,7 @@ func startWspool(ctx context.Context, url string, feeds int, h wspool.Handler) (
 		r.close = func() { c.Close(); cancel(); wg.Wait() }
 		return r, nil
 	}
-	p, err := wspool.NewPool()
+	p, err := wspool.NewPool(opts...)
 	if err != nil {
 		cancel()
 		return nil, err
@@ -161,7 +192,7 @@ func startWspool(ctx context.Context, url string, feeds int, h wspool.Handler) (
 }
 
 // dialRaw dials n gorilla connections with at most par handshakes at once.
-func dialRaw(ctx context.Context, url string, n, par int) ([]*websocket.Conn, error) {
+func dialRaw(ctx context.Context, d *websocket.Dialer, url string, n, par int) ([]*websocket.Conn, error) {
 	conns := make([]*websocket.Conn, n)
 	errs := make(chan error, 1)
 	next := atomic.Int64{}
@@ -173,7 +204,7 @@ func dialRaw(ctx context.Context, url string, n, par int) ([]*websocket.Conn, er
 				if i >= n || ctx.Err() != nil {
 					return
 				}
-				c, _, err := websocket.DefaultDialer.DialContext(ctx, url, nil)
+				c, _, err := d.DialContext(ctx, url, nil)
 				if err != nil {
 					select {
 					case errs <- fmt.Errorf("runner: raw dial %d: %w", i, err):
@@ -203,8 +234,8 @@ func dialRaw(ctx context.Context, url string, n, par int) ([]*websocket.Conn, er
 	return conns, nil
 }
 
-func startRaw(ctx context.Context, url string, feeds int) (*Receiver, error) {
-	conns, err := dialRaw(ctx, url, feeds, wspool.DefaultMaxConcurrentDials)
+func startRaw(ctx context.Context, url string, feeds int, d *websocket.Dialer) (*Receiver, error) {
+	conns, err := dialRaw(ctx, d, url, feeds, wspool.DefaultMaxConcurrentDials)
 	if err != nil {
 		return nil, err
 	}

@@ -43,7 +43,7 @@ func BenchmarkThroughput(b *testing.B) {
 				b.Run(fmt.Sprintf("feeds=%d/size=%d/%s", feeds, size, mode), func(b *testing.B) {
 					ctx := testCtx(b, 5*time.Minute)
 					u := WithQuery(srv.URL(), "size", fmt.Sprint(size))
-					r, err := StartReceiver(ctx, mode, u, feeds)
+					r, err := StartReceiver(ctx, mode, u, feeds, Tuning{})
 					if err != nil {
 						b.Fatal(err)
 					}

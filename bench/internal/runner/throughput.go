@@ -22,6 +22,7 @@ type ThroughputConfig struct {
 	Window time.Duration // measured
 	// CPUProfile, if set, is written for the measured window.
 	CPUProfile string
+	Tuning
 }
 
 // ThroughputResult is the measurement of one run.
@@ -42,7 +43,7 @@ type ThroughputResult struct {
 func RunThroughput(ctx context.Context, cfg ThroughputConfig) (ThroughputResult, error) {
 	res := ThroughputResult{Mode: cfg.Mode, Feeds: cfg.Feeds, Size: cfg.Size}
 	u := WithQuery(cfg.URL, "mode", "firehose", "size", strconv.Itoa(cfg.Size), "count", "0", "rate", "0")
-	r, err := StartReceiver(ctx, cfg.Mode, u, cfg.Feeds)
+	r, err := StartReceiver(ctx, cfg.Mode, u, cfg.Feeds, cfg.Tuning)
 	if err != nil {
 		return res, err
 	}
