@@ -840,13 +840,15 @@ func (cn *Conn) causeOf(readErr error) error {
 func (cn *Conn) closeHandshake(drain bool) {
 	cn.closeOnce.Do(func() {
 		cn.closing.Store(true)
-		cfg := &cn.client.cfg
+		// The close timeout bounds the whole handshake, our write included
+		// (a peer that stopped reading must not stretch it to the write timeout).
+		deadline := time.Now().Add(cn.client.cfg.closeTimeout)
 		msg := websocket.FormatCloseMessage(websocket.CloseNormalClosure, "")
-		if err := cn.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(cfg.writeTimeout)); err != nil {
+		if err := cn.ws.WriteControl(websocket.CloseMessage, msg, deadline); err != nil {
 			cn.kill(ErrClosed)
 			return
 		}
-		_ = cn.ws.SetReadDeadline(time.Now().Add(cfg.closeTimeout))
+		_ = cn.ws.SetReadDeadline(deadline)
 		if drain {
 			for {
 				if _, _, err := cn.ws.NextReader(); err != nil {
