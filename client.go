@@ -27,6 +27,7 @@ const (
 	BinaryMessage MessageType = websocket.BinaryMessage
 )
 
+// String returns "text", "binary" or a numeric form.
 func (t MessageType) String() string {
 	switch t {
 	case TextMessage:
@@ -76,6 +77,7 @@ const (
 	StateClosed                  // Run has returned
 )
 
+// String returns the state's name as used in logs.
 func (s State) String() string {
 	switch s {
 	case StateIdle:
@@ -704,6 +706,7 @@ type trackedConn struct {
 	bytesIn atomic.Int64
 }
 
+// Read reads from the socket and counts the bytes.
 func (t *trackedConn) Read(p []byte) (int, error) {
 	n, err := t.Conn.Read(p)
 	if n > 0 {

@@ -55,6 +55,7 @@ type HandshakeError struct {
 	Err        error // the underlying error (websocket.ErrBadHandshake)
 }
 
+// Error reports the HTTP status (and Retry-After, if any).
 func (e *HandshakeError) Error() string {
 	s := fmt.Sprintf("wspool: handshake failed: HTTP %d %s", e.StatusCode, http.StatusText(e.StatusCode))
 	if e.RetryAfter > 0 {
@@ -63,6 +64,7 @@ func (e *HandshakeError) Error() string {
 	return s
 }
 
+// Unwrap returns the underlying error.
 func (e *HandshakeError) Unwrap() error { return e.Err }
 
 // HandlerError reports a handler that returned an error or panicked. The feed
@@ -74,6 +76,7 @@ type HandlerError struct {
 	Stack []byte
 }
 
+// Error names the feed and the handler's error or panic value.
 func (e *HandlerError) Error() string {
 	if e.Panic != nil {
 		return fmt.Sprintf("wspool: feed %s: handler panicked: %v", e.Feed, e.Panic)
@@ -81,13 +84,16 @@ func (e *HandlerError) Error() string {
 	return fmt.Sprintf("wspool: feed %s: handler: %v", e.Feed, e.Err)
 }
 
+// Unwrap returns the handler's error (nil after a panic).
 func (e *HandlerError) Unwrap() error { return e.Err }
 
 // PermanentError marks an error that must not be retried. Return one (via
 // Permanent) from an OnConnect hook or a request func to end the feed.
 type PermanentError struct{ Err error }
 
+// Error returns the wrapped error's message.
 func (e *PermanentError) Error() string { return e.Err.Error() }
+// Unwrap returns the wrapped error.
 func (e *PermanentError) Unwrap() error { return e.Err }
 
 // Permanent wraps err so that DefaultPermanent reports it as permanent.

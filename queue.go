@@ -20,6 +20,7 @@ const (
 	DropNewest
 )
 
+// String returns "block", "drop-oldest" or "drop-newest".
 func (p OverflowPolicy) String() string {
 	switch p {
 	case Block:

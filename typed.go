@@ -19,10 +19,12 @@ type DecodeError struct {
 	Err  error
 }
 
+// Error describes the message and the codec's error.
 func (e *DecodeError) Error() string {
 	return fmt.Sprintf("wspool: decode %s message of %d bytes: %v", e.Type, e.Size, e.Err)
 }
 
+// Unwrap returns ErrDecode and the codec's error.
 func (e *DecodeError) Unwrap() []error { return []error{ErrDecode, e.Err} }
 
 // Decoded adapts a handler of decoded values into a Handler: each message is
