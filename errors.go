@@ -93,6 +93,7 @@ type PermanentError struct{ Err error }
 
 // Error returns the wrapped error's message.
 func (e *PermanentError) Error() string { return e.Err.Error() }
+
 // Unwrap returns the wrapped error.
 func (e *PermanentError) Unwrap() error { return e.Err }
 
