@@ -4,7 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"math/rand/v2"
 	"net/http"
+	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -40,7 +44,7 @@ func (e *events) lastCause(state wspool.State) error {
 
 // blackholeDetection connects through a proxy, blackholes it and returns how
 // long the feed took to notice.
-func blackholeDetection(t *testing.T, ping, pong time.Duration, bound time.Duration) time.Duration {
+func blackholeDetection(t *testing.T, ping, pong time.Duration, bound time.Duration, phase time.Duration) time.Duration {
 	srv := newServer(t, ticker)
 	px := newProxy(t, srv.Addr())
 	ev := newEvents()
@@ -53,6 +57,7 @@ func blackholeDetection(t *testing.T, ping, pong time.Duration, bound time.Durat
 	}
 	runClient(t, c)
 	ev.waitCount(t, wspool.StateConnected, 1, 5*time.Second)
+	time.Sleep(phase) // where in the ping cycle the peer dies (measurement only)
 	px.SetMode(faultproxy.Blackhole)
 	start := time.Now()
 	ev.waitCount(t, wspool.StateBackingOff, 1, bound)
@@ -66,7 +71,7 @@ func blackholeDetection(t *testing.T, ping, pong time.Duration, bound time.Durat
 }
 
 func TestBlackholeDetectedAndRecovered(t *testing.T) {
-	d := blackholeDetection(t, time.Second, time.Second, 6*time.Second)
+	d := blackholeDetection(t, time.Second, time.Second, 6*time.Second, 0)
 	// Worst case: the last byte arrived just before a ping was due, then one
 	// ping interval plus the pong timeout.
 	t.Logf("blackhole detected after %v (ping 1s, pong timeout 1s)", d)
@@ -236,5 +241,40 @@ func TestAppHeartbeatsPerFeed(t *testing.T) {
 	}
 	if n := delivered.Load(); n != 0 {
 		t.Fatalf("%d heartbeat replies reached handlers despite DropReplies", n)
+	}
+}
+
+// TestMeasureBlackholeDetection measures detection times for the docs; it
+// runs only with WSPOOL_MEASURE=1 (it takes minutes at the defaults):
+//
+//	WSPOOL_MEASURE=1 go test -run TestMeasureBlackholeDetection -v .
+func TestMeasureBlackholeDetection(t *testing.T) {
+	if os.Getenv("WSPOOL_MEASURE") == "" {
+		t.Skip("set WSPOOL_MEASURE=1 to measure")
+	}
+	median := func(ds []time.Duration) time.Duration {
+		slices.Sort(ds)
+		return ds[len(ds)/2]
+	}
+	for _, tc := range []struct {
+		name       string
+		ping, pong time.Duration
+		runs       int
+	}{
+		{"1s/1s", time.Second, time.Second, 9},
+		{"defaults", wspool.DefaultPingInterval, wspool.DefaultPongTimeout, 5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var ds []time.Duration
+			for i := 0; i < tc.runs; i++ {
+				t.Run(strconv.Itoa(i), func(t *testing.T) {
+					// The peer dies at a random point of the ping cycle.
+					phase := time.Duration(rand.Int64N(int64(tc.ping)))
+					ds = append(ds, blackholeDetection(t, tc.ping, tc.pong, 2*(tc.ping+tc.pong), phase))
+				})
+			}
+			slices.Sort(ds)
+			t.Logf("ping %v, pong timeout %v: median %v, min %v, max %v over %d runs", tc.ping, tc.pong, median(ds), ds[0], ds[len(ds)-1], len(ds))
+		})
 	}
 }
