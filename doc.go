@@ -100,9 +100,11 @@
 //
 // Every exported method of Pool and Client is safe for concurrent use.
 // Callbacks (OnStateChange, OnError, OnConnect, the handler) are called
-// outside the library's locks. They may call Send, Stats and State; a state
-// callback must not call Close or Pool.Remove on its own feed (Close waits for
-// the feed's goroutine, which is running the callback).
+// outside the library's locks, on the feed's own goroutine (the handler on the
+// queue's goroutine with WithQueue), so they delay only their own feed and
+// should not block. They may call Send, SendAsync, Stats and State. They must
+// not call Close or Pool.Remove on their own feed, which waits for the very
+// goroutine that is running the callback; start a goroutine for that.
 //
 // # Security
 //
