@@ -102,9 +102,12 @@
 // Callbacks (OnStateChange, OnError, OnConnect, the handler) are called
 // outside the library's locks, on the feed's own goroutine (the handler on the
 // queue's goroutine with WithQueue), so they delay only their own feed and
-// should not block. They may call Send, SendAsync, Stats and State. They must
-// not call Close or Pool.Remove on their own feed, which waits for the very
-// goroutine that is running the callback; start a goroutine for that.
+// should not block. They may call SendAsync, Stats and State, and the handler
+// may call Send. A state callback should not call a blocking Send with a send
+// buffer (the buffer is flushed by the goroutine running the callback: Send
+// would wait until its context ends); use SendAsync. No callback may call
+// Close or Pool.Remove on its own feed, which waits for the very goroutine
+// running the callback; start a goroutine for that.
 //
 // # Security
 //
