@@ -307,7 +307,9 @@ func WithLogger(l *slog.Logger) Option {
 // message of that connection reaches the handler: subscribe, authenticate,
 // resume from a cursor. Its context ends after the handshake timeout or on
 // shutdown. If it returns an error the connection is closed and the attempt
-// counts as failed (and is retried unless the error is permanent).
+// counts as failed (and is retried unless the error is permanent). Write with
+// the Conn's Send: the feed is not connected yet, so Client.Send would fail
+// or wait in the send buffer until after OnConnect.
 func WithOnConnect(f func(ctx context.Context, c *Conn) error) Option {
 	return func(c *config) { c.onConnect = f }
 }
