@@ -125,33 +125,19 @@ func RunIdle(ctx context.Context, cfg IdleConfig) (IdleResult, error) {
 		}
 		closeAll = func() { cancel(); p.Close(); <-done }
 	case ModeRaw, ModeRawPing:
-		conns, err := dialRaw(ctx, cfg.dialer(), u, cfg.Feeds, wspool.DefaultMaxConcurrentDials)
-		if err != nil {
-			return res, err
-		}
-		var pingers []*time.Timer
-		if cfg.Mode == ModeRawPing {
-			pingers = make([]*time.Timer, len(conns))
-			var pmu sync.Mutex // guards pingers against Stop during a fire
-			for i, c := range conns {
-				var t *time.Timer
-				payload := []byte("ping")
-				pmu.Lock()
-				t = time.AfterFunc(wspool.DefaultPingInterval, func() {
-					if c.WriteControl(websocket.PingMessage, payload, time.Now().Add(wspool.DefaultWriteTimeout)) == nil {
-						pmu.Lock()
-						t.Reset(wspool.DefaultPingInterval)
-						pmu.Unlock()
-					}
-				})
-				pingers[i] = t
-				pmu.Unlock()
-			}
-		}
-		var alive sync.WaitGroup
-		var live = make([]bool, len(conns))
-		var mu sync.Mutex
-		for i, c := range conns {
+		// Like an application would: each connection starts reading (and,
+		// with raw+ping, its ping timer) as soon as it is up, so that timers
+		// are spread over the connect phase as wspool's are.
+		var (
+			alive   sync.WaitGroup
+			mu      sync.Mutex // guards live and pingers
+			live    = make([]bool, cfg.Feeds)
+			pingers = make([]*time.Timer, 0, cfg.Feeds)
+		)
+		payload := []byte("ping")
+		onConn := func(i int, c *websocket.Conn) {
+			mu.Lock()
+			defer mu.Unlock()
 			live[i] = true
 			alive.Go(func() {
 				defer func() { mu.Lock(); live[i] = false; mu.Unlock() }()
@@ -161,6 +147,22 @@ func RunIdle(ctx context.Context, cfg IdleConfig) (IdleResult, error) {
 					}
 				}
 			})
+			if cfg.Mode == ModeRawPing {
+				var t *time.Timer
+				t = time.AfterFunc(wspool.DefaultPingInterval, func() {
+					if c.WriteControl(websocket.PingMessage, payload, time.Now().Add(wspool.DefaultWriteTimeout)) == nil {
+						mu.Lock()
+						t.Reset(wspool.DefaultPingInterval)
+						mu.Unlock()
+					}
+				})
+				pingers = append(pingers, t)
+			}
+		}
+		conns, err := dialRaw(ctx, cfg.dialer(), u, cfg.Feeds, wspool.DefaultMaxConcurrentDials, onConn)
+		if err != nil {
+			alive.Wait()
+			return res, err
 		}
 		connected = func() int {
 			mu.Lock()
@@ -175,9 +177,11 @@ func RunIdle(ctx context.Context, cfg IdleConfig) (IdleResult, error) {
 		}
 		rtts = func() int { return 0 }
 		closeAll = func() {
+			mu.Lock()
 			for _, t := range pingers {
 				t.Stop()
 			}
+			mu.Unlock()
 			for _, c := range conns {
 				c.Close()
 			}

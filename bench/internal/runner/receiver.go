@@ -192,7 +192,8 @@ func startWspool(ctx context.Context, url string, feeds int, h wspool.Handler, o
 }
 
 // dialRaw dials n gorilla connections with at most par handshakes at once.
-func dialRaw(ctx context.Context, d *websocket.Dialer, url string, n, par int) ([]*websocket.Conn, error) {
+// onConn, if set, is called with each connection as soon as it is up.
+func dialRaw(ctx context.Context, d *websocket.Dialer, url string, n, par int, onConn func(i int, c *websocket.Conn)) ([]*websocket.Conn, error) {
 	conns := make([]*websocket.Conn, n)
 	errs := make(chan error, 1)
 	next := atomic.Int64{}
@@ -214,6 +215,9 @@ func dialRaw(ctx context.Context, d *websocket.Dialer, url string, n, par int) (
 					return
 				}
 				conns[i] = c
+				if onConn != nil {
+					onConn(i, c)
+				}
 			}
 		})
 	}
@@ -235,7 +239,7 @@ func dialRaw(ctx context.Context, d *websocket.Dialer, url string, n, par int) (
 }
 
 func startRaw(ctx context.Context, url string, feeds int, d *websocket.Dialer) (*Receiver, error) {
-	conns, err := dialRaw(ctx, d, url, feeds, wspool.DefaultMaxConcurrentDials)
+	conns, err := dialRaw(ctx, d, url, feeds, wspool.DefaultMaxConcurrentDials, nil)
 	if err != nil {
 		return nil, err
 	}

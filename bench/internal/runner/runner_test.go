@@ -196,3 +196,26 @@ func TestRecovery(t *testing.T) {
 		t.Fatalf("server: %+v", st)
 	}
 }
+
+// BenchmarkPoolStats measures Pool.Stats on a pool of 10,000 feeds (not
+// running: the cost is the snapshot, not the network). The recovery
+// benchmark polls it; the wsbench table reports it at 10,000 live feeds.
+func BenchmarkPoolStats(b *testing.B) {
+	p, err := wspool.NewPool()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	for i := range 10000 {
+		if _, err := p.Add("ws://127.0.0.1:1/", nil, wspool.WithName(fmt.Sprintf("f%05d", i))); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if st := p.Stats(); st.Total != 10000 {
+			b.Fatal(st.Total)
+		}
+	}
+}

@@ -91,7 +91,7 @@ func newSender(ctx context.Context, mode, url string, maxInFlight int) (*sender,
 		}
 		s.send = func(ctx context.Context, b []byte) error { return c.Send(ctx, wspool.TextMessage, b) }
 	case ModeRaw:
-		conns, err := dialRaw(ctx, websocket.DefaultDialer, url, 1, 1)
+		conns, err := dialRaw(ctx, websocket.DefaultDialer, url, 1, 1, nil)
 		if err != nil {
 			return nil, err
 		}
