@@ -181,12 +181,14 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 
 	// Handlers of different feeds run concurrently: one lock keeps lines whole.
 	var outMu sync.Mutex
-	emit := func(feed string, msg wspool.Message) error {
+	// One handler for every feed. Message.Feed is the feed's name, which the
+	// library derives from the URL (redacted) unless WithName sets it.
+	emit := func(_ context.Context, msg wspool.Message) error {
 		var b []byte
 		if cfg.raw {
 			b = append(msg.Data[:len(msg.Data):len(msg.Data)], '\n') // a copy: Data is the library's buffer
 		} else {
-			l := line{Feed: feed, Type: msg.Type.String(), Data: string(msg.Data)}
+			l := line{Feed: msg.Feed, Type: msg.Type.String(), Data: string(msg.Data)}
 			if msg.Type == wspool.BinaryMessage {
 				l.Data = msg.Data
 			}
@@ -221,13 +223,7 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 		if t.name != "" {
 			feedOpts = append(feedOpts, wspool.WithName(t.name))
 		}
-		// The handler prints the feed's name, which the library derives from
-		// the URL (redacted) and which is known once Add returns. The pool
-		// is not running yet, so no message arrives before it is set.
-		var name string
-		c, err := pool.Add(t.url, func(_ context.Context, msg wspool.Message) error {
-			return emit(name, msg)
-		}, feedOpts...)
+		_, err := pool.Add(t.url, emit, feedOpts...)
 		if errors.Is(err, wspool.ErrDuplicateName) {
 			// Not echoing the URL: it may carry credentials.
 			return fmt.Errorf("%w: the same feed URL given twice", errUsage)
@@ -235,7 +231,6 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		name = c.Name()
 	}
 	status.total = len(targets)
 
