@@ -27,7 +27,7 @@ import (
 	"time"
 )
 
-var programs = []string{"demo", "resume", "heartbeats", "tail"}
+var programs = []string{"demo", "resume", "heartbeats", "tail", "backpressure"}
 
 var (
 	binDir   string
@@ -440,5 +440,61 @@ func TestTailUsage(t *testing.T) {
 			p := start(t, time.Minute, "tail", args...)
 			p.mustExit(30*time.Second, 2)
 		})
+	}
+}
+
+// TestBackpressure runs the three overflow policies against a fast server
+// and a slow handler. Beyond the program's own checks (exit 0) it looks for
+// the evidence: block slowed the server down and lost nothing; the drop
+// policies kept the server at full rate, dropped, and accounted for every
+// message; drop-oldest handed the handler fresher data than drop-newest.
+func TestBackpressure(t *testing.T) {
+	t.Parallel()
+	p := start(t, 3*time.Minute, "backpressure", "-duration", "3s")
+	p.mustExit(150*time.Second, 0)
+	out := p.output()
+	if !strings.Contains(out, "OK: every check passed") || strings.Contains(out, "FAIL") {
+		t.Errorf("no verdict that every check passed")
+	}
+	if !strings.Contains(out, "server sent/s") {
+		t.Errorf("no table")
+	}
+	s := summaries(t, out)
+	for _, name := range []string{"block", "drop-oldest", "drop-newest"} {
+		f, ok := s[name]
+		if !ok {
+			t.Fatalf("no summary for %s", name)
+		}
+		sent, read := num(t, f, "sent"), num(t, f, "read")
+		delivered, dropped := num(t, f, "delivered"), num(t, f, "dropped")
+		if read != sent || delivered+dropped != read || num(t, f, "missing") != dropped {
+			t.Errorf("%s: accounting does not add up: %v", name, f)
+		}
+		if delivered < 100 {
+			t.Errorf("%s: handler got only %d messages", name, delivered)
+		}
+		if name == "block" {
+			if dropped != 0 {
+				t.Errorf("block dropped %d", dropped)
+			}
+			continue
+		}
+		if dropped < delivered {
+			t.Errorf("%s: dropped %d, delivered %d: the handler should not keep up", name, dropped, delivered)
+		}
+		// TCP pushed back on the server for block only.
+		if b, d := num(t, s["block"], "send_rate"), num(t, f, "send_rate"); b*2 > d {
+			t.Errorf("server sent %d msgs/s to block and %d to %s: block should be much slower", b, d, name)
+		}
+	}
+	lag := func(name string) time.Duration {
+		d, err := time.ParseDuration(s[name]["mean_lag"])
+		if err != nil {
+			t.Fatalf("%s: mean_lag: %v", name, err)
+		}
+		return d
+	}
+	if o, n := lag("drop-oldest"), lag("drop-newest"); o >= n {
+		t.Errorf("mean lag %v with drop-oldest, %v with drop-newest: drop-oldest should deliver fresher data", o, n)
 	}
 }
