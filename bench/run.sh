@@ -2,7 +2,7 @@
 # Runs every wspool benchmark (each client and server in its own process) and
 # prints a results table (Markdown) on stdout; progress goes to stderr.
 #
-#   bench/run.sh                 # full run, about 6 minutes on 2 cores
+#   bench/run.sh                 # full run, about 5 minutes on 2 cores
 #   QUICK=1 bench/run.sh         # about 2 minutes
 #   PROFILE=dir bench/run.sh     # also write CPU/heap profiles of the wspool runs
 #   bench/run.sh -only idle -v   # extra arguments go to wsbench

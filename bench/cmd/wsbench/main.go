@@ -1,7 +1,7 @@
 // Command wsbench runs wspool's benchmarks, each client and server in its own
 // process, and prints a results table.
 //
-//	wsbench                      # everything (about 6 minutes)
+//	wsbench                      # everything (about 5 minutes)
 //	wsbench -quick               # a shorter version (about 1-2 minutes)
 //	wsbench -smoke               # a few seconds, 100 feeds, for CI
 //	wsbench -only throughput,idle
