@@ -222,6 +222,7 @@ type feed struct {
 	msgs     []msg
 	changes  []wspool.StateChange
 	connects int // OnConnect runs that subscribed
+	lastMsg  time.Time
 	badMsgs  []string
 }
 
@@ -241,6 +242,7 @@ func (f *feed) handle(_ context.Context, m wspool.Message) error {
 	}
 	f.mu.Lock()
 	f.msgs = append(f.msgs, v)
+	f.lastMsg = time.Now()
 	f.mu.Unlock()
 	return nil
 }
@@ -339,6 +341,13 @@ func (f *feed) find(from int, match func(msg) bool) (msg, bool) {
 	return msg{}, false
 }
 
+// lastMsgAt is when the latest message arrived.
+func (f *feed) lastMsgAt() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.lastMsg
+}
+
 func (f *feed) numMsgs() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -375,29 +384,28 @@ func (f *feed) stats() msg {
 	return got
 }
 
-// waitTicks waits until the feed has all count ticks of connection conn of
-// process pid (conn 0: of the latest connection seen) and checks they arrived
-// in order, nothing missing or repeated. It returns the connection's id.
-func (f *feed) waitTicks(pid, conn int) int {
+// waitTicks waits for the ticks of the first connection that delivered
+// ticks at or after message index from (record numMsgs before a reconnect),
+// checks that all count of them arrived in order, nothing missing or
+// repeated, and returns that connection's number and server pid.
+func (f *feed) waitTicks(from int) (conn, pid int) {
 	f.t.Helper()
 	var ticks []msg
 	waitUntil(f.t, 10*time.Second, fmt.Sprintf("%d ticks", f.count), func() bool {
 		msgs, _, _ := f.snapshot()
-		if conn == 0 {
-			for _, m := range msgs {
-				if m.Type == "tick" && (pid == 0 || m.PID == pid) {
-					conn = m.Conn
-					pid = m.PID
-				}
-			}
-		}
 		ticks = ticks[:0]
-		for _, m := range msgs {
-			if m.Type == "tick" && m.Conn == conn && m.PID == pid {
+		for _, m := range msgs[min(from, len(msgs)):] {
+			if m.Type != "tick" {
+				continue
+			}
+			if len(ticks) == 0 {
+				conn, pid = m.Conn, m.PID
+			}
+			if m.Conn == conn && m.PID == pid {
 				ticks = append(ticks, m)
 			}
 		}
-		return conn != 0 && len(ticks) >= f.count
+		return len(ticks) >= f.count
 	})
 	for i, m := range ticks {
 		if m.Seq != i || m.Topic != f.topic {
@@ -407,7 +415,7 @@ func (f *feed) waitTicks(pid, conn int) int {
 	if len(ticks) != f.count {
 		f.t.Fatalf("connection %d/%d delivered %d ticks, want %d", pid, conn, len(ticks), f.count)
 	}
-	return conn
+	return conn, pid
 }
 
 // waitDrop waits for the feed to lose the connection it has (a transition

@@ -133,14 +133,14 @@ func TestNginxReverseProxy(t *testing.T) {
 	t.Run("5s idle gap: pings keep it, no pings dropped", func(t *testing.T) {
 		beat.waitConnected(1, 10*time.Second)
 		silent.waitConnected(1, 10*time.Second)
-		beatConn = beat.waitTicks(0, 0)
-		silent.waitTicks(0, 0)
-		silentIdleFrom := time.Now() // its subscription was the last traffic
+		beatConn, _ = beat.waitTicks(0)
+		silent.waitTicks(0)
 		n := silent.numChanges()
 
 		gapStart := time.Now()
 		sc := silent.waitDrop(n, 5*time.Second)
-		dropAfter := time.Since(silentIdleFrom)
+		// Its last traffic was the last tick (the subscription just before).
+		dropAfter := sc.At.Sub(silent.lastMsgAt())
 		t.Logf("silent feed dropped by nginx after %v idle: %v -> %v, err: %v", dropAfter.Round(10*time.Millisecond), sc.From, sc.To, sc.Err)
 		if dropAfter < nginxReadTimeout-300*time.Millisecond || dropAfter > nginxReadTimeout+2*time.Second {
 			t.Errorf("silent feed dropped after %v, want about proxy_read_timeout %v", dropAfter, nginxReadTimeout)
@@ -170,11 +170,12 @@ func TestNginxReverseProxy(t *testing.T) {
 	t.Run("reload (SIGHUP)", func(t *testing.T) {
 		connects := beat.onConnects()
 		n := beat.numChanges()
+		from := beat.numMsgs()
 		ngx.proc.signal(t, syscall.SIGHUP)
 		sc := beat.waitDrop(n, 10*time.Second)
 		t.Logf("after reload the old worker closed the connection (worker_shutdown_timeout 1s): %v", sc.Err)
 		beat.waitConnected(connects+1, 10*time.Second)
-		beatConn = beat.waitTicks(0, 0)
+		beatConn, _ = beat.waitTicks(from)
 		if m, _ := beat.echo("after reload"); m.Conn != beatConn {
 			t.Errorf("echo on connection %d, want %d", m.Conn, beatConn)
 		}
@@ -186,6 +187,7 @@ func TestNginxReverseProxy(t *testing.T) {
 	t.Run("full restart", func(t *testing.T) {
 		connects := beat.onConnects()
 		n := beat.numChanges()
+		from := beat.numMsgs()
 		oldPID := ngx.proc.cmd.Process.Pid
 		ngx.proc.signal(t, syscall.SIGTERM) // fast shutdown: workers close every connection
 		ngx.proc.wait(t, 10*time.Second)
@@ -196,7 +198,7 @@ func TestNginxReverseProxy(t *testing.T) {
 			t.Fatal("nginx was not restarted")
 		}
 		beat.waitConnected(connects+1, 10*time.Second)
-		beatConn = beat.waitTicks(0, 0)
+		beatConn, _ = beat.waitTicks(from)
 		if m, _ := beat.echo("after restart"); m.Conn != beatConn {
 			t.Errorf("echo on connection %d, want %d", m.Conn, beatConn)
 		}
@@ -218,7 +220,7 @@ func TestKnownIssuePingIntervalAloneBehindNginx(t *testing.T) {
 	ngx := startNginx(t, backend.addr)
 	f := newFeed(t, "interval-only", 3).run(ngx.url(), wspool.WithPingInterval(500*time.Millisecond))
 	f.waitConnected(1, 10*time.Second)
-	f.waitTicks(0, 0)
+	f.waitTicks(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	<-ctx.Done() // the 5s idle gap

@@ -52,6 +52,7 @@ func TestNodeWs(t *testing.T) {
 		const reason = "maintenance window (interop test)"
 		n := f.numChanges()
 		connects := f.onConnects()
+		from := f.numMsgs()
 		f.send(map[string]any{"op": "close", "code": 4000, "reason": reason})
 		sc := f.waitDrop(n, 5*time.Second)
 		t.Logf("state change on close: %v -> %v, err: %v", sc.From, sc.To, sc.Err)
@@ -66,7 +67,9 @@ func TestNodeWs(t *testing.T) {
 		}
 		// 4000 is not permanent by default: the feed comes back.
 		f.waitConnected(connects+1, 10*time.Second)
-		f.waitTicks(0, 0)
+		if conn, _ := f.waitTicks(from); conn < 2 {
+			t.Errorf("ticks after the 4000 close came on connection %d, want a new one", conn)
+		}
 	})
 }
 
@@ -87,7 +90,11 @@ func runPeerScenario(t *testing.T, start func(port int) *proc, extra func(*testi
 	var conn int
 	t.Run("connect subscribe order", func(t *testing.T) {
 		f.waitConnected(1, 10*time.Second)
-		conn = f.waitTicks(srv.cmd.Process.Pid, 0)
+		var pid int
+		conn, pid = f.waitTicks(0)
+		if pid != srv.cmd.Process.Pid {
+			t.Errorf("ticks from pid %d, want the server's %d", pid, srv.cmd.Process.Pid)
+		}
 		if n := f.onConnects(); n != 1 {
 			t.Errorf("OnConnect ran %d times, want 1", n)
 		}
@@ -129,6 +136,7 @@ func runPeerScenario(t *testing.T, start func(port int) *proc, extra func(*testi
 
 	t.Run("SIGKILL and restart on the same port", func(t *testing.T) {
 		n := f.numChanges()
+		from := f.numMsgs()
 		srv.kill(t)
 		sc := f.waitDrop(n, 5*time.Second)
 		t.Logf("after SIGKILL: %v -> %v, err: %v", sc.From, sc.To, sc.Err)
@@ -137,8 +145,14 @@ func runPeerScenario(t *testing.T, start func(port int) *proc, extra func(*testi
 		}
 		srv = start(port)
 		f.waitConnected(2, 10*time.Second)
-		conn = f.waitTicks(srv.cmd.Process.Pid, 0)
-		f.echo("after restart")
+		var pid int
+		conn, pid = f.waitTicks(from)
+		if pid != srv.cmd.Process.Pid {
+			t.Errorf("ticks after restart from pid %d, want the new server's %d", pid, srv.cmd.Process.Pid)
+		}
+		if m, _ := f.echo("after restart"); m.Conn != conn || m.PID != pid {
+			t.Errorf("echo from %d/%d, want %d/%d", m.PID, m.Conn, pid, conn)
+		}
 		if f.onConnects() != 2 {
 			t.Errorf("OnConnect ran %d times, want 2", f.onConnects())
 		}

@@ -128,7 +128,7 @@ func TestHTTPConnectProxy(t *testing.T) {
 		d := &websocket.Dialer{Proxy: http.ProxyURL(proxyURL)}
 		f := newFeed(t, "px", 10).run(plain.url(""), wspool.WithDialer(d))
 		f.waitConnected(1, 10*time.Second)
-		f.waitTicks(0, 0)
+		f.waitTicks(0)
 		f.echo("through tinyproxy")
 		tp.expectConnect(t, hostPort(plain, "127.0.0.1"), before)
 	})
@@ -138,7 +138,7 @@ func TestHTTPConnectProxy(t *testing.T) {
 		d := &websocket.Dialer{Proxy: http.ProxyURL(proxyURL), TLSClientConfig: &tls.Config{RootCAs: ca.pool, MinVersion: tls.VersionTLS12}}
 		f := newFeed(t, "pxs", 10).run(secure.url(""), wspool.WithDialer(d))
 		f.waitConnected(1, 10*time.Second)
-		f.waitTicks(0, 0)
+		f.waitTicks(0)
 		f.echo("TLS inside CONNECT")
 		tp.expectConnect(t, hostPort(secure, "127.0.0.1"), before)
 	})

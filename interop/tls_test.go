@@ -66,7 +66,7 @@ func TestTLSSelfSignedCA(t *testing.T) {
 		d := &websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: ca.pool, MinVersion: tls.VersionTLS12}}
 		f := newFeed(t, "tls", 20).run(srv.url(""), wspool.WithDialer(d))
 		f.waitConnected(1, 10*time.Second)
-		conn := f.waitTicks(0, 0)
+		conn, _ := f.waitTicks(0)
 		if m, _ := f.echo("over verified TLS"); m.Conn != conn {
 			t.Errorf("echo on connection %d, want %d", m.Conn, conn)
 		}
