@@ -135,6 +135,7 @@ type Client struct {
 	sendQ      []*sendReq // WithSendBuffer: messages waiting for a connection
 	sendQBytes int
 	inq        *inQueue // WithQueue
+	reached    bool     // the current attempt reached StateConnected (loop goroutine only)
 
 	stats clientCounters
 }
@@ -314,6 +315,7 @@ func (c *Client) loop(ctx context.Context) error {
 		}
 		c.setState(StateConnecting, cause, rp.failures, 0)
 		c.stats.attempts.Add(1)
+		c.reached = false
 		err := c.connectAndServe(ctx, rp)
 		if ctx.Err() != nil {
 			return nil
@@ -327,12 +329,25 @@ func (c *Client) loop(ctx context.Context) error {
 			return fmt.Errorf("%w (%d): %w", ErrMaxAttempts, rp.failures, err)
 		}
 		c.setState(StateBackingOff, err, rp.failures, wait)
+		// In a pool, a feed whose attempt failed before connecting is woken
+		// early when another feed reaches the same host (see wakeHub).
+		var wake <-chan struct{}
+		var he *HandshakeError
+		if !c.reached && !(errors.As(err, &he) && he.RetryAfter > 0) {
+			wake = c.cfg.wake.register(c.url.Host, c)
+		}
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
-			t.Stop()
-			return nil
 		case <-t.C:
+		case <-wake:
+		}
+		t.Stop()
+		if wake != nil {
+			c.cfg.wake.unregister(c.url.Host, c)
+		}
+		if ctx.Err() != nil {
+			return nil
 		}
 		cause = err
 	}
@@ -361,7 +376,11 @@ func (c *Client) connectAndServe(ctx context.Context, rp *retryPolicy) error {
 	c.mu.Lock()
 	c.connSince = start
 	c.mu.Unlock()
+	c.reached = true
 	c.setState(StateConnected, nil, rp.failures, 0)
+	if rp.failures > 0 {
+		c.cfg.wake.wake(c.url.Host) // the host is back: wake its other feeds
+	}
 
 	for {
 		err = c.serve(ctx, conn)

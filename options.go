@@ -92,6 +92,7 @@ type config struct {
 	maxDials int
 	failFast bool
 	dialSem  dialLimiter // set by the pool
+	wake     *wakeHub    // set by the pool
 }
 
 func defaultConfig() config {

@@ -19,6 +19,7 @@ type Pool struct {
 	defaults []Option
 	cfg      config // pool-level settings (dial limit, fail-fast, logger)
 	sem      dialLimiter
+	wake     *wakeHub
 
 	mu       sync.Mutex
 	feeds    map[string]*Client
@@ -46,6 +47,7 @@ func NewPool(opts ...Option) (*Pool, error) {
 		defaults: append([]Option(nil), opts...),
 		cfg:      cfg,
 		sem:      dialLimiter{semaphore.NewWeighted(int64(cfg.maxDials))},
+		wake:     &wakeHub{waiters: map[string]map[*Client]chan struct{}{}},
 		feeds:    make(map[string]*Client),
 		done:     make(chan struct{}),
 	}, nil
@@ -68,6 +70,7 @@ func (p *Pool) Add(rawURL string, h Handler, opts ...Option) (*Client, error) {
 		cfg.errorf("%s applies only to NewPool", strings.Join(cfg.poolOnly, ", "))
 	}
 	cfg.dialSem = p.sem
+	cfg.wake = p.wake
 	c, err := newClient(rawURL, h, cfg)
 	if err != nil {
 		return nil, err
@@ -215,4 +218,60 @@ func (d dialLimiter) release() {
 	if d.sem != nil {
 		d.sem.Release(1)
 	}
+}
+
+// wakeHub wakes a pool's feeds that are waiting out a backoff after failed
+// attempts to a host as soon as another feed has reached that host again: a
+// server back from an outage is used at once, at the pace the dial cap allows,
+// instead of after each feed's remaining backoff. Feeds that were connected
+// and then dropped (a server that kicks) and feeds told to wait by
+// Retry-After are not woken.
+type wakeHub struct {
+	mu      sync.Mutex
+	waiters map[string]map[*Client]chan struct{}
+}
+
+func (w *wakeHub) register(host string, c *Client) <-chan struct{} {
+	if w == nil {
+		return nil
+	}
+	ch := make(chan struct{}, 1)
+	w.mu.Lock()
+	m := w.waiters[host]
+	if m == nil {
+		m = map[*Client]chan struct{}{}
+		w.waiters[host] = m
+	}
+	m[c] = ch
+	w.mu.Unlock()
+	return ch
+}
+
+func (w *wakeHub) unregister(host string, c *Client) {
+	if w == nil {
+		return
+	}
+	w.mu.Lock()
+	if m := w.waiters[host]; m != nil {
+		delete(m, c)
+		if len(m) == 0 {
+			delete(w.waiters, host)
+		}
+	}
+	w.mu.Unlock()
+}
+
+func (w *wakeHub) wake(host string) {
+	if w == nil {
+		return
+	}
+	w.mu.Lock()
+	for _, ch := range w.waiters[host] {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+	delete(w.waiters, host)
+	w.mu.Unlock()
 }
