@@ -2,6 +2,7 @@ package wspool
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -624,6 +625,20 @@ func (c *Client) dial(ctx context.Context) (*Conn, error) {
 		if err := checkFeedURL(&u); err != nil {
 			return nil, err
 		}
+		// gorilla parses the URL's string again; catch what it would reject
+		// here, without quoting the URL (its query may hold secrets).
+		if _, err := url.Parse(u.String()); err != nil {
+			return nil, fmt.Errorf("%w: the request func produced a URL that does not parse", ErrInvalidURL)
+		}
+	}
+	// gorilla rejects userinfo in a ws URL: send it as HTTP Basic auth, the
+	// way browsers and net/http treat it, unless Authorization is already set.
+	if u.User != nil {
+		if h.Get("Authorization") == "" {
+			pass, _ := u.User.Password()
+			h.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(u.User.Username()+":"+pass)))
+		}
+		u.User = nil
 	}
 	if err := c.cfg.dialSem.acquire(ctx); err != nil {
 		return nil, err
@@ -647,6 +662,11 @@ func (c *Client) dial(ctx context.Context) (*Conn, error) {
 		}
 		if ctx.Err() == nil && errors.Is(dctx.Err(), context.DeadlineExceeded) {
 			return nil, fmt.Errorf("wspool: dial: handshake timeout (%v): %w: %w", c.cfg.handshakeTO, context.DeadlineExceeded, err)
+		}
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			// A *url.Error quotes the whole URL; keep the reason only.
+			return nil, fmt.Errorf("wspool: dial: %s %s: %w", ue.Op, redactURL(&u), ue.Err)
 		}
 		return nil, fmt.Errorf("wspool: dial: %w", err)
 	}
