@@ -124,8 +124,8 @@ func startProc(t testing.TB, name string, cmd *exec.Cmd, ready func(p *proc) err
 	}()
 	t.Cleanup(func() {
 		p.kill(t)
-		if t.Failed() {
-			t.Logf("%s output:\n%s", name, p.out)
+		if out := p.out.String(); t.Failed() && out != "" {
+			t.Logf("%s output:\n%s", name, out)
 		}
 	})
 	deadline := time.Now().Add(15 * time.Second)
