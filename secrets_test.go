@@ -224,42 +224,57 @@ func TestSecretsNeverReported(t *testing.T) {
 		_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseInternalServerErr, "bye"), time.Now().Add(time.Second))
 	})
 
+	// check401 checks Run's error and that every header and query secret
+	// actually went over the wire (so the test exercises it).
+	check401 := func(t *testing.T, err error) {
+		var he *wspool.HandshakeError
+		if !errors.As(err, &he) || he.StatusCode != http.StatusUnauthorized {
+			t.Errorf("Run error %v, want a HandshakeError 401", err)
+		}
+		gotMu.Lock()
+		defer gotMu.Unlock()
+		if len(got) == 0 {
+			t.Fatal("the server saw no request")
+		}
+		r := got[len(got)-1]
+		sent := r.URL.RawQuery + strings.Join(r.Header.Values("Authorization"), ",") + strings.Join(r.Header.Values("Cookie"), ";")
+		for _, s := range []string{secretToken, secretAPIKey, secretSignature, secretFuncToken, secretFuncSession, secretHdrAuth, secretFuncAuth, secretHdrCookie, secretFuncCookie} {
+			if !strings.Contains(sent, s) {
+				t.Errorf("secret %q was not sent, so the test does not exercise it (sent %q)", s, sent)
+			}
+		}
+	}
 	type tc struct {
 		name      string
 		addr      func(t *testing.T) string
 		userinfo  bool
 		connected bool // the scenario reaches StateConnected
+		noHeaders bool // no secret headers or request func: userinfo goes out as Basic auth
 		check     func(t *testing.T, runErr error)
 	}
 	cases := []tc{
-		{name: "401", addr: func(*testing.T) string { return reject.Addr() }, check: func(t *testing.T, err error) {
-			var he *wspool.HandshakeError
-			if !errors.As(err, &he) || he.StatusCode != http.StatusUnauthorized {
-				t.Errorf("Run error %v, want a HandshakeError 401", err)
-			}
+		{name: "401", addr: func(*testing.T) string { return reject.Addr() }, check: check401},
+		{name: "401 with userinfo", userinfo: true, addr: func(*testing.T) string { return reject.Addr() }, check: check401},
+		{name: "401 with userinfo sent as Basic auth", userinfo: true, noHeaders: true, addr: func(*testing.T) string { return reject.Addr() }, check: func(t *testing.T, err error) {
 			gotMu.Lock()
 			defer gotMu.Unlock()
-			if len(got) == 0 {
-				t.Fatal("the server saw no request")
-			}
-			r := got[len(got)-1]
-			sent := r.URL.RawQuery + strings.Join(r.Header.Values("Authorization"), ",") + strings.Join(r.Header.Values("Cookie"), ";")
-			for _, s := range []string{secretToken, secretFuncToken, secretHdrAuth, secretFuncAuth, secretHdrCookie, secretFuncCookie} {
-				if !strings.Contains(sent, s) {
-					t.Errorf("secret %q was not sent, so the test does not exercise it (sent %q)", s, sent)
-				}
+			want := "Basic " + base64.StdEncoding.EncodeToString([]byte("alice:"+secretPass))
+			if len(got) == 0 || got[len(got)-1].Header.Get("Authorization") != want {
+				t.Errorf("the userinfo did not go out as Basic auth (%d requests)", len(got))
 			}
 		}},
-		{name: "401 with userinfo", userinfo: true, addr: func(*testing.T) string { return reject.Addr() }},
 		{name: "TCP refused", addr: refusedAddr},
 		{name: "TCP refused with userinfo", userinfo: true, addr: refusedAddr},
 		{name: "connected then dropped", connected: true, addr: func(*testing.T) string { return drop.Addr() }},
-		{name: "connected then dropped with userinfo", userinfo: true, addr: func(*testing.T) string { return drop.Addr() }},
+		{name: "connected then dropped with userinfo", userinfo: true, connected: true, addr: func(*testing.T) string { return drop.Addr() }},
 	}
 	for _, tt := range cases {
 		t.Run(tt.name, func(t *testing.T) {
 			rec := newSecretRecorder()
-			opts := append(secretOptions(), rec.options()...)
+			opts := rec.options()
+			if !tt.noHeaders {
+				opts = append(opts, secretOptions()...)
+			}
 			opts = append(opts, wspool.WithMaxAttempts(2), wspool.WithBackoff(10*time.Millisecond, 20*time.Millisecond),
 				wspool.WithHandshakeTimeout(2*time.Second))
 			c, err := wspool.NewClient(secretFeedURL(tt.addr(t), tt.userinfo), func(context.Context, wspool.Message) error {
@@ -304,15 +319,13 @@ func TestSecretsPoolStats(t *testing.T) {
 	rec.check(t, c, nil, true)
 }
 
-// TestRequestFuncBadHostDoesNotLeakURL demonstrates a leak: a request func
-// that sets a host the URL parser rejects (here a trailing newline, as read
-// from a config file) passes checkFeedURL, but gorilla's DialContext
-// re-parses u.String() and returns a *url.Error that quotes the whole URL —
-// userinfo-free but with every query secret — and wspool reports it as is
-// ("wspool: dial: parse \"ws://...?token=...\": invalid port ..."), in the
-// state change cause, Stats.LastError and the log. It is also retried
-// forever, although an invalid URL from a request func is documented as
-// permanent.
+// TestRequestFuncBadHostDoesNotLeakURL: a request func that sets a host the
+// URL parser rejects (here a trailing newline, as read from a config file)
+// passes checkFeedURL, but gorilla's DialContext re-parses u.String(), and its
+// *url.Error quotes the whole URL with every query secret ("wspool: dial:
+// parse \"ws://...?token=...\": invalid port ..."). That must not reach the
+// state change cause, Stats.LastError or the log, and the failure must be
+// permanent, as documented for an invalid URL from a request func.
 func TestRequestFuncBadHostDoesNotLeakURL(t *testing.T) {
 	rec := newSecretRecorder()
 	opts := append(rec.options(),
@@ -333,13 +346,10 @@ func TestRequestFuncBadHostDoesNotLeakURL(t *testing.T) {
 	rec.check(t, c, runErr, false)
 }
 
-// TestURLUserinfoFeedConnects demonstrates that a feed URL with userinfo
-// never connects: the docs treat userinfo as supported (it is redacted from
-// names, logs and errors), but gorilla's Dialer rejects any URL with
-// userinfo ("malformed ws or wss URL") before dialling, and wspool passes
-// the URL on unchanged, so every attempt fails — and as a transient error,
-// retried forever. Expected: the credentials are sent as HTTP Basic
-// authorization (or the URL is rejected by NewClient with ErrInvalidURL).
+// TestURLUserinfoFeedConnects: gorilla's Dialer rejects any URL with
+// userinfo ("malformed ws or wss URL") before dialling; a feed URL with
+// userinfo must still connect, sending the credentials as HTTP Basic
+// authorization.
 func TestURLUserinfoFeedConnects(t *testing.T) {
 	auth := make(chan string, 10)
 	srv := newServer(t, func(c *websocket.Conn, r *http.Request) {
