@@ -535,7 +535,7 @@ func readAll(r io.Reader, buf []byte) ([]byte, error) {
 // (TCP then pushes back on the server) until shutdown or the connection dies.
 func (c *Client) enqueue(ctx context.Context, conn *Conn, msg Message) {
 	msg.Data = append([]byte(nil), msg.Data...)
-	_, started := c.inq.push(msg, ctx.Done(), conn.dead)
+	_, started := c.inq.push(msg, ctx.Done())
 	if started {
 		err := fmt.Errorf("%w: queue full (%d messages), dropping (%v)", ErrSlowConsumer, c.inq.cfg.Messages, c.inq.cfg.Policy)
 		c.recordError(err)
@@ -648,7 +648,15 @@ func (c *Client) dial(ctx context.Context) (*Conn, error) {
 	defer cancel()
 	slot := &dialSlot{}
 	dctx = context.WithValue(dctx, dialSlotKey{}, slot)
+	// gorilla bounds the upgrade by the context's deadline but does not watch
+	// its cancellation: on shutdown, cut a stuck handshake at once.
+	stopCut := context.AfterFunc(ctx, func() {
+		if nc := slot.conn.Load(); nc != nil {
+			_ = nc.SetDeadline(time.Now())
+		}
+	})
 	ws, resp, err := c.dialer.DialContext(dctx, u.String(), h)
+	stopCut()
 	if err != nil {
 		if resp != nil && resp.StatusCode == http.StatusSwitchingProtocols {
 			return nil, fmt.Errorf("wspool: handshake: invalid 101 response (Upgrade, Connection or Sec-WebSocket-Accept wrong): %w", err)
@@ -660,7 +668,9 @@ func (c *Client) dial(ctx context.Context) (*Conn, error) {
 			}
 			return nil, he
 		}
-		if ctx.Err() == nil && errors.Is(dctx.Err(), context.DeadlineExceeded) {
+		// The socket's deadline (the context's) may fire just before the
+		// context itself: judge by the clock.
+		if dl, ok := dctx.Deadline(); ok && ctx.Err() == nil && !time.Now().Before(dl) {
 			return nil, fmt.Errorf("wspool: dial: handshake timeout (%v): %w: %w", c.cfg.handshakeTO, context.DeadlineExceeded, err)
 		}
 		var ue *url.Error
@@ -670,19 +680,20 @@ func (c *Client) dial(ctx context.Context) (*Conn, error) {
 		}
 		return nil, fmt.Errorf("wspool: dial: %w", err)
 	}
-	if slot.conn == nil {
+	tc := slot.conn.Load()
+	if tc == nil {
 		// A custom dial path bypassed our wrapper; liveness still works from
 		// complete frames, just without byte-level progress.
-		slot.conn = &trackedConn{Conn: ws.UnderlyingConn()}
+		tc = &trackedConn{Conn: ws.UnderlyingConn()}
 	}
 	ws.SetReadLimit(c.cfg.readLimit)
-	return newConn(c, ws, slot.conn), nil
+	return newConn(c, ws, tc), nil
 }
 
 type dialSlotKey struct{}
 
 // dialSlot carries the tracked socket of one dial out of the dialer.
-type dialSlot struct{ conn *trackedConn }
+type dialSlot struct{ conn atomic.Pointer[trackedConn] }
 
 // buildDialer copies the configured dialer and wraps its dial functions so
 // every socket gets keepalive tuning and byte-level liveness tracking.
@@ -728,7 +739,7 @@ func (c *Client) wrapDial(base func(ctx context.Context, network, addr string) (
 		}
 		tc := &trackedConn{Conn: nc}
 		if slot, ok := ctx.Value(dialSlotKey{}).(*dialSlot); ok {
-			slot.conn = tc
+			slot.conn.Store(tc)
 		}
 		return tc, nil
 	}

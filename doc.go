@@ -113,8 +113,11 @@
 //
 // TLS certificates are verified (supply a Dialer with a TLSClientConfig to
 // add a CA). A read limit (16 MiB) is always on: a larger message closes the
-// connection with 1009 and is reported. HTTP(S) proxies are taken from the
-// environment (HTTPS_PROXY, NO_PROXY) unless WithDialer says otherwise. Feed
-// names, logs and errors never contain URL userinfo or secret-looking query
-// values, and headers are never logged.
+// connection with 1009 and is reported. Proxies come from the environment as
+// in net/http (HTTP_PROXY for ws://, HTTPS_PROXY for wss://, NO_PROXY; read
+// once per process; loopback targets are never proxied) unless WithDialer
+// supplies a Dialer, whose Proxy field then decides (nil: no proxy). URL
+// userinfo is sent as HTTP Basic authorization. Feed names, logs and errors
+// never contain URL userinfo or secret-looking query values, and headers are
+// never logged.
 package wspool

@@ -29,7 +29,9 @@ type Heartbeat struct {
 
 // WithPingInterval sets the time between ping control frames. Zero disables
 // pings (and with them dead-peer detection above TCP). Default
-// DefaultPingInterval.
+// DefaultPingInterval. Unless WithPongTimeout is given too, the pong timeout
+// becomes the smaller of DefaultPongTimeout and d, so that pings really go out
+// every d (pings go out every max(PingInterval, PongTimeout)).
 func WithPingInterval(d time.Duration) Option {
 	return func(c *config) {
 		if d < 0 {
@@ -50,6 +52,7 @@ func WithPongTimeout(d time.Duration) Option {
 	return func(c *config) {
 		if positive(c, "pong timeout", d) {
 			c.pongTimeout = d
+			c.pongSet = true
 		}
 	}
 }

@@ -74,6 +74,7 @@ type config struct {
 	permanent     func(error) bool
 	pingInterval  time.Duration
 	pongTimeout   time.Duration
+	pongSet       bool // WithPongTimeout was given
 	heartbeat     *Heartbeat
 	staleTimeout  time.Duration
 	queue         *Queue
@@ -122,6 +123,9 @@ func (c *config) errorf(format string, args ...any) {
 }
 
 func (c *config) validate() error {
+	if !c.pongSet && c.pingInterval > 0 {
+		c.pongTimeout = min(DefaultPongTimeout, c.pingInterval)
+	}
 	if c.maxBO < c.initialBO {
 		c.errorf("max backoff %v is below initial backoff %v", c.maxBO, c.initialBO)
 	}
@@ -158,7 +162,8 @@ func WithName(name string) Option {
 // websocket.DefaultDialer (proxy from the environment, TLS verification on).
 // wspool wraps the dialer's NetDialContext (or NetDial) to tune TCP keepalive
 // and to observe inbound bytes for liveness; a NetDialTLSContext is wrapped the
-// same way.
+// same way. Note that a Dialer's nil Proxy means no proxy: set Proxy to
+// http.ProxyFromEnvironment to keep honouring HTTP_PROXY and HTTPS_PROXY.
 func WithDialer(d *websocket.Dialer) Option {
 	return func(c *config) {
 		if d == nil {

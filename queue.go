@@ -153,9 +153,11 @@ func (q *inQueue) popLocked() Message {
 }
 
 // push adds m (which the queue now owns). Under Block it waits for room until
-// stop is closed, and then returns false. It reports whether the feed just
+// stop is closed (shutdown), and then returns false. It keeps waiting when the
+// connection dies meanwhile: the message was received and must not be lost
+// between messages the reader still finds buffered. It reports whether the feed just
 // started dropping.
-func (q *inQueue) push(m Message, stop, dead <-chan struct{}) (ok, startedDropping bool) {
+func (q *inQueue) push(m Message, stop <-chan struct{}) (ok, startedDropping bool) {
 	size := len(m.Data)
 	for {
 		q.mu.Lock()
@@ -190,8 +192,6 @@ func (q *inQueue) push(m Message, stop, dead <-chan struct{}) (ok, startedDroppi
 		select {
 		case <-q.notFull:
 		case <-stop:
-			return false, false
-		case <-dead:
 			return false, false
 		}
 	}
