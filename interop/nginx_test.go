@@ -112,8 +112,7 @@ func TestNginxReverseProxy(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A ping every 500ms: pings go out every max(PingInterval, PongTimeout)
-	// (see TestKnownIssuePingIntervalAloneBehindNginx), so the pong timeout
-	// must come down with the interval.
+	// (see TestPingIntervalAloneBehindNginx).
 	beat := newFeed(t, "beat", 3)
 	beatC, err := pool.Add(ngx.url(), beat.handle, beat.options(wspool.WithName("heartbeat"),
 		wspool.WithPingInterval(500*time.Millisecond), wspool.WithPongTimeout(500*time.Millisecond))...)
@@ -207,15 +206,12 @@ func TestNginxReverseProxy(t *testing.T) {
 	})
 }
 
-// TestKnownIssuePingIntervalAloneBehindNginx demonstrates a trap, not a
-// crash: WithPingInterval(500ms) alone does not keep a connection through
-// nginx's 2s proxy_read_timeout, because pings go out every
-// max(PingInterval, PongTimeout) and the pong timeout stays at its 10s
-// default. It fails today; it runs only with WSPOOL_INTEROP_KNOWN_ISSUES=1.
-func TestKnownIssuePingIntervalAloneBehindNginx(t *testing.T) {
-	if os.Getenv("WSPOOL_INTEROP_KNOWN_ISSUES") != "1" {
-		t.Skip("known library issue (pings every max(PingInterval, PongTimeout)); set WSPOOL_INTEROP_KNOWN_ISSUES=1 to run")
-	}
+// TestPingIntervalAloneBehindNginx: WithPingInterval(500ms) alone keeps a
+// connection through nginx's 2s proxy_read_timeout. (It used to fail: pings
+// went out every max(PingInterval, PongTimeout) with the pong timeout at its
+// 10s default; the pong timeout now follows a shorter ping interval unless it
+// is set explicitly.)
+func TestPingIntervalAloneBehindNginx(t *testing.T) {
 	backend := startGoServer(t, nil)
 	ngx := startNginx(t, backend.addr)
 	f := newFeed(t, "interval-only", 3).run(ngx.url(), wspool.WithPingInterval(500*time.Millisecond))
