@@ -678,7 +678,7 @@ func (c *Client) dial(ctx context.Context) (*Conn, error) {
 			// A *url.Error quotes the whole URL; keep the reason only.
 			return nil, fmt.Errorf("wspool: dial: %s %s: %w", ue.Op, redactURL(&u), ue.Err)
 		}
-		return nil, fmt.Errorf("wspool: dial: %w", err)
+		return nil, fmt.Errorf("wspool: dial: %w", shortError(err))
 	}
 	tc := slot.conn.Load()
 	if tc == nil {
@@ -686,6 +686,7 @@ func (c *Client) dial(ctx context.Context) (*Conn, error) {
 		// complete frames, just without byte-level progress.
 		tc = &trackedConn{Conn: ws.UnderlyingConn()}
 	}
+	tc.handshook.Store(true)
 	ws.SetReadLimit(c.cfg.readLimit)
 	return newConn(c, ws, tc), nil
 }
@@ -753,14 +754,25 @@ var sharedWriteBuffers = &sync.Pool{}
 // peer is alive, even in the middle of a large, slow message.
 type trackedConn struct {
 	net.Conn
-	bytesIn atomic.Int64
+	bytesIn   atomic.Int64
+	handshook atomic.Bool // the upgrade is done: no more cap on bytes read
 }
+
+// maxHandshakeBytes bounds what a server may send before the upgrade
+// completes (an endless header line would otherwise be buffered until the
+// handshake timeout).
+const maxHandshakeBytes = 1 << 20
+
+// errHandshakeTooLarge is returned when the handshake response exceeds maxHandshakeBytes.
+var errHandshakeTooLarge = errors.New("wspool: handshake response over 1 MiB")
 
 // Read reads from the socket and counts the bytes.
 func (t *trackedConn) Read(p []byte) (int, error) {
 	n, err := t.Conn.Read(p)
 	if n > 0 {
-		t.bytesIn.Add(int64(n))
+		if t.bytesIn.Add(int64(n)) > maxHandshakeBytes && !t.handshook.Load() {
+			return n, errHandshakeTooLarge
+		}
 	}
 	return n, err
 }
@@ -882,7 +894,7 @@ func (cn *Conn) causeOf(readErr error) error {
 	default:
 	}
 	if errors.Is(readErr, websocket.ErrReadLimit) {
-		return fmt.Errorf("wspool: message over read limit (%d bytes), closed with 1009: %w", cn.client.cfg.readLimit, readErr)
+		return fmt.Errorf("wspool: message over read limit (%d bytes; closed with 1009 where the frame allowed): %w", cn.client.cfg.readLimit, readErr)
 	}
 	return fmt.Errorf("wspool: read: %w", readErr)
 }
@@ -915,6 +927,27 @@ func (cn *Conn) closeHandshake(drain bool) {
 // close releases the socket.
 func (cn *Conn) close() { cn.kill(ErrConnectionClosed) }
 
+// shortError keeps a hostile server's bytes quoted in an error (an endless
+// header line, say) from bloating logs and Stats: the message is cut at
+// maxErrorText; errors.Is/As still see the original.
+func shortError(err error) error {
+	if len(err.Error()) <= maxErrorText {
+		return err
+	}
+	return &truncatedError{err}
+}
+
+const maxErrorText = 512
+
+type truncatedError struct{ err error }
+
+func (e *truncatedError) Error() string {
+	msg := e.err.Error()
+	return fmt.Sprintf("%s… (%d bytes)", msg[:maxErrorText], len(msg))
+}
+
+func (e *truncatedError) Unwrap() error { return e.err }
+
 // redactURL renders u for names and logs: no userinfo, no fragment, and
 // secret-looking query values replaced.
 func redactURL(u *url.URL) string {
@@ -938,7 +971,7 @@ func redactURL(u *url.URL) string {
 	return r.String()
 }
 
-var secretWords = []string{"token", "key", "secret", "pass", "auth", "sig", "session", "credential", "jwt", "bearer", "cookie", "code"}
+var secretWords = []string{"token", "key", "secret", "pass", "pwd", "auth", "sig", "session", "credential", "jwt", "bearer", "cookie", "code"}
 
 func secretKey(k string) bool {
 	k = strings.ToLower(k)
