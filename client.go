@@ -562,12 +562,12 @@ func (c *Client) deliverQueued(ctx context.Context, done chan<- struct{}) {
 }
 
 func (c *Client) deliver(ctx context.Context, msg Message) {
-	defer func() {
+	defer func() { // one deferred call per message: count, and recover a panic
+		c.stats.delivered.Add(1)
 		if r := recover(); r != nil {
 			c.reportHandlerError(&HandlerError{Feed: c.name, Panic: r, Stack: debug.Stack()})
 		}
 	}()
-	defer c.stats.delivered.Add(1)
 	if err := c.handler(ctx, msg); err != nil {
 		c.reportHandlerError(&HandlerError{Feed: c.name, Err: err})
 	}
