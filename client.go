@@ -943,7 +943,7 @@ type truncatedError struct{ err error }
 
 func (e *truncatedError) Error() string {
 	msg := e.err.Error()
-	return fmt.Sprintf("%s… (%d bytes)", msg[:maxErrorText], len(msg))
+	return fmt.Sprintf("%s… (%d bytes)", strings.ToValidUTF8(msg[:maxErrorText], ""), len(msg))
 }
 
 func (e *truncatedError) Unwrap() error { return e.err }
