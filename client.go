@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -137,6 +138,7 @@ type Client struct {
 	sendQBytes int
 	inq        *inQueue // WithQueue
 	reached    bool     // the current attempt reached StateConnected (loop goroutine only)
+	pooled     bool     // reads are buffered from readBufs (see readbuf.go)
 
 	stats clientCounters
 }
@@ -720,6 +722,10 @@ func (c *Client) buildDialer() *websocket.Dialer {
 		d.NetDialTLSContext = c.wrapDial(d.NetDialTLSContext)
 	}
 	d.HandshakeTimeout = 0 // bounded by our own context
+	if pooledReadsSupported && d.ReadBufferSize == 0 && c.url.Scheme == "ws" {
+		d.ReadBufferSize = pooledGorillaBuffer
+		c.pooled = true
+	}
 	if d.WriteBufferPool == nil && d.WriteBufferSize == 0 {
 		d.WriteBufferPool = sharedWriteBuffers
 	}
@@ -739,6 +745,9 @@ func (c *Client) wrapDial(base func(ctx context.Context, network, addr string) (
 			c.log.Warn("tcp keepalive not applied", "err", err)
 		}
 		tc := &trackedConn{Conn: nc}
+		if c.pooled {
+			tc.enablePooledReads()
+		}
 		if slot, ok := ctx.Value(dialSlotKey{}).(*dialSlot); ok {
 			slot.conn.Store(tc)
 		}
@@ -756,6 +765,9 @@ type trackedConn struct {
 	net.Conn
 	bytesIn   atomic.Int64
 	handshook atomic.Bool // the upgrade is done: no more cap on bytes read
+
+	rc   syscall.RawConn // set when reads are pooled (readbuf.go)
+	pool pooledState
 }
 
 // maxHandshakeBytes bounds what a server may send before the upgrade
@@ -768,7 +780,13 @@ var errHandshakeTooLarge = errors.New("wspool: handshake response over 1 MiB")
 
 // Read reads from the socket and counts the bytes.
 func (t *trackedConn) Read(p []byte) (int, error) {
-	n, err := t.Conn.Read(p)
+	var n int
+	var err error
+	if t.rc != nil {
+		n, err = t.pooledRead(p)
+	} else {
+		n, err = t.Conn.Read(p)
+	}
 	if n > 0 {
 		if t.bytesIn.Add(int64(n)) > maxHandshakeBytes && !t.handshook.Load() {
 			return n, errHandshakeTooLarge
