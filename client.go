@@ -137,8 +137,14 @@ type Client struct {
 	sendQ      []*sendReq // WithSendBuffer: messages waiting for a connection
 	sendQBytes int
 	inq        *inQueue // WithQueue
-	reached    bool     // the current attempt reached StateConnected (loop goroutine only)
-	pooled     bool     // reads are buffered from readBufs (see readbuf.go)
+	runErr     error    // Run's result, written before done is closed
+
+	// Used by the goroutine running the feed's loop (one at a time).
+	spawn     func(func() error) // starts the feed's next goroutine
+	rp        *retryPolicy
+	reached   bool          // the current attempt reached StateConnected
+	delivered chan struct{} // closed when deliverQueued returns (WithQueue)
+	pooled    bool          // reads are buffered from readBufs (see readbuf.go)
 
 	stats clientCounters
 }
@@ -242,34 +248,50 @@ func (c *Client) State() State {
 // called (it then sends a close frame, waits at most the close timeout, and
 // returns nil), or until a failure is permanent or WithMaxAttempts gives up
 // (it returns that error). Run may be called once.
+//
+// The first attempt runs on the caller's goroutine; each connection is then
+// read on a goroutine of its own, started fresh for it, so that an idle feed
+// holds one small goroutine stack (see bench/BENCHMARKS.md).
 func (c *Client) Run(ctx context.Context) error {
+	ctx, err := c.begin(ctx, func(f func() error) { go f() })
+	if err != nil {
+		return err
+	}
+	c.connectLoop(ctx, nil)
+	<-c.done
+	return c.runErr
+}
+
+// begin marks the feed started under parent; spawn starts the feed's
+// goroutines (a Pool runs them under its errgroup).
+func (c *Client) begin(parent context.Context, spawn func(func() error)) (context.Context, error) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.closed {
-		c.mu.Unlock()
-		return ErrClosed
+		return nil, ErrClosed
 	}
 	if c.started {
-		c.mu.Unlock()
-		return ErrAlreadyRunning
+		return nil, ErrAlreadyRunning
 	}
 	c.started = true
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := context.WithCancel(parent)
 	c.cancel = cancel
-	c.mu.Unlock()
-	defer close(c.done)
-	defer cancel()
-
-	var delivered chan struct{}
+	c.spawn = spawn
+	c.rp = newRetryPolicy(&c.cfg)
 	if c.inq != nil {
-		delivered = make(chan struct{})
-		go c.deliverQueued(ctx, delivered)
+		c.delivered = make(chan struct{})
+		go c.deliverQueued(ctx, c.delivered)
 	}
-	err := c.loop(ctx)
+	return ctx, nil
+}
+
+// finish ends the feed with err (nil after a clean shutdown): Run returns it.
+func (c *Client) finish(err error) error {
 	if c.inq != nil {
 		// After a permanent failure the handler still gets what was queued;
 		// on shutdown (ctx ended) the rest is discarded and counted as dropped.
 		c.inq.close()
-		<-delivered
+		<-c.delivered
 	}
 	c.mu.Lock()
 	c.finished = true
@@ -279,6 +301,9 @@ func (c *Client) Run(ctx context.Context) error {
 	if err != nil {
 		c.log.Error("feed stopped", "err", err)
 	}
+	c.cancel()
+	c.runErr = err
+	close(c.done)
 	return err
 }
 
@@ -303,88 +328,112 @@ func (c *Client) Close() error {
 	return nil
 }
 
-// loop is the reconnect loop; it returns nil when ctx ends.
-func (c *Client) loop(ctx context.Context) error {
-	rp := newRetryPolicy(&c.cfg)
-	var cause error
+// connectLoop is the reconnect loop. cause is why the previous connection or
+// attempt ended (nil at the start). It dials until a connection is up, then
+// hands that connection to a fresh goroutine (which reads it and, when it
+// ends, continues this loop) and returns nil; or it finishes the feed (ctx
+// ended, a permanent failure, attempts exhausted) and returns the feed's
+// error. At any time one goroutine runs a feed's loop.
+func (c *Client) connectLoop(ctx context.Context, cause error) error {
 	for {
+		if cause != nil {
+			if stop, err := c.backOff(ctx, cause); stop {
+				return c.finish(err)
+			}
+		}
 		if ctx.Err() != nil {
-			return nil
+			return c.finish(nil)
 		}
 		if c.inq != nil && c.inq.cfg.DrainBeforeReconnect && cause != nil {
 			if !c.inq.waitDrained(ctx) {
-				return nil
+				return c.finish(nil)
 			}
 		}
-		c.setState(StateConnecting, cause, rp.failures, 0)
+		c.setState(StateConnecting, cause, c.rp.failures, 0)
 		c.stats.attempts.Add(1)
 		c.reached = false
-		err := c.connectAndServe(ctx, rp)
-		if ctx.Err() != nil {
-			return nil
-		}
-		c.recordError(err)
-		if c.cfg.permanent(err) {
-			return err
-		}
-		wait, ok := rp.next(err)
-		if !ok {
-			return fmt.Errorf("%w (%d): %w", ErrMaxAttempts, rp.failures, err)
-		}
-		c.setState(StateBackingOff, err, rp.failures, wait)
-		// In a pool, a feed whose attempt failed before connecting is woken
-		// early when another feed reaches the same host (see wakeHub).
-		var wake <-chan struct{}
-		var he *HandshakeError
-		if !c.reached && !(errors.As(err, &he) && he.RetryAfter > 0) {
-			wake = c.cfg.wake.register(c.url.Host, c)
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-		case <-t.C:
-		case <-wake:
-		}
-		t.Stop()
-		if wake != nil {
-			c.cfg.wake.unregister(c.url.Host, c)
-		}
-		if ctx.Err() != nil {
+		conn, err := c.connect(ctx)
+		if err == nil {
+			c.spawn(func() error { return c.connectLoop(ctx, c.serveConn(ctx, conn)) })
 			return nil
 		}
 		cause = err
 	}
 }
 
-// connectAndServe runs one connection from dial to its end and returns why it ended.
-func (c *Client) connectAndServe(ctx context.Context, rp *retryPolicy) error {
+// backOff handles the end of a connection or attempt with err: it reports
+// whether the feed stops (and with what error), or waits out the backoff.
+func (c *Client) backOff(ctx context.Context, err error) (stop bool, final error) {
+	if ctx.Err() != nil {
+		return true, nil
+	}
+	c.recordError(err)
+	if c.cfg.permanent(err) {
+		return true, err
+	}
+	wait, ok := c.rp.next(err)
+	if !ok {
+		return true, fmt.Errorf("%w (%d): %w", ErrMaxAttempts, c.rp.failures, err)
+	}
+	c.setState(StateBackingOff, err, c.rp.failures, wait)
+	// In a pool, a feed whose attempt failed before connecting is woken
+	// early when another feed reaches the same host (see wakeHub).
+	var wake <-chan struct{}
+	var he *HandshakeError
+	if !c.reached && !(errors.As(err, &he) && he.RetryAfter > 0) {
+		wake = c.cfg.wake.register(c.url.Host, c)
+	}
+	t := time.NewTimer(wait)
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	case <-wake:
+	}
+	t.Stop()
+	if wake != nil {
+		c.cfg.wake.unregister(c.url.Host, c)
+	}
+	return ctx.Err() != nil, nil
+}
+
+// connect makes one connection ready to serve: dial, OnConnect, buffered
+// sends, published to Send, state connected.
+func (c *Client) connect(ctx context.Context) (*Conn, error) {
 	conn, err := c.dial(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer func() { conn.close() }() // whichever connection is current at the end
 	if err := c.runOnConnect(ctx, conn); err != nil {
 		if ctx.Err() != nil {
 			conn.closeHandshake(true)
 		}
-		return err
+		conn.close()
+		return nil, err
 	}
 	// Buffered sends go out after OnConnect (subscriptions first) and before
 	// the connection is published to Send.
 	if err := c.flushAndPublish(ctx, conn); err != nil {
-		return err
+		conn.close()
+		return nil, err
 	}
-	start := time.Now()
+	conn.start = time.Now()
 	c.stats.connects.Add(1)
 	c.mu.Lock()
-	c.connSince = start
+	c.connSince = conn.start
 	c.mu.Unlock()
 	c.reached = true
-	c.setState(StateConnected, nil, rp.failures, 0)
-	if rp.failures > 0 {
+	c.setState(StateConnected, nil, c.rp.failures, 0)
+	if c.rp.failures > 0 {
 		c.cfg.wake.wake(c.url.Host) // the host is back: wake its other feeds
 	}
+	return conn, nil
+}
 
+// serveConn reads a connection (and its replacements after rotations) to its
+// end, releases it, and returns why it ended.
+func (c *Client) serveConn(ctx context.Context, conn *Conn) error {
+	start := conn.start
+	var err error
 	for {
 		err = c.serve(ctx, conn)
 		next := conn.next.Load()
@@ -411,7 +460,8 @@ func (c *Client) connectAndServe(ctx context.Context, rp *retryPolicy) error {
 	c.connSince = time.Time{}
 	c.mu.Unlock()
 	c.stats.disconnects.Add(1)
-	rp.connectionEnded(time.Since(start), conn.gotData.Load())
+	c.rp.connectionEnded(time.Since(start), conn.gotData.Load())
+	conn.close()
 	return err
 }
 
@@ -820,6 +870,7 @@ type Conn struct {
 	afterRotation atomic.Bool          // this connection replaced a rotated one
 	pingSeq       atomic.Uint64
 	pingSent      atomic.Int64
+	start         time.Time // when it reached the connected state
 }
 
 func newConn(c *Client, ws *websocket.Conn, nc *trackedConn) *Conn {

@@ -147,14 +147,26 @@ func (p *Pool) Run(ctx context.Context) error {
 }
 
 // start runs c under the group; p.mu must be held and the pool not stopping.
+// Each of the feed's goroutines (see Client.Run) is a member of the group;
+// the last one returns the feed's error.
 func (p *Pool) start(c *Client) {
-	p.group.Go(func() error {
-		err := c.Run(p.gctx)
-		if err != nil && p.cfg.failFast {
-			return fmt.Errorf("wspool: feed %s: %w", c.name, err)
-		}
-		return nil
+	ctx, err := c.begin(p.gctx, func(f func() error) {
+		p.group.Go(func() error {
+			err := f()
+			if err != nil && p.cfg.failFast {
+				return fmt.Errorf("wspool: feed %s: %w", c.name, err)
+			}
+			return nil
+		})
 	})
+	if err != nil {
+		// Closed, or run by its own Run: nothing to start here.
+		if p.cfg.failFast {
+			p.group.Go(func() error { return fmt.Errorf("wspool: feed %s: %w", c.name, err) })
+		}
+		return
+	}
+	c.spawn(func() error { return c.connectLoop(ctx, nil) })
 }
 
 // Close stops Run (as if its context ended) and waits for it to return; on a
