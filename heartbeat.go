@@ -3,6 +3,7 @@ package wspool
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"sync"
 	"time"
@@ -126,7 +127,12 @@ func startHeartbeat(cn *Conn) *heartbeat {
 	defer h.mu.Unlock()
 	if cfg.pingInterval > 0 {
 		h.quantum = min(maxTimerQuantum, cfg.pingInterval/10, cfg.pongTimeout/10)
-		h.ping = time.AfterFunc(h.coarse(cfg.pingInterval), h.onPing)
+		// The first ping goes out after a random half to whole interval, so
+		// that feeds connected together (after an outage, at start) spread
+		// their pings over the interval instead of firing in one burst of
+		// timer goroutines every interval. Detection is never later.
+		first := cfg.pingInterval/2 + rand.N(cfg.pingInterval/2+1)
+		h.ping = time.AfterFunc(h.coarse(first), h.onPing)
 	}
 	if cfg.heartbeat != nil {
 		h.app = time.AfterFunc(cfg.heartbeat.Interval, h.onApp)
