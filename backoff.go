@@ -20,35 +20,31 @@ const (
 // never gives up on its own, reset only after a connection proved stable, and
 // stretched to honour a server's Retry-After.
 type retryPolicy struct {
-	bo            *backoff.ExponentialBackOff
-	minUptime     time.Duration
-	maxRetryAfter time.Duration
-	maxAttempts   int
-	healthy       Health
-	failures      int // consecutive attempts without a stable connection
+	cfg      *config
+	bo       *backoff.ExponentialBackOff // created at the first failure
+	failures int                         // consecutive attempts without a stable connection
 }
 
-func newRetryPolicy(cfg *config) *retryPolicy {
-	bo := backoff.NewExponentialBackOff()
-	bo.InitialInterval = cfg.initialBO
-	bo.MaxInterval = cfg.maxBO
-	bo.Multiplier = backoffMultiplier
-	bo.RandomizationFactor = backoffRandomization
-	// backoff/v4 defaults MaxElapsedTime to 15 minutes, after which NextBackOff
-	// returns Stop: that would silently end a feed meant to retry forever.
-	bo.MaxElapsedTime = 0
-	bo.Reset()
-	return &retryPolicy{
-		bo:            bo,
-		minUptime:     cfg.minUptime,
-		maxRetryAfter: cfg.maxRetryAfter,
-		maxAttempts:   cfg.maxAttempts,
-		healthy:       cfg.healthy,
+func newRetryPolicy(cfg *config) retryPolicy { return retryPolicy{cfg: cfg} }
+
+// backoff returns the exponential backoff, creating it on first use (a feed
+// that never fails never needs one).
+func (r *retryPolicy) backoff() *backoff.ExponentialBackOff {
+	if r.bo == nil {
+		bo := backoff.NewExponentialBackOff()
+		bo.InitialInterval = r.cfg.initialBO
+		bo.MaxInterval = r.cfg.maxBO
+		bo.Multiplier = backoffMultiplier
+		bo.RandomizationFactor = backoffRandomization
+		// backoff/v4 defaults MaxElapsedTime to 15 minutes, after which NextBackOff
+		// returns Stop: that would silently end a feed meant to retry forever.
+		bo.MaxElapsedTime = 0
+		bo.Reset()
+		r.bo = bo
 	}
+	return r.bo
 }
 
-// Health says when a connection has proved healthy, which resets the backoff.
-// The flags combine: every condition set must hold.
 type Health uint8
 
 const (
@@ -80,33 +76,34 @@ func WithHealthyWhen(h Health) Option {
 // went. Only a healthy one resets the backoff; a server that accepts and drops
 // at once keeps the waits growing.
 func (r *retryPolicy) connectionEnded(uptime time.Duration, gotData bool) {
-	h := r.healthy
-	if h&HealthMinUptime != 0 && uptime < r.minUptime {
+	h := r.cfg.healthy
+	if h&HealthMinUptime != 0 && uptime < r.cfg.minUptime {
 		return
 	}
 	if h&HealthFirstMessage != 0 && !gotData {
 		return
 	}
-	{
+	if r.bo != nil {
 		r.bo.Reset()
-		r.failures = 0
 	}
+	r.failures = 0
 }
 
 // next records a failed attempt and returns how long to wait before the next
 // one, and false when WithMaxAttempts says to give up.
 func (r *retryPolicy) next(err error) (time.Duration, bool) {
 	r.failures++
-	if r.maxAttempts > 0 && r.failures >= r.maxAttempts {
+	if r.cfg.maxAttempts > 0 && r.failures >= r.cfg.maxAttempts {
 		return 0, false
 	}
-	wait := r.bo.NextBackOff()
+	bo := r.backoff()
+	wait := bo.NextBackOff()
 	if wait == backoff.Stop { // cannot happen with MaxElapsedTime 0; be safe
-		wait = r.bo.MaxInterval
+		wait = bo.MaxInterval
 	}
 	var he *HandshakeError
 	if errors.As(err, &he) && he.RetryAfter > 0 {
-		ra := min(he.RetryAfter, r.maxRetryAfter)
+		ra := min(he.RetryAfter, r.cfg.maxRetryAfter)
 		wait = max(wait, ra)
 	}
 	return wait, true

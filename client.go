@@ -141,7 +141,7 @@ type Client struct {
 
 	// Used by the goroutine running the feed's loop (one at a time).
 	spawn     func(func() error) // starts the feed's next goroutine
-	rp        *retryPolicy
+	rp        retryPolicy
 	reached   bool          // the current attempt reached StateConnected
 	delivered chan struct{} // closed when deliverQueued returns (WithQueue)
 	pooled    bool          // reads are buffered from readBufs (see readbuf.go)
@@ -195,15 +195,18 @@ func newClient(rawURL string, h Handler, cfg config) (*Client, error) {
 	}
 	logger := cfg.logger
 	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
+		logger = discardLogger
 	}
 	c := &Client{
 		name:    name,
 		url:     u,
 		handler: h,
 		cfg:     cfg,
-		log:     logger.With("feed", name),
+		log:     logger,
 		done:    make(chan struct{}),
+	}
+	if logger != discardLogger {
+		c.log = logger.With("feed", name)
 	}
 	c.dialer = c.buildDialer()
 	if cfg.queue != nil {
@@ -211,6 +214,10 @@ func newClient(rawURL string, h Handler, cfg config) (*Client, error) {
 	}
 	return c, nil
 }
+
+// discardLogger is the logger of feeds without one (shared: it logs nothing,
+// so it needs no "feed" attribute).
+var discardLogger = slog.New(slog.DiscardHandler)
 
 func parseFeedURL(raw string) (*url.URL, error) {
 	u, err := url.Parse(raw)
@@ -698,7 +705,7 @@ func (c *Client) dial(ctx context.Context) (*Conn, error) {
 	defer c.cfg.dialSem.release()
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.handshakeTO)
 	defer cancel()
-	slot := &dialSlot{}
+	slot := &dialSlot{client: c}
 	dctx = context.WithValue(dctx, dialSlotKey{}, slot)
 	// gorilla bounds the upgrade by the context's deadline but does not watch
 	// its cancellation: on shutdown, cut a stuck handshake at once.
@@ -745,52 +752,83 @@ func (c *Client) dial(ctx context.Context) (*Conn, error) {
 
 type dialSlotKey struct{}
 
-// dialSlot carries the tracked socket of one dial out of the dialer.
-type dialSlot struct{ conn atomic.Pointer[trackedConn] }
+// dialSlot carries the dialing feed into the dial functions and its tracked
+// socket out of the dialer.
+type dialSlot struct {
+	client *Client
+	conn   atomic.Pointer[trackedConn]
+}
 
-// buildDialer copies the configured dialer and wraps its dial functions so
-// every socket gets keepalive tuning and byte-level liveness tracking.
+// sharedDialers serve every feed with neither WithDialer nor
+// WithSubprotocols: plain ws:// (pooled reads) and the rest. The dial
+// functions find the feed in the dial's context, so feeds can share them.
+var sharedDialers [2]struct {
+	once sync.Once
+	d    *websocket.Dialer
+}
+
+// buildDialer returns the feed's dialer: a copy of the configured one whose
+// dial functions give every socket keepalive tuning and byte-level liveness
+// tracking (and pooled reads for plain ws:// on unix).
 func (c *Client) buildDialer() *websocket.Dialer {
+	c.pooled = pooledReadsSupported && c.url.Scheme == "ws" && (c.cfg.dialer == nil || c.cfg.dialer.ReadBufferSize == 0)
+	if c.cfg.dialer != nil || c.cfg.subprotocols != nil {
+		return newDialer(c.cfg.dialer, c.cfg.subprotocols, c.pooled)
+	}
+	i := 0
+	if c.pooled {
+		i = 1
+	}
+	sd := &sharedDialers[i]
+	sd.once.Do(func() { sd.d = newDialer(nil, nil, c.pooled) })
+	return sd.d
+}
+
+func newDialer(base *websocket.Dialer, subprotocols []string, pooled bool) *websocket.Dialer {
 	var d websocket.Dialer
-	if c.cfg.dialer != nil {
-		d = *c.cfg.dialer
+	if base != nil {
+		d = *base
 	} else {
 		d = *websocket.DefaultDialer
 	}
-	base := d.NetDialContext
-	if base == nil && d.NetDial != nil {
+	dial := d.NetDialContext
+	if dial == nil && d.NetDial != nil {
 		nd := d.NetDial
-		base = func(_ context.Context, network, addr string) (net.Conn, error) { return nd(network, addr) }
+		dial = func(_ context.Context, network, addr string) (net.Conn, error) { return nd(network, addr) }
 	}
-	if base == nil {
+	if dial == nil {
 		nd := &net.Dialer{KeepAlive: -1} // keepalive is applied by tuneSocket
-		base = nd.DialContext
+		dial = nd.DialContext
 	}
 	d.NetDial = nil
-	d.NetDialContext = c.wrapDial(base)
+	d.NetDialContext = wrapDial(dial)
 	if d.NetDialTLSContext != nil {
-		d.NetDialTLSContext = c.wrapDial(d.NetDialTLSContext)
+		d.NetDialTLSContext = wrapDial(d.NetDialTLSContext)
 	}
 	d.HandshakeTimeout = 0 // bounded by our own context
-	if pooledReadsSupported && d.ReadBufferSize == 0 && c.url.Scheme == "ws" {
+	if pooled {
 		d.ReadBufferSize = pooledGorillaBuffer
-		c.pooled = true
 	}
 	if d.WriteBufferPool == nil && d.WriteBufferSize == 0 {
 		d.WriteBufferPool = sharedWriteBuffers
 	}
-	if c.cfg.subprotocols != nil {
-		d.Subprotocols = c.cfg.subprotocols
+	if subprotocols != nil {
+		d.Subprotocols = subprotocols
 	}
 	return &d
 }
 
-func (c *Client) wrapDial(base func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+func wrapDial(base func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		nc, err := base(ctx, network, addr)
 		if err != nil {
 			return nil, err
 		}
+		slot, _ := ctx.Value(dialSlotKey{}).(*dialSlot)
+		if slot == nil {
+			return nc, nil // not our dial (cannot happen: dialers are not exported)
+		}
+		c := slot.client
 		if err := tuneSocket(nc, c.cfg.keepAlive); err != nil {
 			c.log.Warn("tcp keepalive not applied", "err", err)
 		}
@@ -798,9 +836,7 @@ func (c *Client) wrapDial(base func(ctx context.Context, network, addr string) (
 		if c.pooled {
 			tc.enablePooledReads()
 		}
-		if slot, ok := ctx.Value(dialSlotKey{}).(*dialSlot); ok {
-			slot.conn.Store(tc)
-		}
+		slot.conn.Store(tc)
 		return tc, nil
 	}
 }
