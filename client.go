@@ -128,12 +128,13 @@ type Client struct {
 	conn       *Conn // current connection while connected
 	started    bool
 	closed     bool
+	finished   bool // Run has returned
+	reached    bool // the current attempt reached StateConnected (loop goroutine)
+	pooled     bool // reads are buffered from readBufs (see readbuf.go)
 	cancel     context.CancelFunc
 	done       chan struct{}
 	lastErr    error
 	lastErrAt  time.Time
-	connSince  time.Time
-	finished   bool       // Run has returned
 	sendQ      []*sendReq // WithSendBuffer: messages waiting for a connection
 	sendQBytes int
 	inq        *inQueue // WithQueue
@@ -142,9 +143,7 @@ type Client struct {
 	// Used by the goroutine running the feed's loop (one at a time).
 	spawn     func(func() error) // starts the feed's next goroutine
 	rp        retryPolicy
-	reached   bool          // the current attempt reached StateConnected
 	delivered chan struct{} // closed when deliverQueued returns (WithQueue)
-	pooled    bool          // reads are buffered from readBufs (see readbuf.go)
 
 	stats clientCounters
 }
@@ -169,8 +168,8 @@ func NewClient(rawURL string, h Handler, opts ...Option) (*Client, error) {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	if len(cfg.poolOnly) > 0 {
-		cfg.errorf("%s applies only to a Pool", strings.Join(cfg.poolOnly, ", "))
+	if po := cfg.poolOnlyGiven(); len(po) > 0 {
+		cfg.errorf("%s applies only to a Pool", strings.Join(po, ", "))
 	}
 	return newClient(rawURL, h, cfg)
 }
@@ -183,6 +182,7 @@ func newClient(rawURL string, h Handler, cfg config) (*Client, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	cfg.diag = nil
 	if h == nil {
 		h = func(context.Context, Message) error { return nil }
 	}
@@ -423,10 +423,9 @@ func (c *Client) connect(ctx context.Context) (*Conn, error) {
 		conn.close()
 		return nil, err
 	}
-	conn.start = time.Now()
 	c.stats.connects.Add(1)
 	c.mu.Lock()
-	c.connSince = conn.start
+	conn.start = time.Now() // read by Stats under mu
 	c.mu.Unlock()
 	c.reached = true
 	c.setState(StateConnected, nil, c.rp.failures, 0)
@@ -464,7 +463,6 @@ func (c *Client) serveConn(ctx context.Context, conn *Conn) error {
 	if c.conn == conn {
 		c.conn = nil
 	}
-	c.connSince = time.Time{}
 	c.mu.Unlock()
 	c.stats.disconnects.Add(1)
 	c.rp.connectionEnded(time.Since(start), conn.gotData.Load())
@@ -906,7 +904,7 @@ type Conn struct {
 	afterRotation atomic.Bool          // this connection replaced a rotated one
 	pingSeq       atomic.Uint64
 	pingSent      atomic.Int64
-	start         time.Time // when it reached the connected state
+	start         time.Time // when it reached the connected state (written under client.mu)
 }
 
 func newConn(c *Client, ws *websocket.Conn, nc *trackedConn) *Conn {

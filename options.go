@@ -55,7 +55,7 @@ type Option func(*config)
 
 // config is the resolved configuration of one feed (and, for pool-only fields, of a pool).
 type config struct {
-	errs []error // validation errors found while applying options
+	diag *optionDiag // problems found while applying options; nil when none
 
 	name          string
 	dialer        *websocket.Dialer
@@ -89,7 +89,6 @@ type config struct {
 	onError       func(feed string, err error)
 
 	// pool only
-	poolOnly []string
 	maxDials int
 	failFast bool
 	dialSem  dialLimiter // set by the pool
@@ -118,8 +117,28 @@ func defaultConfig() config {
 	}
 }
 
+// optionDiag collects what applying options found wrong; kept out of line
+// since a valid config (every feed's, for its lifetime) needs none.
+type optionDiag struct {
+	errs     []error  // invalid values
+	poolOnly []string // pool-only options given
+}
+
 func (c *config) errorf(format string, args ...any) {
-	c.errs = append(c.errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidOption}, args...)...))
+	if c.diag == nil {
+		c.diag = &optionDiag{}
+	}
+	c.diag.errs = append(c.diag.errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidOption}, args...)...))
+}
+
+// poolOnlyGiven returns the pool-only options applied so far and forgets them.
+func (c *config) poolOnlyGiven() []string {
+	if c.diag == nil {
+		return nil
+	}
+	p := c.diag.poolOnly
+	c.diag.poolOnly = nil
+	return p
 }
 
 func (c *config) validate() error {
@@ -129,11 +148,19 @@ func (c *config) validate() error {
 	if c.maxBO < c.initialBO {
 		c.errorf("max backoff %v is below initial backoff %v", c.maxBO, c.initialBO)
 	}
-	return errors.Join(c.errs...)
+	if c.diag == nil {
+		return nil
+	}
+	return errors.Join(c.diag.errs...)
 }
 
 // poolOption marks the option name as pool only.
-func (c *config) markPoolOnly(name string) { c.poolOnly = append(c.poolOnly, name) }
+func (c *config) markPoolOnly(name string) {
+	if c.diag == nil {
+		c.diag = &optionDiag{}
+	}
+	c.diag.poolOnly = append(c.diag.poolOnly, name)
+}
 
 func positive(c *config, name string, d time.Duration) bool {
 	if d <= 0 {

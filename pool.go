@@ -62,12 +62,12 @@ func (p *Pool) Add(rawURL string, h Handler, opts ...Option) (*Client, error) {
 	for _, o := range p.defaults {
 		o(&cfg)
 	}
-	cfg.poolOnly = nil
+	cfg.poolOnlyGiven() // the pool's own are fine
 	for _, o := range opts {
 		o(&cfg)
 	}
-	if len(cfg.poolOnly) > 0 {
-		cfg.errorf("%s applies only to NewPool", strings.Join(cfg.poolOnly, ", "))
+	if po := cfg.poolOnlyGiven(); len(po) > 0 {
+		cfg.errorf("%s applies only to NewPool", strings.Join(po, ", "))
 	}
 	cfg.dialSem = p.sem
 	cfg.wake = p.wake

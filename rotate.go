@@ -71,6 +71,7 @@ func (r *rotator) run() {
 		}
 		if err == nil {
 			c.mu.Lock()
+			next.start = time.Now()
 			c.conn = next
 			c.mu.Unlock()
 			next.afterRotation.Store(true)

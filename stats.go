@@ -51,7 +51,7 @@ func (c *Client) Stats() Stats {
 		State:          c.state,
 		LastError:      c.lastErr,
 		LastErrorAt:    c.lastErrAt,
-		ConnectedSince: c.connSince,
+		ConnectedSince: c.connectedSince(),
 		SendBuffered:   len(c.sendQ),
 	}
 	c.mu.Unlock()
@@ -114,4 +114,13 @@ func (ps *PoolStats) add(s Stats) {
 	ps.HandlerErrors += s.HandlerErrors
 	ps.Dropped += s.Dropped
 	ps.SendFailed += s.SendFailed
+}
+
+// connectedSince is when the current connection reached the connected state;
+// c.mu must be held.
+func (c *Client) connectedSince() time.Time {
+	if c.conn == nil {
+		return time.Time{}
+	}
+	return c.conn.start
 }
