@@ -3,7 +3,10 @@ package wspool_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
+	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -190,5 +193,65 @@ func TestPoolDialLimit(t *testing.T) {
 	waitFor(t, 10*time.Second, "30 feeds connected", func() bool { return p.Stats().Connected == 30 })
 	if peak := srv.PeakConcurrentHandshakes(); peak > cap {
 		t.Fatalf("server saw %d concurrent handshakes, cap %d", peak, cap)
+	}
+}
+
+// feedGoroutines counts the goroutines running the library's feed code
+// (reading, dialling, backing off), from a dump of every goroutine.
+func feedGoroutines() (feeds, pool int) {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		switch {
+		case strings.Contains(g, "wspool.(*Client)."):
+			feeds++
+		case strings.Contains(g, "wspool.(*Pool)."):
+			pool++
+		}
+	}
+	return feeds, pool
+}
+
+// TestPoolOneGoroutinePerIdleFeed checks the resource shape an idle pool
+// promises: one goroutine per connected feed, across reconnects too, and
+// none parked per feed besides it.
+func TestPoolOneGoroutinePerIdleFeed(t *testing.T) {
+	const n = 40
+	srv := newServer(t, wstest.Drain)
+	ev := newEvents()
+	p, err := wspool.NewPool(ev.option(), wspool.WithBackoff(10*time.Millisecond, 50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if _, err := p.Add(srv.URL("/"), nil, wspool.WithName(fmt.Sprint("feed-", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop := runPool(t, p)
+	for round := 1; round <= 2; round++ {
+		ev.waitCount(t, wspool.StateConnected, round*n, 20*time.Second)
+		var feeds, pool int
+		waitFor(t, 10*time.Second, "the feeds' goroutines to settle", func() bool {
+			feeds, pool = feedGoroutines()
+			return feeds == n
+		})
+		if pool > 2 { // Run itself and the errgroup's anchor
+			t.Errorf("round %d: %d goroutines in Pool code, want at most 2", round, pool)
+		}
+		srv.DropAll() // every feed reconnects on a fresh goroutine
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if feeds, pool := feedGoroutines(); feeds != 0 || pool != 0 {
+		t.Fatalf("after Run: %d feed and %d pool goroutines left", feeds, pool)
 	}
 }

@@ -51,8 +51,14 @@ func TestReadIntegrity(t *testing.T) {
 		}
 		wstest.Drain(c, nil)
 	})
-	for _, slice := range []int{0, 7, 1500} {
-		t.Run(fmt.Sprintf("slice=%d", slice), func(t *testing.T) {
+	// A Dialer with ReadBufferSize set keeps gorilla's own buffering.
+	ownBuffer := &websocket.Dialer{ReadBufferSize: 1024}
+	for _, tc := range []struct {
+		slice  int
+		dialer *websocket.Dialer
+	}{{0, nil}, {7, nil}, {1500, nil}, {0, ownBuffer}, {7, ownBuffer}} {
+		slice := tc.slice
+		t.Run(fmt.Sprintf("slice=%d/gorilla-buffer=%v", slice, tc.dialer != nil), func(t *testing.T) {
 			target := srv.Addr()
 			if slice > 0 {
 				p, err := faultproxy.New(srv.Addr())
@@ -67,6 +73,10 @@ func TestReadIntegrity(t *testing.T) {
 			var got [][]byte
 			var types []wspool.MessageType
 			done := make(chan struct{})
+			var opts []wspool.Option
+			if tc.dialer != nil {
+				opts = append(opts, wspool.WithDialer(tc.dialer))
+			}
 			c, err := wspool.NewClient("ws://"+target+"/", func(_ context.Context, m wspool.Message) error {
 				mu.Lock()
 				defer mu.Unlock()
@@ -76,7 +86,7 @@ func TestReadIntegrity(t *testing.T) {
 					close(done)
 				}
 				return nil
-			})
+			}, opts...)
 			if err != nil {
 				t.Fatal(err)
 			}
