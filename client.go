@@ -361,7 +361,13 @@ func (c *Client) connectLoop(ctx context.Context, cause error) error {
 		c.reached = false
 		conn, err := c.connect(ctx)
 		if err == nil {
-			c.spawn(func() error { return c.connectLoop(ctx, c.serveConn(ctx, conn)) })
+			c.spawn(func() error {
+				// The ended connection is not kept while the loop goes on
+				// (a long backoff) on this goroutine.
+				cn := conn
+				conn = nil
+				return c.connectLoop(ctx, c.serveConn(ctx, cn))
+			})
 			return nil
 		}
 		cause = err

@@ -23,6 +23,7 @@ type Pool struct {
 
 	mu       sync.Mutex
 	feeds    map[string]*Client
+	sorted   []*Client // feeds sorted by name, built on demand; never mutated, nil when stale
 	started  bool
 	stopping bool // Run's context ended: no new feed may start
 	closed   bool
@@ -84,6 +85,7 @@ func (p *Pool) Add(rawURL string, h Handler, opts ...Option) (*Client, error) {
 		return nil, fmt.Errorf("%w: %s", ErrDuplicateName, c.name)
 	}
 	p.feeds[c.name] = c
+	p.sorted = nil
 	if p.started {
 		p.start(c)
 	}
@@ -96,6 +98,9 @@ func (p *Pool) Remove(name string) error {
 	p.mu.Lock()
 	c, ok := p.feeds[name]
 	delete(p.feeds, name)
+	if ok {
+		p.sorted = nil
+	}
 	p.mu.Unlock()
 	if !ok {
 		return fmt.Errorf("%w: %s", ErrNotFound, name)
@@ -199,16 +204,25 @@ func (p *Pool) clientsLocked() []*Client {
 
 // Clients returns the pool's feeds, sorted by name.
 func (p *Pool) Clients() []*Client {
+	return slices.Clone(p.sortedClients())
+}
+
+// sortedClients returns the feeds sorted by name; the slice is shared and
+// must not be modified (Add and Remove replace it).
+func (p *Pool) sortedClients() []*Client {
 	p.mu.Lock()
-	cs := p.clientsLocked()
-	p.mu.Unlock()
-	slices.SortFunc(cs, func(a, b *Client) int { return strings.Compare(a.name, b.name) })
-	return cs
+	defer p.mu.Unlock()
+	if p.sorted == nil {
+		cs := p.clientsLocked()
+		slices.SortFunc(cs, func(a, b *Client) int { return strings.Compare(a.name, b.name) })
+		p.sorted = cs
+	}
+	return p.sorted
 }
 
 // Stats returns a snapshot of every feed and the pool's totals.
 func (p *Pool) Stats() PoolStats {
-	cs := p.Clients()
+	cs := p.sortedClients()
 	ps := PoolStats{Feeds: make([]Stats, 0, len(cs))}
 	for _, c := range cs {
 		ps.add(c.Stats())
