@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/wspool/wspool"
+	"github.com/wspool/wspool/internal/leakcheck"
 	"github.com/wspool/wspool/internal/wstest"
 )
 
@@ -199,16 +199,7 @@ func TestPoolDialLimit(t *testing.T) {
 // feedGoroutines counts the goroutines running the library's feed code
 // (reading, dialling, backing off), from a dump of every goroutine.
 func feedGoroutines() (feeds, pool int) {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
-	for _, g := range strings.Split(string(buf), "\n\n") {
+	for _, g := range leakcheck.Stacks() {
 		switch {
 		case strings.Contains(g, "wspool.(*Client)."):
 			feeds++

@@ -19,8 +19,8 @@ var suspects = []string{
 	"net/http.(*persistConn)",
 }
 
-// Leaked returns the stacks of suspect goroutines other than the caller's.
-func Leaked() []string {
+// Stacks returns the stack of every goroutine, the caller's first.
+func Stacks() []string {
 	buf := make([]byte, 1<<20)
 	for {
 		n := runtime.Stack(buf, true)
@@ -30,8 +30,13 @@ func Leaked() []string {
 		}
 		buf = make([]byte, 2*len(buf))
 	}
+	return strings.Split(string(buf), "\n\n")
+}
+
+// Leaked returns the stacks of suspect goroutines other than the caller's.
+func Leaked() []string {
 	var out []string
-	for i, g := range strings.Split(string(buf), "\n\n") {
+	for i, g := range Stacks() {
 		if i == 0 || strings.Contains(g, "internal/leakcheck.") {
 			continue // the first block is the calling goroutine
 		}
