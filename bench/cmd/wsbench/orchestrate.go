@@ -38,6 +38,7 @@ type settings struct {
 	idleFeeds              []int
 	idleModes              []string
 	idleSettle, idleWindow time.Duration
+	idleRounds             int // at 10,000 feeds and more; smaller counts run once
 	readBuf                int
 
 	recFeeds []int
@@ -78,6 +79,7 @@ func parseSettings(args []string) (*settings, error) {
 	idleFeeds := fs.String("idle-feeds", "", "idle: feed counts; empty = preset")
 	idleWindow := fs.Duration("idle-window", 0, "idle: CPU window for 10,000 feeds or more (smaller counts: 16s, or this if shorter); 0 = preset")
 	idleModes := fs.String("idle-modes", "wspool,raw,raw+ping", "idle: clients to measure")
+	idleRounds := fs.Int("idle-rounds", 0, "idle: rounds at 10,000 feeds and more (raw+ping runs in the first only); 0 = preset")
 	readBuf := fs.Int("readbuf", 0, "throughput and idle: gorilla read buffer size for every client (0 = gorilla's default)")
 	recFeeds := fs.String("recovery-feeds", "", "recovery: feed counts; empty = preset")
 	outage := fs.Duration("outage", 0, "recovery: server down this long; 0 = preset")
@@ -92,23 +94,23 @@ func parseSettings(args []string) (*settings, error) {
 	s := &settings{
 		preset: "full", rounds: 5, warmup: 300 * time.Millisecond, window: 2 * time.Second,
 		sendRounds: 5, sendWindow: 2 * time.Second,
-		idleFeeds: []int{1000, 10000}, idleSettle: 2 * time.Second, idleWindow: 30 * time.Second,
+		idleFeeds: []int{1000, 10000}, idleSettle: 2 * time.Second, idleWindow: 30 * time.Second, idleRounds: 3,
 		recFeeds: []int{10000, 200}, outage: 3 * time.Second,
-		timeout: 11 * time.Minute,
+		timeout: 14 * time.Minute,
 	}
 	switch {
 	case *smoke:
 		s.preset = "smoke"
 		s.rounds, s.warmup, s.window = 1, 100*time.Millisecond, 300*time.Millisecond
 		s.sendRounds, s.sendWindow = 1, 300*time.Millisecond
-		s.idleFeeds, s.idleSettle, s.idleWindow = []int{100}, 200*time.Millisecond, 2*time.Second
+		s.idleFeeds, s.idleSettle, s.idleWindow, s.idleRounds = []int{100}, 200*time.Millisecond, 2*time.Second, 1
 		s.recFeeds, s.outage = []int{100}, time.Second
 		s.timeout = 90 * time.Second
 	case *quick:
 		s.preset = "quick"
 		s.rounds, s.window = 3, time.Second
 		s.sendRounds, s.sendWindow = 3, time.Second
-		s.idleSettle, s.idleWindow = time.Second, 5*time.Second
+		s.idleSettle, s.idleWindow, s.idleRounds = time.Second, 5*time.Second, 1
 		s.timeout = 5 * time.Minute
 	}
 	var err error
@@ -139,6 +141,9 @@ func parseSettings(args []string) (*settings, error) {
 	}
 	if *outage > 0 {
 		s.outage = *outage
+	}
+	if *idleRounds > 0 {
+		s.idleRounds = *idleRounds
 	}
 	if *timeout > 0 {
 		s.timeout = *timeout
@@ -367,16 +372,27 @@ func (o *orch) send(ctx context.Context) error {
 
 func (o *orch) idle(ctx context.Context) error {
 	var errs []error
-	for i, feeds := range o.s.idleFeeds {
-		modes := slices.Clone(o.s.idleModes)
-		if i%2 == 1 {
-			slices.Reverse(modes)
+	k := 0
+	for _, feeds := range o.s.idleFeeds {
+		rounds := 1
+		if feeds >= 10000 {
+			rounds = o.s.idleRounds
 		}
-		for _, mode := range modes {
-			if err := o.idleOne(ctx, mode, feeds); err != nil {
-				errs = append(errs, err)
-				if ctx.Err() != nil {
-					return errors.Join(errs...)
+		for round := 1; round <= rounds; round++ {
+			modes := slices.Clone(o.s.idleModes)
+			if round > 1 {
+				modes = slices.DeleteFunc(modes, func(m string) bool { return m == runner.ModeRawPing })
+			}
+			if k%2 == 1 {
+				slices.Reverse(modes) // alternate which client goes first
+			}
+			k++
+			for _, mode := range modes {
+				if err := o.idleOne(ctx, mode, feeds, round); err != nil {
+					errs = append(errs, err)
+					if ctx.Err() != nil {
+						return errors.Join(errs...)
+					}
 				}
 			}
 		}
@@ -384,7 +400,7 @@ func (o *orch) idle(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-func (o *orch) idleOne(ctx context.Context, mode string, feeds int) error {
+func (o *orch) idleOne(ctx context.Context, mode string, feeds, round int) error {
 	// A fresh server (and port) per run: the previous run's sockets linger
 	// in TIME_WAIT on the old port.
 	srv, addr, _, err := o.server(ctx, firehose.ModeIdle, "127.0.0.1:0")
@@ -401,7 +417,7 @@ func (o *orch) idleOne(ctx context.Context, mode string, feeds int) error {
 	args := []string{"idle", "-url", "ws://" + addr + "/", "-mode", mode, "-feeds", fmt.Sprint(feeds),
 		"-settle", o.s.idleSettle.String(), "-window", window.String(), "-maxtime", remaining(ctx),
 		"-readbuf", fmt.Sprint(o.s.readBuf)}
-	if mode == runner.ModeWspool && o.s.profileDir != "" {
+	if mode == runner.ModeWspool && o.s.profileDir != "" && round == 1 {
 		base := fmt.Sprintf("idle-%s-%d", mode, feeds)
 		args = append(args, "-cpuprofile", o.profile(base+".cpu"), "-heapprofile", o.profile(base+".heap"),
 			"-goroutines", o.profile(base+".goroutines.txt"), "-memprofilerate", "4096")
@@ -417,7 +433,7 @@ func (o *orch) idleOne(ctx context.Context, mode string, feeds int) error {
 	}
 	logf("idle %-6s feeds=%-6d connect %.2fs  RSS/feed %.1f KiB  heap/feed %.1f KiB  stack/feed %.1f KiB  CPU %.2f%% of a core",
 		mode, feeds, r.ConnectSeconds, r.RSSPerFeed/1024, r.HeapPerFeed/1024, r.StackPerFeed/1024, r.CPUPercent)
-	row := idleRow{IdleResult: r}
+	row := idleRow{IdleResult: r, Round: round}
 	if st, err := serverStats(ctx, addr); err == nil {
 		row.ServerPings = st.Pings
 	}
