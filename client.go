@@ -1022,6 +1022,27 @@ func (cn *Conn) Send(ctx context.Context, typ MessageType, data []byte) error {
 	return nil
 }
 
+// writePing writes a ping frame unless another message is being written
+// (then it returns false). It goes through the connection's writer like a
+// data message, not gorilla's WriteControl, which allocates a frame buffer
+// and a timer per call: at 10,000 idle feeds that was most of the garbage an
+// idle pool makes.
+func (cn *Conn) writePing(payload []byte) (sent bool, err error) {
+	select {
+	case cn.wlock <- struct{}{}:
+	default:
+		return false, nil
+	}
+	defer func() { <-cn.wlock }()
+	if cn.closing.Load() {
+		return true, nil // our close frame is out: no more pings
+	}
+	if err := cn.ws.SetWriteDeadline(time.Now().Add(cn.client.cfg.writeTimeout)); err != nil {
+		return false, err
+	}
+	return true, cn.ws.WriteMessage(websocket.PingMessage, payload)
+}
+
 // ReadMessage reads the next message directly from the connection, for
 // request-reply exchanges inside OnConnect (e.g. wait for "authenticated").
 // Messages read this way are not passed to the handler. It may only be called

@@ -110,6 +110,7 @@ type heartbeat struct {
 	snapMsgs  int64
 	seq       uint64
 	payload   []byte
+	busy      int // pings put off because a message was being written
 
 	app *time.Timer
 
@@ -187,7 +188,22 @@ func (h *heartbeat) onPing() {
 	h.payload = strconv.AppendUint(h.payload[:0], h.seq, 10)
 	cn.pingSeq.Store(h.seq)
 	cn.pingSent.Store(monoNow())
-	if err := cn.ws.WriteControl(websocket.PingMessage, h.payload, time.Now().Add(cfg.writeTimeout)); err != nil {
+	var err error
+	if h.busy == 0 {
+		var sent bool
+		if sent, err = cn.writePing(h.payload); err == nil && !sent {
+			// A message is being written: try again at the next tick.
+			h.busy++
+			h.ping.Reset(h.coarse(max(h.quantum, time.Millisecond)))
+			return
+		}
+	} else {
+		// Still busy (a stream of sends): WriteControl slips the ping in
+		// between their frames.
+		err = cn.ws.WriteControl(websocket.PingMessage, h.payload, time.Now().Add(cfg.writeTimeout))
+	}
+	h.busy = 0
+	if err != nil {
 		cn.kill(fmt.Errorf("wspool: ping: %w", err))
 		return
 	}
