@@ -19,7 +19,7 @@ const pooledReadSize = 16 << 10
 
 // pooledGorillaBuffer is gorilla's read buffer size for a pooled connection
 // (gorilla needs at least a control frame's 125 bytes).
-const pooledGorillaBuffer = 256
+const pooledGorillaBuffer = 128
 
 var readBufs = sync.Pool{New: func() any {
 	b := make([]byte, pooledReadSize)

@@ -17,8 +17,8 @@ import (
 )
 
 // readSizes straddle every buffer boundary of the read path: gorilla's small
-// buffer (256), its default (4096), the pooled buffer (16 KiB) and beyond.
-var readSizes = []int{0, 1, 2, 125, 126, 255, 256, 257, 1000, 4095, 4096, 4097,
+// buffer (128), its default (4096), the pooled buffer (16 KiB) and beyond.
+var readSizes = []int{0, 1, 2, 125, 126, 127, 128, 129, 255, 256, 257, 1000, 4095, 4096, 4097,
 	16383, 16384, 16385, 32768, 65535, 65536, 65537, 100000, 300000, 3}
 
 func patterned(i, n int) []byte {
