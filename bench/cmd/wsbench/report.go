@@ -68,8 +68,8 @@ func newResults(s *settings) *results {
 		Settings: map[string]string{
 			"throughput": fmt.Sprintf("%d rounds x (wspool, raw), alternating order, %v warm-up + %v window each", s.rounds, s.warmup, s.window),
 			"send":       fmt.Sprintf("%d rounds x (wspool, raw), %v window, 64 B", s.sendRounds, s.sendWindow),
-			"idle": fmt.Sprintf("feeds %v, clients %v, settle %v, CPU window %v (at most 16s below 10,000 feeds), one process per run",
-				s.idleFeeds, s.idleModes, s.idleSettle, s.idleWindow),
+			"idle": fmt.Sprintf("feeds %v, clients %v, settle %v, CPU window %v (at most 16s below 10,000 feeds), one process per run, %d rounds at 10,000 feeds and more (raw+ping in the first only)",
+				s.idleFeeds, s.idleModes, s.idleSettle, s.idleWindow, s.idleRounds),
 			"recovery": fmt.Sprintf("feeds %v, outage %v (kill -9, restart on the same port)", s.recFeeds, s.outage),
 		},
 	}
