@@ -121,7 +121,7 @@
 // 16 KiB buffer while reading (a Dialer with ReadBufferSize set, or wss://,
 // keeps gorilla's own per-connection buffering). Write buffers are lent from a
 // shared pool while writing. WithQueue adds one goroutine per feed. At 10,000
-// idle feeds this is about 12 KiB resident per feed (bench/BENCHMARKS.md).
+// idle feeds this is about 11-12 KiB resident per feed (bench/BENCHMARKS.md).
 //
 // # Security
 //
