@@ -182,6 +182,9 @@ func (h *heartbeat) onPing() {
 		h.ping.Reset(h.coarse(max(cfg.pingInterval-cfg.pongTimeout, 0)))
 		return
 	}
+	if cn.closing.Load() {
+		return // our close frame is out: the close timeout bounds the rest
+	}
 	h.snapBytes = cn.nc.bytesIn.Load()
 	h.snapMsgs = cn.client.stats.msgsIn.Load()
 	h.seq++
@@ -204,7 +207,9 @@ func (h *heartbeat) onPing() {
 	}
 	h.busy = 0
 	if err != nil {
-		cn.kill(fmt.Errorf("wspool: ping: %w", err))
+		if !cn.closing.Load() { // a close frame that went out meanwhile is not a failure
+			cn.kill(fmt.Errorf("wspool: ping: %w", err))
+		}
 		return
 	}
 	h.awaiting = true
