@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -177,14 +178,16 @@ func TestHandshakesInFlightAndStats(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	resp, err := http.Get("http://" + s.Addr() + "/stats")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
+	// A client can see the 101 before the server has counted its upgrade:
+	// wait (bounded) for the server's counters to settle.
 	var st Stats
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		t.Fatal(err)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st = getStats(t, s)
+		if st.Upgrades == 8 && st.InFlight == 0 || time.Now().After(deadline) {
+			break
+		}
+		runtime.Gosched()
 	}
 	if st.Upgrades != 8 || st.PeakInFlight < 2 || st.PeakInFlight > 8 || st.InFlight != 0 {
 		t.Fatalf("stats %+v", st)
@@ -231,4 +234,18 @@ func TestCloseStopsStreams(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Close hangs")
 	}
+}
+
+func getStats(t *testing.T, s *Server) Stats {
+	t.Helper()
+	resp, err := http.Get("http://" + s.Addr() + "/stats")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st Stats
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	return st
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -191,7 +192,12 @@ func TestRecovery(t *testing.T) {
 	if r.LastReconnectAt < srv2.ListenAt().UnixNano() || r.FirstReconnectAt > r.LastReconnectAt || r.AllSeenAt < r.LastReconnectAt {
 		t.Fatalf("times: %+v (listen %d)", r, srv2.ListenAt().UnixNano())
 	}
+	// A feed can see its 101 before the server has counted the upgrade:
+	// wait (bounded) for the count.
 	st := srv2.Stats()
+	for deadline := time.Now().Add(5 * time.Second); st.Upgrades < 50 && time.Now().Before(deadline); st = srv2.Stats() {
+		runtime.Gosched()
+	}
 	if st.Upgrades != 50 || st.PeakInFlight > wspool.DefaultMaxConcurrentDials {
 		t.Fatalf("server: %+v", st)
 	}
