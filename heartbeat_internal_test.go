@@ -1,7 +1,6 @@
 package wspool
 
 import (
-	"context"
 	"net/http"
 	"sync/atomic"
 	"testing"
@@ -27,18 +26,12 @@ func TestPingWhileWriterBusy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer srv.Close()
+	t.Cleanup(srv.Close)
 	c, err := NewClient(srv.URL("/"), nil, WithPingInterval(50*time.Millisecond), WithPongTimeout(time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- c.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-errc
-	}()
+	runInternal(t, c)
 	var conn *Conn
 	waitUntil(t, 10*time.Second, "a connection", func() bool {
 		c.mu.Lock()
@@ -55,12 +48,5 @@ func TestPingWhileWriterBusy(t *testing.T) {
 	<-conn.wlock
 	if st := c.Stats(); st.Disconnects != 0 {
 		t.Fatalf("%d disconnects; last error %v", st.Disconnects, st.LastError)
-	}
-}
-
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	if err := wstest.WaitFor(context.Background(), timeout, cond); err != nil {
-		t.Fatalf("timed out after %v waiting for %s", timeout, what)
 	}
 }

@@ -27,7 +27,7 @@ func TestIdleFeedHoldsNoReadBuffer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer srv.Close()
+	t.Cleanup(srv.Close)
 	got := make(chan struct{}, 3)
 	c, err := NewClient(srv.URL("/"), func(context.Context, Message) error {
 		got <- struct{}{}
@@ -39,13 +39,7 @@ func TestIdleFeedHoldsNoReadBuffer(t *testing.T) {
 	if c.dialer.ReadBufferSize != pooledGorillaBuffer {
 		t.Fatalf("gorilla read buffer %d, want %d", c.dialer.ReadBufferSize, pooledGorillaBuffer)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- c.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-errc
-	}()
+	runInternal(t, c)
 	for i := 0; i < 3; i++ {
 		select {
 		case <-got:
