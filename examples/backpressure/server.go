@@ -83,19 +83,8 @@ func (s *server) serve(c *websocket.Conn, r *http.Request) {
 		_ = tc.SetWriteBuffer(sendBuffer)
 	}
 	// Keep reading, for pings and the close handshake.
-	gone := make(chan struct{})
-	go func() {
-		defer close(gone)
-		for {
-			if _, _, err := c.NextReader(); err != nil {
-				return
-			}
-		}
-	}()
-	defer func() {
-		c.NetConn().Close()
-		<-gone
-	}()
+	gone, release := wstest.ReadInBackground(c)
+	defer release()
 
 	select {
 	case <-s.stop:

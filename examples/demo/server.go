@@ -86,19 +86,8 @@ func serveChannel(c *websocket.Conn, channel string, cfg serverConfig) {
 
 	// Keep reading: gorilla answers pings and close frames only while someone
 	// reads. The reader ends when the client goes away or closes.
-	gone := make(chan struct{})
-	go func() {
-		defer close(gone)
-		for {
-			if _, _, err := c.NextReader(); err != nil {
-				return
-			}
-		}
-	}()
-	defer func() {
-		c.NetConn().Close()
-		<-gone
-	}()
+	gone, release := wstest.ReadInBackground(c)
+	defer release()
 
 	var drop <-chan time.Time
 	if channel == "flaky" {

@@ -123,19 +123,8 @@ func serveEvents(c *websocket.Conn, r *http.Request, log *eventLog) error {
 	}
 
 	// Keep reading, for pings and the close handshake.
-	gone := make(chan struct{})
-	go func() {
-		defer close(gone)
-		for {
-			if _, _, err := c.NextReader(); err != nil {
-				return
-			}
-		}
-	}()
-	defer func() {
-		c.NetConn().Close()
-		<-gone
-	}()
+	gone, release := wstest.ReadInBackground(c)
+	defer release()
 
 	next := from
 	for {

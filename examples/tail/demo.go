@@ -21,19 +21,8 @@ import (
 func startDemoServer() (*wstest.Server, error) {
 	return wstest.New(func(c *websocket.Conn, r *http.Request) {
 		// Keep reading, for pings and the close handshake.
-		gone := make(chan struct{})
-		go func() {
-			defer close(gone)
-			for {
-				if _, _, err := c.NextReader(); err != nil {
-					return
-				}
-			}
-		}()
-		defer func() {
-			c.NetConn().Close()
-			<-gone
-		}()
+		gone, release := wstest.ReadInBackground(c)
+		defer release()
 
 		every, typ := 200*time.Millisecond, websocket.TextMessage
 		var drop <-chan time.Time

@@ -271,6 +271,22 @@ func Drain(c *websocket.Conn, _ *http.Request) {
 	}
 }
 
+// ReadInBackground keeps reading c on its own goroutine, as Drain does, for a
+// handler that only writes (gorilla answers pings and close frames only while
+// someone reads). gone is closed when the peer goes away or closes; release
+// closes the connection and waits for the reader to end.
+func ReadInBackground(c *websocket.Conn) (gone <-chan struct{}, release func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		Drain(c, nil)
+	}()
+	return done, func() {
+		c.NetConn().Close()
+		<-done
+	}
+}
+
 // ErrTimeout is returned by WaitFor when the condition did not hold in time.
 var ErrTimeout = errors.New("wstest: timed out")
 
