@@ -2,15 +2,16 @@ package firehose
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"net/http"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/wspool/wspool/internal/wstest"
 )
 
 func start(t *testing.T, cfg Config) *Server {
@@ -181,14 +182,10 @@ func TestHandshakesInFlightAndStats(t *testing.T) {
 	// A client can see the 101 before the server has counted its upgrade:
 	// wait (bounded) for the server's counters to settle.
 	var st Stats
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	_ = wstest.WaitFor(context.Background(), 5*time.Second, func() bool {
 		st = getStats(t, s)
-		if st.Upgrades == 8 && st.InFlight == 0 || time.Now().After(deadline) {
-			break
-		}
-		runtime.Gosched()
-	}
+		return st.Upgrades == 8 && st.InFlight == 0
+	}) // on timeout the check below reports the counters
 	if st.Upgrades != 8 || st.PeakInFlight < 2 || st.PeakInFlight > 8 || st.InFlight != 0 {
 		t.Fatalf("stats %+v", st)
 	}

@@ -5,13 +5,13 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/wspool/wspool"
 	"github.com/wspool/wspool/bench/internal/firehose"
+	"github.com/wspool/wspool/internal/wstest"
 )
 
 var modes = []string{ModeWspool, ModeRaw}
@@ -194,10 +194,11 @@ func TestRecovery(t *testing.T) {
 	}
 	// A feed can see its 101 before the server has counted the upgrade:
 	// wait (bounded) for the count.
-	st := srv2.Stats()
-	for deadline := time.Now().Add(5 * time.Second); st.Upgrades < 50 && time.Now().Before(deadline); st = srv2.Stats() {
-		runtime.Gosched()
-	}
+	var st firehose.Stats
+	_ = wstest.WaitFor(context.Background(), 5*time.Second, func() bool {
+		st = srv2.Stats()
+		return st.Upgrades >= 50
+	}) // on timeout the check below reports the counters
 	if st.Upgrades != 50 || st.PeakInFlight > wspool.DefaultMaxConcurrentDials {
 		t.Fatalf("server: %+v", st)
 	}
