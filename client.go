@@ -877,11 +877,17 @@ func (t *trackedConn) Write(p []byte) (int, error) {
 	if t.handshook.Load() {
 		return t.Conn.Write(p)
 	}
+	b := t.pending()
+	*b = append(*b, p...)
+	return len(p), nil
+}
+
+// pending returns the buffer of handshake writes, borrowing one on first use.
+func (t *trackedConn) pending() *[]byte {
 	if t.hsw == nil {
 		t.hsw = handshakeBufs.Get().(*[]byte)
 	}
-	*t.hsw = append(*t.hsw, p...)
-	return len(p), nil
+	return t.hsw
 }
 
 // WriteByte and WriteString make trackedConn an io.ByteWriter and
@@ -897,10 +903,8 @@ func (t *trackedConn) WriteString(s string) (int, error) {
 	if t.handshook.Load() {
 		return t.Conn.Write([]byte(s))
 	}
-	if t.hsw == nil {
-		t.hsw = handshakeBufs.Get().(*[]byte)
-	}
-	*t.hsw = append(*t.hsw, s...)
+	b := t.pending()
+	*b = append(*b, s...)
 	return len(s), nil
 }
 

@@ -110,7 +110,7 @@ type heartbeat struct {
 	snapMsgs  int64
 	seq       uint64
 	payload   []byte
-	busy      int // pings put off because a message was being written
+	putOff    bool // the last ping was put off: a message was being written
 
 	app *time.Timer
 
@@ -192,11 +192,11 @@ func (h *heartbeat) onPing() {
 	cn.pingSeq.Store(h.seq)
 	cn.pingSent.Store(monoNow())
 	var err error
-	if h.busy == 0 {
+	if !h.putOff {
 		var sent bool
 		if sent, err = cn.writePing(h.payload); err == nil && !sent {
 			// A message is being written: try again at the next tick.
-			h.busy++
+			h.putOff = true
 			h.ping.Reset(h.coarse(max(h.quantum, time.Millisecond)))
 			return
 		}
@@ -205,7 +205,7 @@ func (h *heartbeat) onPing() {
 		// between their frames.
 		err = cn.ws.WriteControl(websocket.PingMessage, h.payload, time.Now().Add(cfg.writeTimeout))
 	}
-	h.busy = 0
+	h.putOff = false
 	if err != nil {
 		if !cn.closing.Load() { // a close frame that went out meanwhile is not a failure
 			cn.kill(fmt.Errorf("wspool: ping: %w", err))
