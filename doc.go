@@ -116,9 +116,9 @@
 // waits run on the previous connection's goroutine, which then ends), so its
 // stack stays at the runtime's 4 KiB; a Pool makes every such goroutine a
 // member of its errgroup. Pings and the other liveness checks are timers
-// (time.AfterFunc), not goroutines. On unix, plain ws:// connections hold no
-// read buffer while idle: they wait for data holding none and borrow a shared
-// 16 KiB buffer while reading (a Dialer with ReadBufferSize set, or wss://,
+// (time.AfterFunc), not goroutines. On unix, plain ws:// connections keep
+// only a 128-byte read buffer while idle: they wait for data holding no other
+// and borrow a shared 16 KiB buffer while reading (a Dialer with ReadBufferSize set, or wss://,
 // keeps gorilla's own per-connection buffering). Write buffers are lent from a
 // shared pool while writing. WithQueue adds one goroutine per feed. At 10,000
 // idle feeds this is about 11-12 KiB resident per feed (bench/BENCHMARKS.md).

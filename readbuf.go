@@ -11,7 +11,7 @@ import (
 // feed's heap. Instead, a pooled connection gets a tiny gorilla buffer
 // (pooledGorillaBuffer) and trackedConn reads the socket into a buffer
 // borrowed from readBufs, holding it only while it has unread bytes: an idle
-// feed waits for readability holding no read buffer at all, and a busy one
+// feed waits for readability holding no buffer but gorilla's tiny one, and a busy one
 // reads up to 16 KiB per system call.
 
 // pooledReadSize is the size of the shared read buffers.
