@@ -1,0 +1,192 @@
+package wspool
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// dial makes one connection attempt, bounded by the handshake timeout and the
+// pool's dial limit.
+func (c *Client) dial(ctx context.Context) (*Conn, error) {
+	u := *c.url
+	h := c.cfg.header.Clone()
+	if h == nil {
+		h = http.Header{}
+	}
+	if c.cfg.requestFunc != nil {
+		if err := c.cfg.requestFunc(ctx, &u, h); err != nil {
+			return nil, fmt.Errorf("wspool: request func: %w", err)
+		}
+		if err := checkFeedURL(&u); err != nil {
+			return nil, err
+		}
+		// gorilla parses the URL's string again; catch what it would reject
+		// here, without quoting the URL (its query may hold secrets).
+		if _, err := url.Parse(u.String()); err != nil {
+			return nil, fmt.Errorf("%w: the request func produced a URL that does not parse", ErrInvalidURL)
+		}
+	}
+	// gorilla rejects userinfo in a ws URL: send it as HTTP Basic auth, the
+	// way browsers and net/http treat it, unless Authorization is already set.
+	if u.User != nil {
+		if h.Get("Authorization") == "" {
+			pass, _ := u.User.Password()
+			h.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(u.User.Username()+":"+pass)))
+		}
+		u.User = nil
+	}
+	if err := c.cfg.dialSem.acquire(ctx); err != nil {
+		return nil, err
+	}
+	defer c.cfg.dialSem.release()
+	dctx, cancel := context.WithTimeout(ctx, c.cfg.handshakeTO)
+	defer cancel()
+	slot := &dialSlot{client: c}
+	dctx = context.WithValue(dctx, dialSlotKey{}, slot)
+	// gorilla bounds the upgrade by the context's deadline but does not watch
+	// its cancellation: on shutdown, cut a stuck handshake at once.
+	stopCut := context.AfterFunc(ctx, func() {
+		if nc := slot.conn.Load(); nc != nil {
+			_ = nc.SetDeadline(time.Now())
+		}
+	})
+	ws, resp, err := c.dialer.DialContext(dctx, u.String(), h)
+	stopCut()
+	if err != nil {
+		if resp != nil && resp.StatusCode == http.StatusSwitchingProtocols {
+			return nil, fmt.Errorf("wspool: handshake: invalid 101 response (Upgrade, Connection or Sec-WebSocket-Accept wrong): %w", err)
+		}
+		if resp != nil && errors.Is(err, websocket.ErrBadHandshake) {
+			he := &HandshakeError{StatusCode: resp.StatusCode, Err: err}
+			if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+				he.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+			}
+			return nil, he
+		}
+		// The socket's deadline (the context's) may fire just before the
+		// context itself: judge by the clock.
+		if dl, ok := dctx.Deadline(); ok && ctx.Err() == nil && !time.Now().Before(dl) {
+			return nil, fmt.Errorf("wspool: dial: handshake timeout (%v): %w: %w", c.cfg.handshakeTO, context.DeadlineExceeded, err)
+		}
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			// A *url.Error quotes the whole URL; keep the reason only.
+			return nil, fmt.Errorf("wspool: dial: %s %s: %w", ue.Op, redactURL(&u), ue.Err)
+		}
+		return nil, fmt.Errorf("wspool: dial: %w", shortError(err))
+	}
+	tc := slot.conn.Load()
+	if tc == nil {
+		// A custom dial path bypassed our wrapper; liveness still works from
+		// complete frames, just without byte-level progress.
+		tc = &trackedConn{Conn: ws.UnderlyingConn()}
+	}
+	tc.handshook.Store(true)
+	ws.SetReadLimit(c.cfg.readLimit)
+	return newConn(c, ws, tc), nil
+}
+
+type dialSlotKey struct{}
+
+// dialSlot carries the dialing feed into the dial functions and its tracked
+// socket out of the dialer.
+type dialSlot struct {
+	client *Client
+	conn   atomic.Pointer[trackedConn]
+}
+
+// sharedDialers serve every feed with neither WithDialer nor
+// WithSubprotocols: plain ws:// (pooled reads) and the rest. The dial
+// functions find the feed in the dial's context, so feeds can share them.
+var sharedDialers [2]struct {
+	once sync.Once
+	d    *websocket.Dialer
+}
+
+// buildDialer returns the feed's dialer: a copy of the configured one whose
+// dial functions give every socket keepalive tuning and byte-level liveness
+// tracking (and pooled reads for plain ws:// on unix).
+func (c *Client) buildDialer() *websocket.Dialer {
+	c.pooled = pooledReadsSupported && c.url.Scheme == "ws" && (c.cfg.dialer == nil || c.cfg.dialer.ReadBufferSize == 0)
+	if c.cfg.dialer != nil || c.cfg.subprotocols != nil {
+		return newDialer(c.cfg.dialer, c.cfg.subprotocols, c.pooled)
+	}
+	i := 0
+	if c.pooled {
+		i = 1
+	}
+	sd := &sharedDialers[i]
+	sd.once.Do(func() { sd.d = newDialer(nil, nil, c.pooled) })
+	return sd.d
+}
+
+func newDialer(base *websocket.Dialer, subprotocols []string, pooled bool) *websocket.Dialer {
+	var d websocket.Dialer
+	if base != nil {
+		d = *base
+	} else {
+		d = *websocket.DefaultDialer
+	}
+	dial := d.NetDialContext
+	if dial == nil && d.NetDial != nil {
+		nd := d.NetDial
+		dial = func(_ context.Context, network, addr string) (net.Conn, error) { return nd(network, addr) }
+	}
+	if dial == nil {
+		nd := &net.Dialer{KeepAlive: -1} // keepalive is applied by tuneSocket
+		dial = nd.DialContext
+	}
+	d.NetDial = nil
+	d.NetDialContext = wrapDial(dial)
+	if d.NetDialTLSContext != nil {
+		d.NetDialTLSContext = wrapDial(d.NetDialTLSContext)
+	}
+	d.HandshakeTimeout = 0 // bounded by our own context
+	if pooled {
+		d.ReadBufferSize = pooledGorillaBuffer
+	}
+	if d.WriteBufferPool == nil && d.WriteBufferSize == 0 {
+		d.WriteBufferPool = sharedWriteBuffers
+	}
+	if subprotocols != nil {
+		d.Subprotocols = subprotocols
+	}
+	return &d
+}
+
+func wrapDial(base func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		nc, err := base(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		slot, _ := ctx.Value(dialSlotKey{}).(*dialSlot)
+		if slot == nil {
+			return nc, nil // not our dial (cannot happen: dialers are not exported)
+		}
+		c := slot.client
+		if err := tuneSocket(nc, c.cfg.keepAlive); err != nil {
+			c.log.Warn("tcp keepalive not applied", "err", err)
+		}
+		tc := &trackedConn{Conn: nc}
+		if c.pooled {
+			tc.enablePooledReads()
+		}
+		slot.conn.Store(tc)
+		return tc, nil
+	}
+}
+
+// sharedWriteBuffers lends write buffers to connections only while they
+// write, so an idle feed holds none (gorilla's default buffer size).
+var sharedWriteBuffers = &sync.Pool{}

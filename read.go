@@ -1,0 +1,149 @@
+package wspool
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"runtime/debug"
+)
+
+// serve reads and delivers until the connection ends; it returns the cause.
+func (c *Client) serve(ctx context.Context, conn *Conn) error {
+	hb := startHeartbeat(conn)
+	// On shutdown: send our close frame and give the server closeTimeout to
+	// answer; the reader below sees the answer (or the deadline) and returns.
+	closerDone := make(chan struct{})
+	stopCloser := context.AfterFunc(ctx, func() {
+		defer close(closerDone)
+		conn.stopping.Store(true)
+		conn.closeHandshake(false)
+	})
+	rot := c.startRotator(ctx, conn)
+	defer func() {
+		if !stopCloser() {
+			<-closerDone
+		}
+		rot.stop()
+		if conn.next.Load() == nil {
+			conn.close() // unblocks heartbeat writes before stop waits for them
+		}
+		hb.stop()
+	}()
+	filterDups := conn.afterRotation.Load() && c.cfg.dupFilter != nil
+
+	var isReply func(Message) bool
+	dropReplies := false
+	if hbc := c.cfg.heartbeat; hbc != nil {
+		isReply, dropReplies = hbc.IsReply, hbc.DropReplies
+	}
+	var buf []byte
+	for {
+		typ, r, err := conn.ws.NextReader()
+		if err != nil {
+			return conn.causeOf(err)
+		}
+		buf, err = readAll(r, buf[:0])
+		if err != nil {
+			return conn.causeOf(err)
+		}
+		msg := Message{Type: MessageType(typ), Data: buf, Feed: c.name}
+		deliver := !conn.stopping.Load() // shutting down: drain until the close frame
+		if isReply != nil && isReply(msg) {
+			c.stats.replies.Add(1)
+			deliver = deliver && !dropReplies
+		} else {
+			if filterDups {
+				if c.cfg.dupFilter(msg) {
+					c.stats.duplicates.Add(1)
+					deliver = false
+				} else {
+					filterDups = false
+				}
+			}
+			if !conn.gotData.Load() {
+				conn.gotData.Store(true)
+			}
+		}
+		if deliver {
+			conn.delivering.Store(true)
+			if c.inq != nil {
+				c.enqueue(ctx, conn, msg)
+			} else {
+				c.deliver(ctx, msg)
+			}
+			conn.delivering.Store(false)
+		}
+		// Counted after delivery: the heartbeat reads msgsIn as proof that the
+		// reader made progress, including a delivery that held it back.
+		c.stats.bytesIn.Add(int64(len(buf)))
+		c.stats.msgsIn.Add(1)
+		if cap(buf) > maxKeptReadBuffer {
+			buf = nil // do not pin one huge message's buffer for the life of the feed
+		}
+	}
+}
+
+// maxKeptReadBuffer is the largest read buffer kept between messages.
+const maxKeptReadBuffer = 256 << 10
+
+// readAll appends everything from r to buf, growing it as needed.
+func readAll(r io.Reader, buf []byte) ([]byte, error) {
+	if cap(buf) == 0 {
+		buf = make([]byte, 0, 512)
+	}
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err != nil {
+			if err == io.EOF {
+				return buf, nil
+			}
+			return buf, err
+		}
+	}
+}
+
+// enqueue hands a copy of msg to the queue; under Block it waits for room
+// (TCP then pushes back on the server) until shutdown or the connection dies.
+func (c *Client) enqueue(ctx context.Context, conn *Conn, msg Message) {
+	msg.Data = append([]byte(nil), msg.Data...)
+	_, started := c.inq.push(msg, ctx.Done())
+	if started {
+		err := fmt.Errorf("%w: queue full (%d messages), dropping (%v)", ErrSlowConsumer, c.inq.cfg.Messages, c.inq.cfg.Policy)
+		c.recordError(err)
+		c.log.Warn("slow consumer", "err", err)
+		if c.cfg.onError != nil {
+			c.cfg.onError(c.name, err)
+		}
+	}
+}
+
+// deliverQueued runs the handler on queued messages until the queue is
+// closed or ctx ends; what is left then is counted as dropped.
+func (c *Client) deliverQueued(ctx context.Context, done chan<- struct{}) {
+	defer close(done)
+	for {
+		m, ok := c.inq.pop(ctx)
+		if !ok {
+			c.inq.discardAll()
+			return
+		}
+		c.deliver(ctx, m)
+		c.inq.delivered()
+	}
+}
+
+func (c *Client) deliver(ctx context.Context, msg Message) {
+	defer func() { // one deferred call per message: count, and recover a panic
+		c.stats.delivered.Add(1)
+		if r := recover(); r != nil {
+			c.reportHandlerError(&HandlerError{Feed: c.name, Panic: r, Stack: debug.Stack()})
+		}
+	}()
+	if err := c.handler(ctx, msg); err != nil {
+		c.reportHandlerError(&HandlerError{Feed: c.name, Err: err})
+	}
+}

@@ -1,0 +1,116 @@
+package wspool
+
+import (
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+)
+
+// trackedConn counts bytes read from the socket: any inbound byte is proof the
+// peer is alive, even in the middle of a large, slow message.
+type trackedConn struct {
+	net.Conn
+	bytesIn   atomic.Int64
+	handshook atomic.Bool // the upgrade is done: no more cap on bytes read
+
+	rc   syscall.RawConn // set when reads are pooled (readbuf.go)
+	pool pooledState
+
+	hsw *[]byte // handshake writes not yet sent (borrowed from handshakeBufs)
+}
+
+// handshakeBufs hold what a dial writes (the upgrade request, a proxy's
+// CONNECT, TLS records) until it next reads. net/http's Request.Write would
+// otherwise allocate a 4 KiB bufio.Writer per dial, which at 10,000 feeds
+// coming back from an outage is 40 MB of garbage.
+var handshakeBufs = sync.Pool{New: func() any {
+	b := make([]byte, 0, 4096)
+	return &b
+}}
+
+// Write sends p; before the upgrade completes it buffers p until the next
+// Read (every handshake step that writes then waits for an answer).
+func (t *trackedConn) Write(p []byte) (int, error) {
+	if t.handshook.Load() {
+		return t.Conn.Write(p)
+	}
+	b := t.pending()
+	*b = append(*b, p...)
+	return len(p), nil
+}
+
+// pending returns the buffer of handshake writes, borrowing one on first use.
+func (t *trackedConn) pending() *[]byte {
+	if t.hsw == nil {
+		t.hsw = handshakeBufs.Get().(*[]byte)
+	}
+	return t.hsw
+}
+
+// WriteByte and WriteString make trackedConn an io.ByteWriter and
+// io.StringWriter like the bufio.Writer net/http would otherwise wrap it in,
+// so that the upgrade request goes into the handshake buffer piece by piece
+// without a copy per piece.
+func (t *trackedConn) WriteByte(b byte) error {
+	_, err := t.Write([]byte{b})
+	return err
+}
+
+func (t *trackedConn) WriteString(s string) (int, error) {
+	if t.handshook.Load() {
+		return t.Conn.Write([]byte(s))
+	}
+	b := t.pending()
+	*b = append(*b, s...)
+	return len(s), nil
+}
+
+// flushHandshake sends buffered handshake writes.
+func (t *trackedConn) flushHandshake() error {
+	b := t.hsw
+	if b == nil {
+		return nil
+	}
+	t.hsw = nil
+	_, err := t.Conn.Write(*b)
+	if cap(*b) <= 64<<10 {
+		*b = (*b)[:0]
+		handshakeBufs.Put(b)
+	}
+	return err
+}
+
+// maxHandshakeBytes bounds what a server may send before the upgrade
+// completes (an endless header line would otherwise be buffered until the
+// handshake timeout).
+const maxHandshakeBytes = 1 << 20
+
+// errHandshakeTooLarge is returned when the handshake response exceeds maxHandshakeBytes.
+var errHandshakeTooLarge = errors.New("wspool: handshake response over 1 MiB")
+
+// Read reads from the socket and counts the bytes.
+func (t *trackedConn) Read(p []byte) (int, error) {
+	if t.hsw != nil {
+		if err := t.flushHandshake(); err != nil {
+			return 0, err
+		}
+	}
+	var n int
+	var err error
+	if t.rc != nil {
+		n, err = t.pooledRead(p)
+	} else {
+		n, err = t.Conn.Read(p)
+	}
+	if n > 0 {
+		if t.bytesIn.Add(int64(n)) > maxHandshakeBytes && !t.handshook.Load() {
+			return n, errHandshakeTooLarge
+		}
+	}
+	return n, err
+}
+
+// NetConn returns the wrapped connection.
+func (t *trackedConn) NetConn() net.Conn { return t.Conn }
