@@ -28,6 +28,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"strings"
 	"syscall"
 	"time"
 
@@ -93,7 +94,8 @@ func roleThroughput(args []string) error {
 	url := fs.String("url", "", "firehose server base URL")
 	feeds := fs.Int("feeds", 1, "connections")
 	size := fs.Int("size", 64, "message payload bytes")
-	rounds := fs.Int("rounds", 5, "rounds; each runs wspool and raw, alternating which goes first")
+	rounds := fs.Int("rounds", 5, "rounds; each runs every client once, the order rotating by one each round")
+	modes := fs.String("modes", runner.ModeWspool+","+runner.ModeRaw, "clients: wspool, raw, gws, gobwas")
 	warmup := fs.Duration("warmup", 300*time.Millisecond, "warm-up before each window")
 	window := fs.Duration("window", 2*time.Second, "measured window per run")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the first wspool window")
@@ -102,15 +104,16 @@ func roleThroughput(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	clients := strings.Split(*modes, ",")
 	raiseFDLimit()
 	ctx, cancel := roleContext(*maxTime)
 	defer cancel()
 	for r := range *rounds {
-		order := []string{runner.ModeWspool, runner.ModeRaw}
-		if r%2 == 1 {
-			order[0], order[1] = order[1], order[0]
-		}
-		for _, mode := range order {
+		for i := range clients {
+			mode := clients[(i+r)%len(clients)]
+			// Two collections: sync.Pools (the previous client's buffers)
+			// are empty afterwards, so every run starts cold.
+			runtime.GC()
 			runtime.GC()
 			cfg := runner.ThroughputConfig{Mode: mode, URL: *url, Feeds: *feeds, Size: *size, Warmup: *warmup, Window: *window}
 			cfg.ReadBuffer = *readBuf

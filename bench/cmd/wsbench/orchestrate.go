@@ -31,6 +31,10 @@ type settings struct {
 	warmup, window time.Duration
 	tpFeeds        []int
 	tpSizes        []int
+	tpModes        []string
+
+	bigSize, bigRounds int
+	bigWindow          time.Duration
 
 	sendRounds int
 	sendWindow time.Duration
@@ -71,15 +75,17 @@ func parseSettings(args []string) (*settings, error) {
 	fs := flag.NewFlagSet("wsbench", flag.ContinueOnError)
 	quick := fs.Bool("quick", false, "shorter runs (about 1-2 minutes)")
 	smoke := fs.Bool("smoke", false, "a few seconds with 100 feeds, for CI")
-	only := fs.String("only", "throughput,send,idle,recovery", "benchmarks to run")
-	rounds := fs.Int("rounds", 0, "throughput rounds (each wspool and raw); 0 = preset")
+	only := fs.String("only", "throughput,big,send,idle,recovery", "benchmarks to run")
+	rounds := fs.Int("rounds", 0, "throughput rounds (each runs every client once); 0 = preset")
+	tpModes := fs.String("tp-modes", "wspool,raw,gws,gobwas", "throughput and big: clients (wspool, raw, gws, gobwas)")
+	bigSize := fs.Int("big-size", 16<<20, "big: message size in bytes")
 	window := fs.Duration("window", 0, "throughput window per run; 0 = preset")
 	tpFeeds := fs.String("tp-feeds", "1,16", "throughput: feeds per run")
 	tpSizes := fs.String("tp-sizes", "64,4096", "throughput: message sizes")
 	idleFeeds := fs.String("idle-feeds", "", "idle: feed counts; empty = preset")
 	idleWindow := fs.Duration("idle-window", 0, "idle: CPU window for 10,000 feeds or more (smaller counts: 16s, or this if shorter); 0 = preset")
-	idleModes := fs.String("idle-modes", "wspool,raw,raw+ping", "idle: clients to measure")
-	idleRounds := fs.Int("idle-rounds", 0, "idle: rounds at 10,000 feeds and more (raw+ping runs in the first only); 0 = preset")
+	idleModes := fs.String("idle-modes", "wspool,raw,gws,raw+ping,gobwas", "idle: clients to measure")
+	idleRounds := fs.Int("idle-rounds", 0, "idle: rounds at 10,000 feeds and more (raw+ping and gobwas run in the first only); 0 = preset")
 	readBuf := fs.Int("readbuf", 0, "throughput and idle: gorilla read buffer size for every client (0 = gorilla's default)")
 	recFeeds := fs.String("recovery-feeds", "", "recovery: feed counts; empty = preset")
 	outage := fs.Duration("outage", 0, "recovery: server down this long; 0 = preset")
@@ -92,16 +98,18 @@ func parseSettings(args []string) (*settings, error) {
 		return nil, err
 	}
 	s := &settings{
-		preset: "full", rounds: 5, warmup: 300 * time.Millisecond, window: 2 * time.Second,
+		preset: "full", rounds: 3, warmup: 300 * time.Millisecond, window: 2 * time.Second,
+		bigRounds: 3, bigWindow: 2 * time.Second,
 		sendRounds: 5, sendWindow: 2 * time.Second,
-		idleFeeds: []int{1000, 10000}, idleSettle: 2 * time.Second, idleWindow: 30 * time.Second, idleRounds: 3,
+		idleFeeds: []int{10000}, idleSettle: 2 * time.Second, idleWindow: 30 * time.Second, idleRounds: 3,
 		recFeeds: []int{10000, 200}, outage: 3 * time.Second,
-		timeout: 14 * time.Minute,
+		timeout: 20 * time.Minute,
 	}
 	switch {
 	case *smoke:
 		s.preset = "smoke"
 		s.rounds, s.warmup, s.window = 1, 100*time.Millisecond, 300*time.Millisecond
+		s.bigRounds, s.bigWindow, *bigSize = 1, 300*time.Millisecond, min(*bigSize, 1<<20)
 		s.sendRounds, s.sendWindow = 1, 300*time.Millisecond
 		s.idleFeeds, s.idleSettle, s.idleWindow, s.idleRounds = []int{100}, 200*time.Millisecond, 2*time.Second, 1
 		s.recFeeds, s.outage = []int{100}, time.Second
@@ -109,8 +117,9 @@ func parseSettings(args []string) (*settings, error) {
 	case *quick:
 		s.preset = "quick"
 		s.rounds, s.window = 3, time.Second
+		s.bigRounds, s.bigWindow = 3, time.Second
 		s.sendRounds, s.sendWindow = 3, time.Second
-		s.idleSettle, s.idleWindow, s.idleRounds = time.Second, 5*time.Second, 1
+		s.idleFeeds, s.idleSettle, s.idleWindow, s.idleRounds = []int{1000, 10000}, time.Second, 5*time.Second, 1
 		s.timeout = 5 * time.Minute
 	}
 	var err error
@@ -118,7 +127,20 @@ func parseSettings(args []string) (*settings, error) {
 		s.rounds, s.sendRounds = *rounds, *rounds
 	}
 	if *window > 0 {
-		s.window, s.sendWindow = *window, *window
+		s.window, s.sendWindow, s.bigWindow = *window, *window, *window
+	}
+	if *rounds > 0 {
+		s.bigRounds = *rounds
+	}
+	s.bigSize = *bigSize
+	for m := range strings.SplitSeq(*tpModes, ",") {
+		switch m = strings.TrimSpace(m); m {
+		case runner.ModeWspool, runner.ModeRaw, runner.ModeGws, runner.ModeFrames:
+			s.tpModes = append(s.tpModes, m)
+		case "":
+		default:
+			return nil, fmt.Errorf("unknown throughput client %q", m)
+		}
 	}
 	if s.tpFeeds, err = parseInts(*tpFeeds); err != nil {
 		return nil, err
@@ -151,7 +173,7 @@ func parseSettings(args []string) (*settings, error) {
 	s.only = map[string]bool{}
 	for f := range strings.SplitSeq(*only, ",") {
 		switch f = strings.TrimSpace(f); f {
-		case "throughput", "send", "idle", "recovery":
+		case "throughput", "big", "send", "idle", "recovery":
 			s.only[f] = true
 		case "":
 		default:
@@ -160,7 +182,7 @@ func parseSettings(args []string) (*settings, error) {
 	}
 	for m := range strings.SplitSeq(*idleModes, ",") {
 		switch m = strings.TrimSpace(m); m {
-		case runner.ModeWspool, runner.ModeRaw, runner.ModeRawPing:
+		case runner.ModeWspool, runner.ModeRaw, runner.ModeRawPing, runner.ModeGws, runner.ModeFrames:
 			s.idleModes = append(s.idleModes, m)
 		case "":
 		default:
@@ -214,6 +236,7 @@ func orchestrate(args []string) error {
 		run  func(context.Context) error
 	}{
 		{"throughput", o.throughput},
+		{"big", o.big},
 		{"send", o.send},
 		{"idle", o.idle},
 		{"recovery", o.recovery},
@@ -315,35 +338,57 @@ func (o *orch) throughput(ctx context.Context) error {
 		return err
 	}
 	defer srv.stop()
-	perRun := o.s.warmup + o.s.window + 2*time.Second
 	for _, feeds := range o.s.tpFeeds {
 		for _, size := range o.s.tpSizes {
-			args := []string{"throughput", "-url", "ws://" + addr + "/", "-feeds", fmt.Sprint(feeds), "-size", fmt.Sprint(size),
-				"-rounds", fmt.Sprint(o.s.rounds), "-warmup", o.s.warmup.String(), "-window", o.s.window.String(), "-maxtime", remaining(ctx),
-				"-readbuf", fmt.Sprint(o.s.readBuf)}
-			if pf := o.profile(fmt.Sprintf("throughput-f%d-s%d.cpu", feeds, size)); pf != "" {
-				args = append(args, "-cpuprofile", pf)
-			}
-			c, err := o.p.start(fmt.Sprintf("throughput f=%d s=%d", feeds, size), args...)
+			rows, err := o.throughputRun(ctx, addr, feeds, size, o.s.rounds, o.s.window, "throughput")
+			o.res.Throughput = append(o.res.Throughput, rows...)
 			if err != nil {
-				return err
-			}
-			for range 2 * o.s.rounds {
-				var r tpRow
-				if err := c.result(ctx, perRun+15*time.Second, &r); err != nil {
-					c.kill()
-					return err
-				}
-				logf("throughput feeds=%d size=%d round %d %-6s %10.0f msgs/s  %.3f CPU s/M  %.2f allocs/msg",
-					feeds, size, r.Round, r.Mode, r.MsgsPerSec, r.CPUPerMillion, r.AllocsPerMsg)
-				o.res.Throughput = append(o.res.Throughput, r)
-			}
-			if err := c.wait(20 * time.Second); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
+}
+
+// big is one feed of large messages (16 MiB by default): time and bytes
+// allocated per message, and for the first message of a fresh connection.
+func (o *orch) big(ctx context.Context) error {
+	srv, addr, _, err := o.server(ctx, firehose.ModeFirehose, "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer srv.stop()
+	rows, err := o.throughputRun(ctx, addr, 1, o.s.bigSize, o.s.bigRounds, o.s.bigWindow, "big")
+	o.res.Big = append(o.res.Big, rows...)
+	return err
+}
+
+// throughputRun runs one throughput client process: rounds x every client.
+func (o *orch) throughputRun(ctx context.Context, addr string, feeds, size, rounds int, window time.Duration, what string) ([]tpRow, error) {
+	perRun := o.s.warmup + window + 5*time.Second
+	args := []string{"throughput", "-url", "ws://" + addr + "/", "-feeds", fmt.Sprint(feeds), "-size", fmt.Sprint(size),
+		"-rounds", fmt.Sprint(rounds), "-modes", strings.Join(o.s.tpModes, ","),
+		"-warmup", o.s.warmup.String(), "-window", window.String(), "-maxtime", remaining(ctx),
+		"-readbuf", fmt.Sprint(o.s.readBuf)}
+	if pf := o.profile(fmt.Sprintf("%s-f%d-s%d.cpu", what, feeds, size)); pf != "" {
+		args = append(args, "-cpuprofile", pf)
+	}
+	c, err := o.p.start(fmt.Sprintf("%s f=%d s=%d", what, feeds, size), args...)
+	if err != nil {
+		return nil, err
+	}
+	var rows []tpRow
+	for range len(o.s.tpModes) * rounds {
+		var r tpRow
+		if err := c.result(ctx, perRun+15*time.Second, &r); err != nil {
+			c.kill()
+			return rows, err
+		}
+		logf("%s feeds=%d size=%d round %d %-6s %10.1f msgs/s  %.3f CPU s/M  %.2f allocs/msg  %.0f B/msg  first: %.3fs %d B",
+			what, feeds, size, r.Round, r.Mode, r.MsgsPerSec, r.CPUPerMillion, r.AllocsPerMsg, r.BytesPerMsg, r.FirstSeconds, r.FirstBytes)
+		rows = append(rows, r)
+	}
+	return rows, c.wait(20 * time.Second)
 }
 
 func (o *orch) send(ctx context.Context) error {
@@ -381,7 +426,7 @@ func (o *orch) idle(ctx context.Context) error {
 		for round := 1; round <= rounds; round++ {
 			modes := slices.Clone(o.s.idleModes)
 			if round > 1 {
-				modes = slices.DeleteFunc(modes, func(m string) bool { return m == runner.ModeRawPing })
+				modes = slices.DeleteFunc(modes, func(m string) bool { return m == runner.ModeRawPing || m == runner.ModeFrames })
 			}
 			if k%2 == 1 {
 				slices.Reverse(modes) // alternate which client goes first

@@ -53,6 +53,7 @@ type results struct {
 	Settings  map[string]string
 
 	Throughput []tpRow
+	Big        []tpRow
 	Send       []sendRow
 	Idle       []idleRow
 	Recovery   []recoveryRow
@@ -66,7 +67,8 @@ func newResults(s *settings) *results {
 		GoVersion: runtime.Version(),
 		Machine:   machine(),
 		Settings: map[string]string{
-			"throughput": fmt.Sprintf("%d rounds x (wspool, raw), alternating order, %v warm-up + %v window each", s.rounds, s.warmup, s.window),
+			"throughput": fmt.Sprintf("%d rounds x %v, the order rotating each round, %v warm-up + %v window each, one client process per (feeds, size)", s.rounds, s.tpModes, s.warmup, s.window),
+			"big":        fmt.Sprintf("one feed of %d-byte messages, %d rounds x %v, %v warm-up + %v window each", s.bigSize, s.bigRounds, s.tpModes, s.warmup, s.bigWindow),
 			"send":       fmt.Sprintf("%d rounds x (wspool, raw), %v window, 64 B", s.sendRounds, s.sendWindow),
 			"idle": fmt.Sprintf("feeds %v, clients %v, settle %v, CPU window %v (at most 16s below 10,000 feeds), one process per run, %d rounds at 10,000 feeds and more (raw+ping in the first only)",
 				s.idleFeeds, s.idleModes, s.idleSettle, s.idleWindow, s.idleRounds),
@@ -169,88 +171,6 @@ func table(w io.Writer, header []string, rows [][]string) {
 	fmt.Fprintln(w)
 }
 
-type tpKey struct{ feeds, size int }
-
-// tpSummary is one throughput configuration's medians.
-type tpSummary struct {
-	key                       tpKey
-	rounds                    int
-	ws, raw                   float64 // msgs/s
-	ratio, ratioMin, ratioMax float64 // per-round wspool/raw
-	wsCPU, rawCPU             float64
-	wsAllocs, rawAllocs       float64
-	wsBytes, rawBytes         float64
-	wsSpreadPct, rawSpreadPct float64 // (max-min)/median
-	wsRuns, rawRuns           []float64
-	ratioRuns                 []float64
-	wsCPURuns, rawCPURuns     []float64
-	wsAllocRuns, rawAllocRuns []float64
-	wsBytesRuns, rawBytesRuns []float64
-}
-
-func spread(xs []float64) float64 {
-	if len(xs) < 2 {
-		return 0
-	}
-	m := median(xs)
-	if m == 0 {
-		return 0
-	}
-	return 100 * (slices.Max(xs) - slices.Min(xs)) / m
-}
-
-func (r *results) throughputSummaries() []tpSummary {
-	var keys []tpKey
-	byKey := map[tpKey]*tpSummary{}
-	perRound := map[tpKey]map[int][2]float64{}
-	for _, t := range r.Throughput {
-		k := tpKey{t.Feeds, t.Size}
-		s, ok := byKey[k]
-		if !ok {
-			s = &tpSummary{key: k}
-			byKey[k] = s
-			keys = append(keys, k)
-			perRound[k] = map[int][2]float64{}
-		}
-		pr := perRound[k][t.Round]
-		if t.Mode == runner.ModeWspool {
-			s.wsRuns = append(s.wsRuns, t.MsgsPerSec)
-			s.wsCPURuns = append(s.wsCPURuns, t.CPUPerMillion)
-			s.wsAllocRuns = append(s.wsAllocRuns, t.AllocsPerMsg)
-			s.wsBytesRuns = append(s.wsBytesRuns, t.BytesPerMsg)
-			pr[0] = t.MsgsPerSec
-		} else {
-			s.rawRuns = append(s.rawRuns, t.MsgsPerSec)
-			s.rawCPURuns = append(s.rawCPURuns, t.CPUPerMillion)
-			s.rawAllocRuns = append(s.rawAllocRuns, t.AllocsPerMsg)
-			s.rawBytesRuns = append(s.rawBytesRuns, t.BytesPerMsg)
-			pr[1] = t.MsgsPerSec
-		}
-		perRound[k][t.Round] = pr
-	}
-	var out []tpSummary
-	for _, k := range keys {
-		s := byKey[k]
-		for _, pr := range perRound[k] {
-			if pr[0] > 0 && pr[1] > 0 {
-				s.ratioRuns = append(s.ratioRuns, pr[0]/pr[1])
-			}
-		}
-		s.rounds = len(s.ratioRuns)
-		s.ws, s.raw = median(s.wsRuns), median(s.rawRuns)
-		s.ratio = median(s.ratioRuns)
-		if len(s.ratioRuns) > 0 {
-			s.ratioMin, s.ratioMax = slices.Min(s.ratioRuns), slices.Max(s.ratioRuns)
-		}
-		s.wsCPU, s.rawCPU = median(s.wsCPURuns), median(s.rawCPURuns)
-		s.wsAllocs, s.rawAllocs = median(s.wsAllocRuns), median(s.rawAllocRuns)
-		s.wsBytes, s.rawBytes = median(s.wsBytesRuns), median(s.rawBytesRuns)
-		s.wsSpreadPct, s.rawSpreadPct = spread(s.wsRuns), spread(s.rawRuns)
-		out = append(out, *s)
-	}
-	return out
-}
-
 type target struct{ name, measured, status string }
 
 func status(ok bool) string {
@@ -267,7 +187,7 @@ func (r *results) print(w io.Writer) {
 	if r.Note != "" {
 		fmt.Fprintf(w, "- %s\n", r.Note)
 	}
-	for _, k := range []string{"throughput", "send", "idle", "recovery", "tuning"} {
+	for _, k := range []string{"throughput", "big", "send", "idle", "recovery", "tuning"} {
 		if v, ok := r.Settings[k]; ok {
 			fmt.Fprintf(w, "- %s: %s\n", k, v)
 		}
@@ -275,42 +195,8 @@ func (r *results) print(w io.Writer) {
 	fmt.Fprintln(w)
 	var targets []target
 
-	if sums := r.throughputSummaries(); len(sums) > 0 {
-		fmt.Fprintf(w, "### Throughput: firehose server process -> one client process, no-op handler\n\n")
-		fmt.Fprintf(w, "Medians over rounds; ratio is the median of per-round wspool/raw (min-max in brackets); CPU is the client process's user+sys per million messages; allocs and bytes are heap allocations per message in the client process.\n\n")
-		var rows [][]string
-		for _, s := range sums {
-			rows = append(rows, []string{
-				fmt.Sprint(s.key.feeds), fmt.Sprintf("%d B", s.key.size),
-				rate(s.ws), rate(s.raw),
-				fmt.Sprintf("%.2f [%.2f-%.2f]", s.ratio, s.ratioMin, s.ratioMax),
-				fmt.Sprintf("%.3f", s.wsCPU), fmt.Sprintf("%.3f", s.rawCPU),
-				fmt.Sprintf("%.3f", s.wsAllocs), fmt.Sprintf("%.3f", s.rawAllocs),
-				fmt.Sprintf("%.0f", s.wsBytes), fmt.Sprintf("%.0f", s.rawBytes),
-				fmt.Sprintf("%.0f%% / %.0f%%", s.wsSpreadPct, s.rawSpreadPct),
-				fmt.Sprint(s.rounds),
-			})
-			targets = append(targets, target{
-				fmt.Sprintf("throughput >= 0.95x raw (%d feeds, %d B)", s.key.feeds, s.key.size),
-				fmt.Sprintf("%.2fx", s.ratio), status(s.ratio >= 0.95),
-			})
-		}
-		table(w, []string{"feeds", "size", "wspool msgs/s", "raw msgs/s", "wspool/raw", "CPU s/M wspool", "CPU s/M raw",
-			"allocs/msg wspool", "allocs/msg raw", "B/msg wspool", "B/msg raw", "spread ws/raw", "rounds"}, rows)
-		worst := 0.0
-		for _, s := range sums {
-			worst = max(worst, s.wsAllocs)
-		}
-		// The harness itself allocates a little during a window (MemStats,
-		// timers, the runtime): 1% of slack over one allocation per message.
-		targets = append(targets, target{"<= 1 heap alloc per delivered message (wspool, worst config; 1% slack for the harness)",
-			fmt.Sprintf("%.3f", worst), status(worst <= 1.01)})
-		for _, s := range sums {
-			if s.key == (tpKey{1, 64}) {
-				fmt.Fprintf(w, "Reference: raw gorilla ~3.3 M msgs/s on one connection (64 B); measured here: %s.\n\n", rate(s.raw))
-			}
-		}
-	}
+	targets = append(targets, r.printThroughput(w)...)
+	targets = append(targets, r.printBig(w)...)
 
 	if len(r.Send) > 0 {
 		fmt.Fprintf(w, "### Send: one feed, Client.Send in a loop, 64 B, against an echo server process\n\n")
@@ -338,7 +224,7 @@ func (r *results) print(w io.Writer) {
 
 	if len(r.Idle) > 0 {
 		fmt.Fprintf(w, "### Idle feeds: one client process per row against an idle server process (answers pings, sends nothing)\n\n")
-		fmt.Fprintf(w, "Per feed = (value after the window - value before the first dial) / feeds. RSS is VmRSS as is; \"after GC\" is after runtime.GC + debug.FreeOSMemory. wspool runs with default heartbeats (ping every %v); raw is one goroutine per connection in ReadMessage, no pings.\n\n", wspool.DefaultPingInterval)
+		fmt.Fprintf(w, "Per feed = (value after the window - value before the first dial) / feeds. RSS is VmRSS as is; \"after GC\" is after runtime.GC + debug.FreeOSMemory. wspool runs with default heartbeats (ping every %v); raw is one goroutine per connection in ReadMessage, no pings; raw+ping adds a time.AfterFunc per connection writing a ping every %v; gws (lxzan/gws ReadLoop, defaults) and gobwas (a frame loop on gobwas/ws with a 4 KiB bufio.Reader) ping the same way and push a read deadline of ping interval + pong timeout forward on every pong.\n\n", wspool.DefaultPingInterval, wspool.DefaultPingInterval)
 		var rows [][]string
 		byFeeds := map[int]map[string][]idleRow{}
 		var order []int
@@ -378,35 +264,42 @@ func (r *results) print(w io.Writer) {
 		}
 		for _, n := range order {
 			ws, okW := byFeeds[n][runner.ModeWspool]
-			raw, okR := byFeeds[n][runner.ModeRaw]
-			if len(ws) > 1 || len(raw) > 1 {
+			multi := false
+			for _, rs := range byFeeds[n] {
+				multi = multi || len(rs) > 1
+			}
+			if multi {
 				fmt.Fprintf(w, "%d feeds, medians over rounds:", n)
-				if okW {
-					m, sp := rss(ws)
-					c, csp := cpu(ws)
-					fmt.Fprintf(w, " wspool %s KiB/feed %s, CPU %.2f%% %s;", kib(m), sp, c, csp)
-				}
-				if okR {
-					m, sp := rss(raw)
-					fmt.Fprintf(w, " raw %s KiB/feed %s.", kib(m), sp)
+				for _, mode := range []string{runner.ModeWspool, runner.ModeRaw, runner.ModeGws, runner.ModeRawPing, runner.ModeFrames} {
+					rs, ok := byFeeds[n][mode]
+					if !ok {
+						continue
+					}
+					m, sp := rss(rs)
+					c, csp := cpu(rs)
+					fmt.Fprintf(w, " %s %s KiB/feed %s, CPU %.2f%% %s;", mode, kib(m), sp, c, csp)
 				}
 				fmt.Fprintf(w, "\n\n")
 			}
-			if okW && okR {
+			for _, other := range []string{runner.ModeRaw, runner.ModeGws} {
+				os, okO := byFeeds[n][other]
+				if !okW || !okO {
+					continue
+				}
 				mw, _ := rss(ws)
-				mr, _ := rss(raw)
-				st := status(mw <= mr)
+				mo, _ := rss(os)
+				st := status(mw <= mo)
 				if n < 10000 {
 					// The target is set at 10,000 feeds; below, the process's
 					// fixed costs blur per-feed values by 1-2 KiB.
 					st = "(info) " + st
 				}
-				what := "idle RSS per feed <= raw's (%d feeds)"
-				if len(ws) > 1 || len(raw) > 1 {
-					what = "idle RSS per feed <= raw's (%d feeds, medians)"
+				what := "idle RSS per feed <= %s's (%d feeds)"
+				if multi {
+					what = "idle RSS per feed <= %s's (%d feeds, medians)"
 				}
-				targets = append(targets, target{fmt.Sprintf(what, n),
-					fmt.Sprintf("%s vs %s KiB", kib(mw), kib(mr)), st})
+				targets = append(targets, target{fmt.Sprintf(what, other, n),
+					fmt.Sprintf("%s vs %s KiB", kib(mw), kib(mo)), st})
 			}
 			if okW && n >= 10000 {
 				c, _ := cpu(ws)
@@ -418,10 +311,6 @@ func (r *results) print(w io.Writer) {
 				}
 				targets = append(targets, target{fmt.Sprintf("idle CPU of %d feeds < 5%% of a core", n),
 					fmt.Sprintf("%.2f%% over %.0fs", c, ws[0].WindowSeconds), st})
-			}
-			if okR && n == 10000 {
-				m, _ := rss(raw)
-				fmt.Fprintf(w, "Reference: raw gorilla ~11 KB RSS per idle connection at 10,000; measured here: %s KiB.\n\n", kib(m))
 			}
 		}
 	}

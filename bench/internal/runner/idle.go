@@ -187,6 +187,12 @@ func RunIdle(ctx context.Context, cfg IdleConfig) (IdleResult, error) {
 			}
 			alive.Wait()
 		}
+	case ModeGws, ModeFrames:
+		var err error
+		if connected, closeAll, err = idleRefs(ctx, cfg.Mode, u, cfg.Feeds); err != nil {
+			return res, err
+		}
+		rtts = func() int { return 0 }
 	default:
 		return res, fmt.Errorf("runner: unknown mode %q", cfg.Mode)
 	}

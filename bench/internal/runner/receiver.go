@@ -27,7 +27,8 @@ const (
 	ModeRawPing = "raw+ping"
 )
 
-// Tuning applies to both wspool and raw clients of a run.
+// Tuning applies to both wspool and raw clients of a run (not to the
+// reference clients, which run with their own defaults).
 type Tuning struct {
 	// ReadBuffer is the gorilla read buffer size (Dialer.ReadBufferSize);
 	// 0 keeps gorilla's default (4096).
@@ -138,6 +139,10 @@ func StartReceiver(ctx context.Context, mode, url string, feeds int, tune Tuning
 		return startWspool(ctx, url, feeds, noop, tune.options()...)
 	case ModeRaw:
 		return startRaw(ctx, url, feeds, tune.dialer())
+	case ModeGws:
+		return startGws(ctx, url, feeds)
+	case ModeFrames:
+		return startFrames(ctx, url, feeds)
 	}
 	return nil, fmt.Errorf("runner: unknown mode %q", mode)
 }

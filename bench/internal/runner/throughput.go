@@ -37,12 +37,18 @@ type ThroughputResult struct {
 	AllocsPerMsg  float64 // heap allocations per message (whole process)
 	BytesPerMsg   float64 // heap bytes allocated per message
 	GCs           uint32
+	// FirstSeconds and FirstBytes run from just before the first dial to
+	// every feed having a message: the time, and the bytes the process
+	// allocated (dials included; for large messages, mostly the first one).
+	FirstSeconds float64
+	FirstBytes   uint64
 }
 
 // RunThroughput connects, warms up, measures one window and disconnects.
 func RunThroughput(ctx context.Context, cfg ThroughputConfig) (ThroughputResult, error) {
 	res := ThroughputResult{Mode: cfg.Mode, Feeds: cfg.Feeds, Size: cfg.Size}
 	u := WithQuery(cfg.URL, "mode", "firehose", "size", strconv.Itoa(cfg.Size), "count", "0", "rate", "0")
+	f0 := sysstat.Take()
 	r, err := StartReceiver(ctx, cfg.Mode, u, cfg.Feeds, cfg.Tuning)
 	if err != nil {
 		return res, err
@@ -51,6 +57,8 @@ func RunThroughput(ctx context.Context, cfg ThroughputConfig) (ThroughputResult,
 	if err := r.WaitAll(ctx, 10*time.Second); err != nil {
 		return res, err
 	}
+	fd := sysstat.Take().Sub(f0)
+	res.FirstSeconds, res.FirstBytes = fd.Wall.Seconds(), fd.Bytes
 	if err := sleep(ctx, cfg.Warmup); err != nil {
 		return res, err
 	}
