@@ -16,6 +16,9 @@ import (
 
 var modes = []string{ModeWspool, ModeRaw}
 
+// receiveModes are the clients StartReceiver knows, reference clients included.
+var receiveModes = []string{ModeWspool, ModeRaw, ModeGws, ModeFrames}
+
 func startServer(tb testing.TB, cfg firehose.Config) *firehose.Server {
 	tb.Helper()
 	s, err := firehose.Start("127.0.0.1:0", cfg)
@@ -39,8 +42,11 @@ func testCtx(tb testing.TB, d time.Duration) context.Context {
 func BenchmarkThroughput(b *testing.B) {
 	srv := startServer(b, firehose.Config{})
 	for _, feeds := range []int{1, 16} {
-		for _, size := range []int{64, 4096} {
-			for _, mode := range modes {
+		for _, size := range []int{64, 4096, 16 << 20} {
+			if size > 4096 && feeds > 1 {
+				continue
+			}
+			for _, mode := range receiveModes {
 				b.Run(fmt.Sprintf("feeds=%d/size=%d/%s", feeds, size, mode), func(b *testing.B) {
 					ctx := testCtx(b, 5*time.Minute)
 					u := WithQuery(srv.URL(), "size", fmt.Sprint(size))
@@ -146,6 +152,31 @@ func TestThroughputAndIdleAndSend(t *testing.T) {
 		}
 		if sr.Sent <= 0 || sr.Echoed <= 0 || sr.Lost != 0 {
 			t.Fatalf("%+v", sr)
+		}
+	}
+}
+
+// TestReferenceClients runs gws and the gobwas frame loop through the
+// throughput (small and 1 MiB messages) and idle runs.
+func TestReferenceClients(t *testing.T) {
+	srv := startServer(t, firehose.Config{})
+	ctx := testCtx(t, time.Minute)
+	for _, mode := range []string{ModeGws, ModeFrames} {
+		for _, size := range []int{64, 1 << 20} {
+			tr, err := RunThroughput(ctx, ThroughputConfig{Mode: mode, URL: srv.URL(), Feeds: 2, Size: size, Warmup: 10 * time.Millisecond, Window: 100 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tr.Msgs <= 0 || tr.FirstBytes == 0 {
+				t.Fatalf("%s: %+v", mode, tr)
+			}
+		}
+		ir, err := RunIdle(ctx, IdleConfig{Mode: mode, URL: srv.URL(), Feeds: 20, Window: 50 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ir.Connected != 20 || ir.After.Goroutines < 20 {
+			t.Fatalf("%s: %+v", mode, ir)
 		}
 	}
 }
