@@ -20,9 +20,10 @@ const (
 // never gives up on its own, reset only after a connection proved stable, and
 // stretched to honour a server's Retry-After.
 type retryPolicy struct {
-	cfg      *config
-	bo       *backoff.ExponentialBackOff // created at the first failure
-	failures int                         // consecutive attempts without a stable connection
+	cfg        *config
+	bo         *backoff.ExponentialBackOff // created at the first failure
+	failures   int                         // consecutive attempts without a stable connection
+	healthyEnd bool                        // the last event was the end of a healthy connection
 }
 
 func newRetryPolicy(cfg *config) retryPolicy { return retryPolicy{cfg: cfg} }
@@ -87,14 +88,21 @@ func (r *retryPolicy) connectionEnded(uptime time.Duration, gotData bool) {
 		r.bo.Reset()
 	}
 	r.failures = 0
+	r.healthyEnd = true
 }
 
 // next records a failed attempt and returns how long to wait before the next
 // one, and false when WithMaxAttempts says to give up.
 func (r *retryPolicy) next(err error) (time.Duration, bool) {
-	r.failures++
-	if r.cfg.maxAttempts > 0 && r.failures >= r.cfg.maxAttempts {
-		return 0, false
+	if r.healthyEnd {
+		// The end of a healthy connection is not a failed attempt: it does
+		// not count against WithMaxAttempts (the wait still applies).
+		r.healthyEnd = false
+	} else {
+		r.failures++
+		if r.cfg.maxAttempts > 0 && r.failures >= r.cfg.maxAttempts {
+			return 0, false
+		}
 	}
 	bo := r.backoff()
 	wait := bo.NextBackOff()

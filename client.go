@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/url"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -117,27 +119,37 @@ type Client struct {
 	dialer  *websocket.Dialer
 	log     *slog.Logger
 
-	mu         sync.Mutex
-	state      State
-	conn       *Conn // current connection while connected
-	started    bool
-	closed     bool
-	finished   bool // Run has returned
-	reached    bool // the current attempt reached StateConnected (loop goroutine)
-	pooled     bool // reads are buffered from readBufs (see readbuf.go)
-	cancel     context.CancelFunc
-	done       chan struct{}
-	lastErr    error
-	lastErrAt  time.Time
-	sendQ      []*sendReq // WithSendBuffer: messages waiting for a connection
-	sendQBytes int
-	inq        *inQueue // WithQueue
-	runErr     error    // Run's result, written before done is closed
+	mu        sync.Mutex
+	state     State
+	conn      *Conn // current connection while connected
+	started   bool
+	closed    bool
+	finished  bool // Run has returned
+	reached   bool // the current attempt reached StateConnected (loop goroutine)
+	pooled    bool // reads are buffered from readBufs (see readbuf.go)
+	cancel    context.CancelFunc
+	done      chan struct{}
+	lastErr   error
+	lastErrAt time.Time
+	inq       *inQueue // WithQueue
+	runErr    error    // Run's result, written before done is closed
+
+	// The send path (send.go).
+	sendQ         []*sendReq // messages in line: behind the writer, or waiting for a connection
+	sendQBuffered int        // of which waiting for a connection (counted against WithSendBuffer)
+	sendQBytes    int        // their payload bytes
+	writing       bool       // a goroutine holds the writer role
+	dialedHost    string     // the host of the latest dial (the request func may rewrite it)
+
+	// Background goroutines and timer callbacks (send flushers, send-buffer
+	// expiry) that Run waits for; they enter only before finished is set.
+	bg sync.WaitGroup
 
 	// Used by the goroutine running the feed's loop (one at a time).
-	spawn     func(func() error) // starts the feed's next goroutine
-	rp        retryPolicy
-	delivered chan struct{} // closed when deliverQueued returns (WithQueue)
+	spawn      func(func() error) // starts the feed's next goroutine
+	rp         retryPolicy
+	delivered  chan struct{} // closed when deliverQueued returns (WithQueue)
+	failedRun  int           // consecutive attempts that failed before reaching connected
 
 	stats clientCounters
 }
@@ -258,7 +270,9 @@ func (c *Client) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	id := markOwn() // callbacks of the first attempt run here
 	c.connectLoop(ctx, nil)
+	unmarkOwn(id)
 	<-c.done
 	return c.runErr
 }
@@ -277,27 +291,38 @@ func (c *Client) begin(parent context.Context, spawn func(func() error)) (contex
 	c.started = true
 	ctx, cancel := context.WithCancel(parent)
 	c.cancel = cancel
-	c.spawn = spawn
+	c.spawn = func(f func() error) {
+		spawn(func() error {
+			id := markOwn()
+			defer unmarkOwn(id)
+			return f()
+		})
+	}
 	c.rp = newRetryPolicy(&c.cfg)
 	if c.inq != nil {
 		c.delivered = make(chan struct{})
-		go c.deliverQueued(ctx, c.delivered)
+		goOwn(func() { c.deliverQueued(ctx, c.delivered) })
 	}
 	return ctx, nil
 }
 
 // finish ends the feed with err (nil after a clean shutdown): Run returns it.
+// It runs on the feed's loop goroutine once the last connection is gone.
 func (c *Client) finish(err error) error {
+	c.mu.Lock()
+	c.finished = true // no Send is let in line from now on
+	c.mu.Unlock()
+	// Fail what waits before waiting for the queue's handler, which may
+	// itself be waiting in Send.
+	c.failQueued(ErrClosed)
 	if c.inq != nil {
 		// After a permanent failure the handler still gets what was queued;
 		// on shutdown (ctx ended) the rest is discarded and counted as dropped.
 		c.inq.close()
 		<-c.delivered
 	}
-	c.mu.Lock()
-	c.finished = true
-	c.mu.Unlock()
-	c.failBuffered(ErrClosed)
+	c.bg.Wait()
+	c.failQueued(ErrClosed) // a flusher may have put one back before it stopped
 	c.setState(StateClosed, err, 0, 0)
 	if err != nil {
 		c.log.Error("feed stopped", "err", err)
@@ -308,23 +333,57 @@ func (c *Client) finish(err error) error {
 	return err
 }
 
+// bgEnter registers a background goroutine or timer callback; false once
+// the feed has finished (it must then do nothing).
+func (c *Client) bgEnter() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.bgEnterLocked()
+}
+
+func (c *Client) bgEnterLocked() bool {
+	if c.finished {
+		return false
+	}
+	c.bg.Add(1)
+	return true
+}
+
+func (c *Client) bgLeave() { c.bg.Done() }
+
 // Close stops the feed: it cancels Run, sends a close frame (1000) on an open
 // connection, and returns once Run's goroutines and socket are gone. It is
-// idempotent, and a Client closed before Run never connects.
+// idempotent, and a Client closed before Run never connects; messages
+// waiting in its send buffer fail with ErrClosed.
+//
+// Called from inside a callback (of any feed), Close starts the shutdown and
+// returns without waiting for it, since the shutdown waits for the callback
+// to return; Run returns once it has.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	if !c.started {
-		if !c.closed {
+		first := !c.closed
+		if first {
 			c.closed = true
+			c.finished = true
 			c.state = StateClosed
 		}
 		c.mu.Unlock()
+		if first {
+			c.failQueued(ErrClosed)
+		}
+		if !onOwnGoroutine() {
+			c.bg.Wait() // send-buffer expiry callbacks already running
+		}
 		return nil
 	}
 	c.closed = true
 	cancel := c.cancel
 	c.mu.Unlock()
 	cancel()
+	if onOwnGoroutine() {
+		return nil
+	}
 	<-c.done
 	return nil
 }
@@ -364,6 +423,7 @@ func (c *Client) connectLoop(ctx context.Context, cause error) error {
 			})
 			return nil
 		}
+		c.failedRun++
 		cause = err
 	}
 }
@@ -375,7 +435,7 @@ func (c *Client) backOff(ctx context.Context, err error) (stop bool, final error
 		return true, nil
 	}
 	c.recordError(err)
-	if c.cfg.permanent(err) {
+	if c.isPermanent(err) {
 		return true, err
 	}
 	wait, ok := c.rp.next(err)
@@ -384,27 +444,49 @@ func (c *Client) backOff(ctx context.Context, err error) (stop bool, final error
 	}
 	c.setState(StateBackingOff, err, c.rp.failures, wait)
 	// In a pool, a feed whose attempt failed before connecting is woken
-	// early when another feed reaches the same host (see wakeHub).
+	// early when another feed reaches the same host after failing to (see
+	// wakeHub); the wake is jittered.
 	var wake <-chan struct{}
 	var he *HandshakeError
-	if !c.reached && !(errors.As(err, &he) && he.RetryAfter > 0) {
-		wake = c.cfg.wake.register(c.url.Host, c)
+	c.mu.Lock()
+	host := c.dialedHost
+	c.mu.Unlock()
+	if !c.reached && host != "" && !(errors.As(err, &he) && he.RetryAfter > 0) {
+		wake = c.cfg.wake.register(host, c)
 	}
 	t := time.NewTimer(wait)
+	start := time.Now()
 	select {
 	case <-ctx.Done():
 	case <-t.C:
 	case <-wake:
+		// Spread the woken feeds over up to the initial backoff, never
+		// longer than the wait they were in.
+		left := wait - time.Since(start)
+		if j := min(left, c.cfg.initialBO); j > 0 {
+			t.Reset(rand.N(j))
+			select {
+			case <-ctx.Done():
+			case <-t.C:
+			}
+		}
 	}
 	t.Stop()
 	if wake != nil {
-		c.cfg.wake.unregister(c.url.Host, c)
+		c.cfg.wake.unregister(host, c)
 	}
 	return ctx.Err() != nil, nil
 }
 
-// connect makes one connection ready to serve: dial, OnConnect, buffered
-// sends, published to Send, state connected.
+// isPermanent runs the permanent classification; a panic in a custom one is
+// reported and the error treated as transient.
+func (c *Client) isPermanent(err error) (perm bool) {
+	defer c.recoverCallback("permanent func")
+	return c.cfg.permanent(err)
+}
+
+// connect makes one connection ready to serve: dial, OnConnect, published to
+// Send (buffered sends are flushed in the background), state connected.
 func (c *Client) connect(ctx context.Context) (*Conn, error) {
 	conn, err := c.dial(ctx)
 	if err != nil {
@@ -417,22 +499,52 @@ func (c *Client) connect(ctx context.Context) (*Conn, error) {
 		conn.close()
 		return nil, err
 	}
-	// Buffered sends go out after OnConnect (subscriptions first) and before
-	// the connection is published to Send.
-	if err := c.flushAndPublish(ctx, conn); err != nil {
-		conn.close()
-		return nil, err
+	if err := conn.deadCause(); err != nil {
+		return nil, err // OnConnect's read or send broke it, or a liveness check did
 	}
 	c.stats.connects.Add(1)
 	c.mu.Lock()
 	conn.start = time.Now() // read by Stats under mu
 	c.mu.Unlock()
+	c.publish(conn)
 	c.reached = true
 	c.setState(StateConnected, nil, c.rp.failures, 0)
-	if c.rp.failures > 0 {
-		c.cfg.wake.wake(c.url.Host) // the host is back: wake its other feeds
+	if c.failedRun > 0 {
+		// This feed failed to reach its host and now did: wake the host's
+		// other feeds that are backing off after failing to.
+		c.mu.Lock()
+		host := c.dialedHost
+		c.mu.Unlock()
+		c.cfg.wake.wake(host)
 	}
+	c.failedRun = 0
 	return conn, nil
+}
+
+// publish makes conn the connection Send writes on; messages already in line
+// are written on it by a flusher, after OnConnect's and before later ones.
+func (c *Client) publish(conn *Conn) {
+	c.mu.Lock()
+	c.conn = conn
+	if len(c.sendQ) > 0 && !c.writing {
+		c.startFlusherLocked()
+	}
+	c.mu.Unlock()
+}
+
+// unpublish withdraws conn from Send once it ended; queued messages that
+// cannot wait for the next connection fail.
+func (c *Client) unpublish(conn *Conn) {
+	c.mu.Lock()
+	var failed []*sendReq
+	if c.conn == conn {
+		c.conn = nil
+		if !c.writing && len(c.sendQ) > 0 {
+			failed = c.dropUncarriedLocked()
+		}
+	}
+	c.mu.Unlock()
+	finishAll(failed, ErrNotConnected)
 }
 
 // serveConn reads a connection (and its replacements after rotations) to its
@@ -458,15 +570,10 @@ func (c *Client) serveConn(ctx context.Context, conn *Conn) error {
 			break
 		}
 	}
-
-	c.mu.Lock()
-	if c.conn == conn {
-		c.conn = nil
-	}
-	c.mu.Unlock()
+	conn.close()
+	c.unpublish(conn)
 	c.stats.disconnects.Add(1)
 	c.rp.connectionEnded(time.Since(start), conn.gotData.Load())
-	conn.close()
 	return err
 }
 
@@ -476,11 +583,18 @@ func (c *Client) runOnConnect(ctx context.Context, conn *Conn) (err error) {
 	}
 	octx, cancel := context.WithTimeout(ctx, c.cfg.handshakeTO)
 	defer cancel()
+	// On shutdown, a send stuck on a peer that does not read must not hold
+	// Close for the write timeout: the close handshake waits at most the
+	// close timeout for the writer, then tears the connection down.
+	stop := context.AfterFunc(ctx, func() { conn.sendClose() })
+	defer stop()
 	conn.inOnConnect.Store(true)
 	defer conn.inOnConnect.Store(false)
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("wspool: OnConnect panicked: %v", r)
+			he := &HandlerError{Feed: c.name, Callback: "OnConnect", Panic: r, Stack: debug.Stack()}
+			c.reportHandlerError(he)
+			err = fmt.Errorf("wspool: OnConnect: %w", he)
 		}
 	}()
 	if err := c.cfg.onConnect(octx, conn); err != nil {
@@ -489,13 +603,27 @@ func (c *Client) runOnConnect(ctx context.Context, conn *Conn) (err error) {
 	return nil
 }
 
+// recoverCallback, deferred around a user callback other than the handler,
+// reports a panic like a handler's (HandlerError with Callback set).
+func (c *Client) recoverCallback(name string) {
+	if r := recover(); r != nil {
+		c.reportHandlerError(&HandlerError{Feed: c.name, Callback: name, Panic: r, Stack: debug.Stack()})
+	}
+}
+
 func (c *Client) reportHandlerError(err *HandlerError) {
 	c.stats.handlerErrs.Add(1)
 	c.recordError(err)
-	c.log.Warn("handler failed", "err", err)
-	if c.cfg.onError != nil {
-		c.cfg.onError(c.name, err)
+	c.log.Warn("callback failed", "err", err)
+	if c.cfg.onError != nil && err.Callback != "OnError" {
+		c.callOnError(err)
 	}
+}
+
+// callOnError runs the OnError callback; a panic in it is logged and counted.
+func (c *Client) callOnError(err error) {
+	defer c.recoverCallback("OnError")
+	c.cfg.onError(c.name, err)
 }
 
 func (c *Client) recordError(err error) {
@@ -522,6 +650,11 @@ func (c *Client) setState(to State, cause error, attempt int, wait time.Duration
 		c.log.Debug("state", "from", from, "to", to, "err", cause)
 	}
 	if c.cfg.onState != nil {
-		c.cfg.onState(ch)
+		c.callOnState(ch)
 	}
+}
+
+func (c *Client) callOnState(ch StateChange) {
+	defer c.recoverCallback("OnStateChange")
+	c.cfg.onState(ch)
 }

@@ -28,6 +28,7 @@ type Conn struct {
 	stopping      atomic.Bool // the feed is shutting down: deliver nothing more
 	delivering    atomic.Bool // the reader is held back by the handler
 	closeOnce     sync.Once
+	closeSent     bool // written in closeOnce
 	gotData       atomic.Bool          // a data message (not a heartbeat reply) arrived
 	next          atomic.Pointer[Conn] // the replacement after a rotation
 	afterRotation atomic.Bool          // this connection replaced a rotated one
@@ -46,30 +47,70 @@ func (cn *Conn) Feed() string { return cn.client.name }
 // Subprotocol returns the subprotocol the server chose, if any.
 func (cn *Conn) Subprotocol() string { return cn.ws.Subprotocol() }
 
-// Send writes one message on this connection; see Client.Send.
+// Send writes one message on this connection, for OnConnect's
+// subscriptions and logins; it returns once the message is written or has
+// failed (ErrNotConnected once the connection is gone or closing, nothing
+// written). ctx bounds the wait for the connection's writer; the write itself
+// is bounded by the write timeout. Outside OnConnect use Client.Send, which
+// follows the feed across reconnects and rotations.
 func (cn *Conn) Send(ctx context.Context, typ MessageType, data []byte) error {
 	if err := checkType(typ); err != nil {
 		return err
 	}
+	if !cn.lockWriter(ctx.Done()) {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return ErrNotConnected
+	}
+	err := cn.writeLocked(typ, data)
+	cn.unlockWriter()
+	if err == errNotSent {
+		return ErrNotConnected
+	}
+	return err
+}
+
+// write writes one message; errNotSent means the connection is closing or
+// gone and nothing was written. Any other error broke the connection.
+func (cn *Conn) write(typ MessageType, data []byte) error {
+	if !cn.lockWriter(nil) {
+		return errNotSent
+	}
+	err := cn.writeLocked(typ, data)
+	cn.unlockWriter()
+	return err
+}
+
+// lockWriter takes the connection's writer lock; false if the connection
+// died (or stop closed) first.
+func (cn *Conn) lockWriter(stop <-chan struct{}) bool {
 	select {
 	case cn.wlock <- struct{}{}:
-	case <-cn.dead:
-		return ErrNotConnected
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	defer func() { <-cn.wlock }()
-	select {
-	case <-cn.dead:
-		return ErrNotConnected
+		return true
 	default:
 	}
-	if cn.closing.Load() {
-		return ErrClosed
+	select {
+	case cn.wlock <- struct{}{}:
+		return true
+	case <-cn.dead:
+		return false
+	case <-stop:
+		return false
+	}
+}
+
+func (cn *Conn) unlockWriter() { <-cn.wlock }
+
+// writeLocked writes with the writer lock held.
+func (cn *Conn) writeLocked(typ MessageType, data []byte) error {
+	if !cn.writable() {
+		return errNotSent // our close frame is out (or the connection is gone): nothing written
 	}
 	if err := cn.ws.SetWriteDeadline(time.Now().Add(cn.client.cfg.writeTimeout)); err != nil {
+		err = fmt.Errorf("wspool: send: %w", err)
 		cn.kill(err)
-		return fmt.Errorf("wspool: send: %w", err)
+		return err
 	}
 	if err := cn.ws.WriteMessage(int(typ), data); err != nil {
 		err = fmt.Errorf("wspool: send: %w", err)
@@ -79,6 +120,20 @@ func (cn *Conn) Send(ctx context.Context, typ MessageType, data []byte) error {
 	cn.client.stats.msgsOut.Add(1)
 	cn.client.stats.bytesOut.Add(int64(len(data)))
 	return nil
+}
+
+// writable reports whether the connection takes writes: not torn down and
+// our close frame not started.
+func (cn *Conn) writable() bool {
+	if cn.closing.Load() {
+		return false
+	}
+	select {
+	case <-cn.dead:
+		return false
+	default:
+		return true
+	}
 }
 
 // writePing writes a ping frame unless another message is being written
@@ -105,21 +160,28 @@ func (cn *Conn) writePing(payload []byte) (sent bool, err error) {
 // ReadMessage reads the next message directly from the connection, for
 // request-reply exchanges inside OnConnect (e.g. wait for "authenticated").
 // Messages read this way are not passed to the handler. It may only be called
-// from OnConnect; ctx bounds the wait.
+// from OnConnect; ctx bounds the wait. If the read fails or ctx ends first,
+// the connection cannot be read again (a WebSocket read is not resumable): it
+// is closed, and the attempt fails with that error even if OnConnect then
+// returns nil.
 func (cn *Conn) ReadMessage(ctx context.Context) (Message, error) {
 	if !cn.inOnConnect.Load() {
 		return Message{}, errors.New("wspool: Conn.ReadMessage called outside OnConnect")
 	}
 	// When ctx ends the OnConnect attempt fails anyway, so a read deadline in
 	// the past (which leaves the connection unusable) is the right interrupt.
-	stop := context.AfterFunc(ctx, func() { _ = cn.ws.SetReadDeadline(time.Now()) })
+	stop := context.AfterFunc(ctx, func() { _ = cn.nc.SetReadDeadline(time.Now()) })
 	typ, data, err := cn.ws.ReadMessage()
 	stop()
 	if err != nil {
 		if ctx.Err() != nil {
 			err = ctx.Err()
 		}
-		return Message{}, fmt.Errorf("wspool: read: %w", err)
+		err = fmt.Errorf("wspool: read: %w", err)
+		// A WebSocket read cannot be resumed after it failed (gorilla keeps
+		// the error): the connection is done, even if OnConnect returns nil.
+		cn.kill(fmt.Errorf("%w (the connection cannot be read again after Conn.ReadMessage failed)", err))
+		return Message{}, err
 	}
 	cn.client.stats.msgsIn.Add(1)
 	cn.client.stats.bytesIn.Add(int64(len(data)))
@@ -156,25 +218,72 @@ func (cn *Conn) causeOf(readErr error) error {
 // timeout to answer. With drain it reads the answer itself (no reader is
 // running); otherwise the running reader sees it.
 func (cn *Conn) closeHandshake(drain bool) {
+	if cn.sendClose() && drain {
+		for {
+			if _, _, err := cn.ws.NextReader(); err != nil {
+				return
+			}
+		}
+	}
+}
+
+// sendClose sends our close frame once and sets the read deadline by which
+// the peer must answer; false if it could not be sent (the connection is then
+// torn down). The close frame goes through the writer lock, after a message
+// being written, so that nothing sent before it is cut off; the close timeout
+// bounds that wait too (a peer that stopped reading must not stretch it to
+// the write timeout): past it the connection is torn down.
+func (cn *Conn) sendClose() bool {
 	cn.closeOnce.Do(func() {
 		cn.closing.Store(true)
-		// The close timeout bounds the whole handshake, our write included
-		// (a peer that stopped reading must not stretch it to the write timeout).
 		deadline := time.Now().Add(cn.client.cfg.closeTimeout)
-		msg := websocket.FormatCloseMessage(websocket.CloseNormalClosure, "")
-		if err := cn.ws.WriteControl(websocket.CloseMessage, msg, deadline); err != nil {
+		if !cn.lockWriterUntil(deadline) {
 			cn.kill(ErrClosed)
 			return
 		}
-		_ = cn.ws.SetReadDeadline(deadline)
-		if drain {
-			for {
-				if _, _, err := cn.ws.NextReader(); err != nil {
-					return
-				}
-			}
+		msg := websocket.FormatCloseMessage(websocket.CloseNormalClosure, "")
+		err := cn.ws.WriteControl(websocket.CloseMessage, msg, deadline)
+		cn.unlockWriter()
+		if err != nil {
+			cn.kill(ErrClosed)
+			return
 		}
+		_ = cn.nc.SetReadDeadline(deadline)
+		cn.closeSent = true
 	})
+	return cn.closeSent
+}
+
+// deadCause returns why the connection was torn down, nil while it is not.
+func (cn *Conn) deadCause() error {
+	select {
+	case <-cn.dead:
+		if cn.cause != nil {
+			return cn.cause
+		}
+		return ErrConnectionClosed
+	default:
+		return nil
+	}
+}
+
+// lockWriterUntil takes the writer lock, waiting at most until deadline.
+func (cn *Conn) lockWriterUntil(deadline time.Time) bool {
+	select {
+	case cn.wlock <- struct{}{}:
+		return true
+	default:
+	}
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case cn.wlock <- struct{}{}:
+		return true
+	case <-cn.dead:
+		return false
+	case <-t.C:
+		return false
+	}
 }
 
 // close releases the socket.

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,7 +25,7 @@ func (c *Client) dial(ctx context.Context) (*Conn, error) {
 		h = http.Header{}
 	}
 	if c.cfg.requestFunc != nil {
-		if err := c.cfg.requestFunc(ctx, &u, h); err != nil {
+		if err := c.callRequestFunc(ctx, &u, h); err != nil {
 			return nil, fmt.Errorf("wspool: request func: %w", err)
 		}
 		if err := checkFeedURL(&u); err != nil {
@@ -45,6 +46,9 @@ func (c *Client) dial(ctx context.Context) (*Conn, error) {
 		}
 		u.User = nil
 	}
+	c.mu.Lock()
+	c.dialedHost = u.Host // the wake's key: the host really dialled
+	c.mu.Unlock()
 	if err := c.cfg.dialSem.acquire(ctx); err != nil {
 		return nil, err
 	}
@@ -190,3 +194,16 @@ func wrapDial(base func(ctx context.Context, network, addr string) (net.Conn, er
 // sharedWriteBuffers lends write buffers to connections only while they
 // write, so an idle feed holds none (gorilla's default buffer size).
 var sharedWriteBuffers = &sync.Pool{}
+
+// callRequestFunc runs the request func; a panic fails the attempt and is
+// reported.
+func (c *Client) callRequestFunc(ctx context.Context, u *url.URL, h http.Header) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			he := &HandlerError{Feed: c.name, Callback: "request func", Panic: r, Stack: debug.Stack()}
+			c.reportHandlerError(he)
+			err = he
+		}
+	}()
+	return c.cfg.requestFunc(ctx, u, h)
+}

@@ -69,21 +69,32 @@ func (e *HandshakeError) Error() string {
 // Unwrap returns the underlying error.
 func (e *HandshakeError) Unwrap() error { return e.Err }
 
-// HandlerError reports a handler that returned an error or panicked. The feed
-// goes on with the next message.
+// HandlerError reports a handler that returned an error or panicked, or
+// another user callback that panicked (Callback names it: "OnConnect",
+// "OnStateChange", "OnError", "SendAsync done", "duplicate filter",
+// "Heartbeat.IsReply", "Heartbeat.Message", "request func", "permanent
+// func"). The feed goes on: with the next message after a handler, and as
+// if the callback had not been set after another one (an OnConnect or
+// request func panic fails the attempt).
 type HandlerError struct {
-	Feed  string
-	Err   error // the handler's error, nil if it panicked
-	Panic any   // the recovered value, nil if it returned an error
-	Stack []byte
+	Feed string
+	// Callback is "" for the handler.
+	Callback string
+	Err      error // the handler's error, nil if it panicked
+	Panic    any   // the recovered value, nil if it returned an error
+	Stack    []byte
 }
 
-// Error names the feed and the handler's error or panic value.
+// Error names the feed, the callback, and the error or panic value.
 func (e *HandlerError) Error() string {
-	if e.Panic != nil {
-		return fmt.Sprintf("wspool: feed %s: handler panicked: %v", e.Feed, e.Panic)
+	cb := e.Callback
+	if cb == "" {
+		cb = "handler"
 	}
-	return fmt.Sprintf("wspool: feed %s: handler: %v", e.Feed, e.Err)
+	if e.Panic != nil {
+		return fmt.Sprintf("wspool: feed %s: %s panicked: %v", e.Feed, cb, e.Panic)
+	}
+	return fmt.Sprintf("wspool: feed %s: %s: %v", e.Feed, cb, e.Err)
 }
 
 // Unwrap returns the handler's error (nil after a panic).

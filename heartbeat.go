@@ -223,7 +223,11 @@ func (h *heartbeat) onApp() {
 		return
 	}
 	hb := h.cn.client.cfg.heartbeat
-	typ, data := hb.Message()
+	typ, data, ok := h.message(hb)
+	if !ok {
+		h.app.Reset(hb.Interval)
+		return
+	}
 	// Send kills the connection itself on a write error; a connection that
 	// is already gone or closing needs no heartbeat.
 	if err := h.cn.Send(context.Background(), typ, data); err != nil {
@@ -288,4 +292,15 @@ func (h *heartbeat) coarse(d time.Duration) time.Duration {
 	now := monoNow()
 	when := (now + int64(d) + q - 1) / q * q
 	return time.Duration(when - now)
+}
+
+// message runs Heartbeat.Message on this timer goroutine, registered as the
+// library's own (it may call Close or Send); a panic is reported and the
+// tick skipped.
+func (h *heartbeat) message(hb *Heartbeat) (typ MessageType, data []byte, ok bool) {
+	id := markOwn()
+	defer unmarkOwn(id)
+	defer h.cn.client.recoverCallback("Heartbeat.Message")
+	typ, data = hb.Message()
+	return typ, data, true
 }

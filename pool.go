@@ -93,7 +93,9 @@ func (p *Pool) Add(rawURL string, h Handler, opts ...Option) (*Client, error) {
 }
 
 // Remove closes the named feed (close frame, bounded wait) and removes it
-// from the pool; the other feeds go on. It returns ErrNotFound for an unknown name.
+// from the pool; the other feeds go on. It returns ErrNotFound for an unknown
+// name. Called from inside a callback, it does not wait for the feed to stop
+// (see Client.Close).
 func (p *Pool) Remove(name string) error {
 	p.mu.Lock()
 	c, ok := p.feeds[name]
@@ -105,7 +107,7 @@ func (p *Pool) Remove(name string) error {
 	if !ok {
 		return fmt.Errorf("%w: %s", ErrNotFound, name)
 	}
-	return c.Close()
+	return c.Close() // from a callback: without waiting (see Client.Close)
 }
 
 // Run runs every feed until ctx ends, then closes them all (close frames,
@@ -175,7 +177,10 @@ func (p *Pool) start(c *Client) {
 }
 
 // Close stops Run (as if its context ended) and waits for it to return; on a
-// pool that never ran it closes the feeds. It is idempotent.
+// pool that never ran it closes the feeds. It is idempotent. Called from
+// inside a callback (of any feed) it starts the shutdown and returns without
+// waiting, since the shutdown waits for that callback; Run returns once
+// everything has stopped.
 func (p *Pool) Close() error {
 	p.mu.Lock()
 	if !p.started {
@@ -190,6 +195,9 @@ func (p *Pool) Close() error {
 	cancel := p.cancel
 	p.mu.Unlock()
 	cancel()
+	if onOwnGoroutine() {
+		return nil // a callback: Run's feeds wait for it to return
+	}
 	<-p.done
 	return nil
 }

@@ -48,12 +48,16 @@ func (c *Client) serve(ctx context.Context, conn *Conn) error {
 		}
 		msg := Message{Type: MessageType(typ), Data: buf, Feed: c.name}
 		deliver := !conn.stopping.Load() // shutting down: drain until the close frame
-		if isReply != nil && isReply(msg) {
+		// From here user code may hold the reader back (IsReply, the
+		// duplicate filter, the handler): the liveness checks must not blame
+		// the peer for it.
+		conn.delivering.Store(true)
+		if isReply != nil && c.isReply(isReply, msg) {
 			c.stats.replies.Add(1)
 			deliver = deliver && !dropReplies
 		} else {
 			if filterDups {
-				if c.cfg.dupFilter(msg) {
+				if c.isDup(msg) {
 					c.stats.duplicates.Add(1)
 					deliver = false
 				} else {
@@ -65,18 +69,18 @@ func (c *Client) serve(ctx context.Context, conn *Conn) error {
 			}
 		}
 		if deliver {
-			conn.delivering.Store(true)
 			if c.inq != nil {
 				c.enqueue(ctx, conn, msg)
 			} else {
 				c.deliver(ctx, msg)
 			}
-			conn.delivering.Store(false)
 		}
-		// Counted after delivery: the heartbeat reads msgsIn as proof that the
-		// reader made progress, including a delivery that held it back.
+		// Counted before delivering is cleared: the heartbeat reads msgsIn and
+		// delivering as proof that the reader made progress or was held back,
+		// and a check between the two must see one of them.
 		c.stats.bytesIn.Add(int64(len(buf)))
 		c.stats.msgsIn.Add(1)
+		conn.delivering.Store(false)
 		if cap(buf) > maxKeptReadBuffer {
 			buf = nil // do not pin one huge message's buffer for the life of the feed
 		}
@@ -116,7 +120,7 @@ func (c *Client) enqueue(ctx context.Context, conn *Conn, msg Message) {
 		c.recordError(err)
 		c.log.Warn("slow consumer", "err", err)
 		if c.cfg.onError != nil {
-			c.cfg.onError(c.name, err)
+			c.callOnError(err)
 		}
 	}
 }
@@ -146,4 +150,18 @@ func (c *Client) deliver(ctx context.Context, msg Message) {
 	if err := c.handler(ctx, msg); err != nil {
 		c.reportHandlerError(&HandlerError{Feed: c.name, Err: err})
 	}
+}
+
+// isReply runs Heartbeat.IsReply; a panic is reported and the message
+// treated as data.
+func (c *Client) isReply(f func(Message) bool, msg Message) (reply bool) {
+	defer c.recoverCallback("Heartbeat.IsReply")
+	return f(msg)
+}
+
+// isDup runs the duplicate filter; a panic is reported and the message
+// delivered.
+func (c *Client) isDup(msg Message) (dup bool) {
+	defer c.recoverCallback("duplicate filter")
+	return c.cfg.dupFilter(msg)
 }

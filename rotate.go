@@ -60,6 +60,8 @@ func (c *Client) startRotator(ctx context.Context, old *Conn) *rotator {
 // connection; the reader then finds the replacement in old.next.
 func (r *rotator) run() {
 	defer close(r.done)
+	id := markOwn() // runs the request func and OnConnect
+	defer unmarkOwn(id)
 	c := r.c
 	for r.ctx.Err() == nil {
 		next, err := c.dial(r.ctx)
@@ -69,13 +71,27 @@ func (r *rotator) run() {
 				next.close()
 			}
 		}
+		if err == nil && r.ctx.Err() != nil {
+			// The old connection ended or the feed is stopping meanwhile:
+			// the feed's loop takes it from here.
+			next.closeHandshake(true)
+			next.close()
+			return
+		}
 		if err == nil {
+			err = next.deadCause()
+		}
+		if err == nil {
+			next.afterRotation.Store(true)
 			c.mu.Lock()
 			next.start = time.Now()
-			c.conn = next
-			c.mu.Unlock()
-			next.afterRotation.Store(true)
 			r.old.next.Store(next)
+			c.mu.Unlock()
+			// Send switches to the new connection: a message being written
+			// on the old one finishes before the old one's close frame (it
+			// waits for the writer lock); one that had picked the old one
+			// but not started finds it closing and goes on the new one.
+			c.publish(next)
 			c.log.Info("rotating connection")
 			r.old.closeHandshake(false)
 			return

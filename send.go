@@ -46,29 +46,67 @@ func WithSendBuffer(b SendBuffer) Option {
 type SendOption func(*sendReq)
 
 // NoReplay marks a message that is only meaningful on the connection that is
-// up now (an order tied to a session, a reply to a request): it is never
-// buffered for a later connection and fails with ErrNotConnected instead.
+// up when it is sent (an order tied to a session, a reply to a request): it
+// is written on that connection or fails with ErrNotConnected, never written
+// on a later one, even across a rotation.
 func NoReplay() SendOption { return func(r *sendReq) { r.noReplay = true } }
 
-// sendReq is one message waiting in the send buffer.
+// The send path.
+//
+// One writer at a time writes a feed's messages, in the order Send and
+// SendAsync were called. The writer role (c.writing) is taken, under c.mu,
+// by a Send that finds the feed connected and nobody writing (the fast path:
+// it writes its own message on its own goroutine) or by a flusher goroutine
+// started when messages are waiting and a connection is live. Messages that
+// find the writer busy, or no live connection, wait in c.sendQ; the writer
+// drains sendQ before it gives the role up, and whoever gives it up while
+// messages wait on a live connection hands it to a new flusher. So:
+//   - a connected feed never holds messages that nothing will write;
+//   - the writer always writes on the current connection (c.conn), read
+//     again for every message: a message that raced a rotation either went
+//     out on the old connection before its close frame (which waits for the
+//     old connection's writer lock) or finds the old connection closing,
+//     nothing written, and is written on the new one, still in order;
+//   - no goroutine waits for work that only it can do: the writer never holds
+//     the role while it runs a user callback, and a Send from one of the
+//     library's own goroutines (a callback; see own.go) never waits for a
+//     connection, since the reconnect may need that very goroutine.
+
+// sendReq is one message waiting to be written.
 type sendReq struct {
 	typ      MessageType
 	data     []byte
 	noReplay bool
+	conn     *Conn // noReplay: the only connection it may go on
+	own      bool  // a Send from one of the library's goroutines: never carried to a later connection
+	async    bool  // SendAsync: nobody waits, so it may wait for a later connection from anywhere
+	buffered bool  // counted against the send buffer (it waited for a connection)
 	at       time.Time
 	expiry   *time.Timer
 	done     func(error) // called exactly once, outside c.mu
+	userDone bool        // done is the user's (SendAsync): the writer gives up its role around it
 }
 
 // Send writes one message and returns when it has been written to the socket
-// or has failed; every message is one or the other, exactly once. It is safe
-// from any goroutine; writes are serialized. While connected (and nothing is
-// buffered) it writes at once, bounded by the write timeout; a write that
-// fails or times out breaks the connection, which is redialled. While not
-// connected it fails at once with ErrNotConnected, or, with WithSendBuffer,
-// waits in the buffer for the next connection. If ctx ends while the message
-// is still buffered it is withdrawn and Send returns ctx.Err(). After Close,
-// Send fails with ErrClosed.
+// or has failed; every message is one or the other, exactly once, and the
+// messages of a feed are written in the order Send and SendAsync were called.
+// It is safe from any goroutine. While connected it writes at once (or after
+// the messages ahead of it), each write bounded by the write timeout; a write
+// that fails or times out breaks the connection, which is redialled. A
+// message that races a reconnect or a rotation is written once, on the old
+// connection before its close frame or on the new one.
+//
+// While not connected Send fails at once with ErrNotConnected, or, with
+// WithSendBuffer, waits in the buffer for the next connection. If ctx ends
+// while the message is still waiting it is withdrawn and Send returns
+// ctx.Err(). After Close, Send fails with ErrClosed.
+//
+// Called from inside a callback (a handler, OnConnect, OnStateChange,
+// OnError, a SendAsync done func, a heartbeat or filter func) Send may wait
+// for the messages ahead of it, but never for a connection: the reconnect
+// may need the very goroutine that runs the callback. There, while the feed
+// is not connected, it fails at once with an error wrapping ErrNotConnected,
+// even with WithSendBuffer; use SendAsync to buffer from a callback.
 //
 // data is not retained after Send returns.
 func (c *Client) Send(ctx context.Context, typ MessageType, data []byte, opts ...SendOption) (err error) {
@@ -77,22 +115,33 @@ func (c *Client) Send(ctx context.Context, typ MessageType, data []byte, opts ..
 		return err
 	}
 	c.mu.Lock()
-	if conn := c.conn; conn != nil {
+	if conn := c.liveConnLocked(); conn != nil && !c.writing {
+		c.writing = true
 		c.mu.Unlock()
-		err := conn.Send(ctx, typ, data)
-		if !c.retryBuffered(err, opts) {
-			return err
+		if len(opts) == 0 {
+			err = c.writeDirect(conn, typ, data)
+		} else {
+			var sr sendReq
+			sr.typ, sr.data = typ, data
+			applySendOptions(&sr, opts)
+			if sr.noReplay {
+				sr.conn = conn
+			}
+			err = c.writeOwn(&sr)
 		}
-		c.mu.Lock() // the connection died before a byte was written: buffer it
+		c.releaseWriter()
+		return err
 	}
 	result := make(chan error, 1)
-	r, err := c.bufferLocked(typ, data, func(err error) { result <- err }, opts)
+	r := &sendReq{typ: typ, data: data, done: func(err error) { result <- err }}
+	applySendOptions(r, opts)
+	err = c.enqueueLocked(r)
 	c.mu.Unlock()
 	if err != nil {
 		return err
 	}
 	select {
-	case err := <-result:
+	case err = <-result:
 		return err
 	case <-ctx.Done():
 		if c.withdraw(r) {
@@ -104,18 +153,18 @@ func (c *Client) Send(ctx context.Context, typ MessageType, data []byte, opts ..
 
 // SendAsync sends one message without waiting for a connection; done (if not
 // nil) is called exactly once with the outcome: nil once written to the
-// socket, or the error. While connected (and nothing is buffered) the write
-// happens before SendAsync returns and done is called on the caller's
-// goroutine; otherwise the message is buffered (WithSendBuffer) and done is
-// called later from the feed's goroutine or a timer, and must not block. The
-// order of messages from one goroutine is kept. data must not be modified
-// until done is called.
+// socket, or the error. While connected, SendAsync writes the message (after
+// the messages ahead of it) before it returns and calls done on the caller's
+// goroutine, like Send. While not connected the message waits in the send
+// buffer (WithSendBuffer), from callbacks too, and done is called later from
+// the library's goroutine that writes it or a timer; it must not block. Order
+// is kept with Send. data must not be modified until done is called.
 func (c *Client) SendAsync(typ MessageType, data []byte, done func(error), opts ...SendOption) {
 	userDone := done
 	done = func(err error) {
 		c.countFailed(err)
 		if userDone != nil {
-			userDone(err)
+			c.callDone(userDone, err)
 		}
 	}
 	if err := checkType(typ); err != nil {
@@ -123,19 +172,53 @@ func (c *Client) SendAsync(typ MessageType, data []byte, done func(error), opts 
 		return
 	}
 	c.mu.Lock()
-	if conn := c.conn; conn != nil {
+	if c.liveConnLocked() != nil {
+		// Connected: block like Send (bounded by the write timeout of the
+		// messages ahead), so that a loop of SendAsync cannot queue without limit.
 		c.mu.Unlock()
-		err := conn.Send(context.Background(), typ, data)
-		if !c.retryBuffered(err, opts) {
-			done(err)
-			return
-		}
-		c.mu.Lock() // the connection died before a byte was written: buffer it
+		done(c.sendBlocking(typ, data, opts))
+		return
 	}
-	_, err := c.bufferLocked(typ, data, done, opts)
+	r := &sendReq{typ: typ, data: data, done: done, async: true, userDone: userDone != nil}
+	applySendOptions(r, opts)
+	err := c.enqueueLocked(r)
 	c.mu.Unlock()
 	if err != nil {
 		done(err)
+	}
+}
+
+// sendBlocking is Send without the failure count (the caller counts).
+func (c *Client) sendBlocking(typ MessageType, data []byte, opts []SendOption) error {
+	var err error
+	c.mu.Lock()
+	if conn := c.liveConnLocked(); conn != nil && !c.writing {
+		c.writing = true
+		c.mu.Unlock()
+		var sr sendReq
+		sr.typ, sr.data = typ, data
+		applySendOptions(&sr, opts)
+		if sr.noReplay {
+			sr.conn = conn
+		}
+		err = c.writeOwn(&sr)
+		c.releaseWriter()
+		return err
+	}
+	result := make(chan error, 1)
+	r := &sendReq{typ: typ, data: data, done: func(err error) { result <- err }}
+	applySendOptions(r, opts)
+	err = c.enqueueLocked(r)
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return <-result
+}
+
+func applySendOptions(r *sendReq, opts []SendOption) {
+	for _, o := range opts {
+		o(r)
 	}
 }
 
@@ -145,19 +228,6 @@ func (c *Client) countFailed(err error) {
 	}
 }
 
-// retryBuffered reports whether a direct write that failed because the
-// connection was already gone (nothing written) should go to the send buffer.
-func (c *Client) retryBuffered(err error, opts []SendOption) bool {
-	if c.cfg.sendBuffer == nil || !errors.Is(err, ErrNotConnected) {
-		return false
-	}
-	var r sendReq
-	for _, o := range opts {
-		o(&r)
-	}
-	return !r.noReplay
-}
-
 func checkType(typ MessageType) error {
 	if typ != TextMessage && typ != BinaryMessage {
 		return fmt.Errorf("wspool: send: invalid message type %d", int(typ))
@@ -165,36 +235,92 @@ func checkType(typ MessageType) error {
 	return nil
 }
 
-// bufferLocked queues a message for the next connection, or says why it
-// cannot; c.mu is held and c.conn is nil.
-func (c *Client) bufferLocked(typ MessageType, data []byte, done func(error), opts []SendOption) (*sendReq, error) {
-	r := &sendReq{typ: typ, data: data, done: done}
-	for _, o := range opts {
-		o(r)
+// errOwnNotConnected fails a Send from a callback while the feed is not connected.
+var errOwnNotConnected = fmt.Errorf("%w (Send from a callback does not wait for a connection; use SendAsync)", ErrNotConnected)
+
+// liveConnLocked returns the current connection if it can take writes.
+func (c *Client) liveConnLocked() *Conn {
+	if cn := c.conn; cn != nil && cn.writable() {
+		return cn
 	}
-	sb := c.cfg.sendBuffer
-	switch {
-	case c.closed || c.finished:
-		return nil, ErrClosed
-	case sb == nil || r.noReplay:
-		return nil, ErrNotConnected
-	case len(c.sendQ) >= sb.Messages || c.sendQBytes+len(data) > sb.Bytes:
-		return nil, fmt.Errorf("%w (%d messages, %d bytes buffered)", ErrSendBufferFull, len(c.sendQ), c.sendQBytes)
+	return nil
+}
+
+// enqueueLocked puts r in line: behind the writer on a live connection, or
+// in the send buffer while there is none. c.mu is held.
+func (c *Client) enqueueLocked(r *sendReq) error {
+	if c.closed || c.finished {
+		return ErrClosed
 	}
-	r.at = time.Now()
+	conn := c.liveConnLocked()
+	if r.noReplay {
+		if conn == nil {
+			return ErrNotConnected
+		}
+		r.conn = conn
+	}
+	if conn == nil {
+		sb := c.cfg.sendBuffer
+		if sb == nil {
+			return ErrNotConnected
+		}
+		if !r.async && onOwnGoroutine() {
+			return errOwnNotConnected
+		}
+		if c.sendQBuffered >= sb.Messages || c.sendQBytes+len(r.data) > sb.Bytes {
+			return fmt.Errorf("%w (%d messages, %d bytes buffered)", ErrSendBufferFull, c.sendQBuffered, c.sendQBytes)
+		}
+		c.bufferLocked(r)
+	} else if !r.async {
+		// Waiting behind the writer. A Send from a callback may wait for the
+		// writer, but not for a later connection if this one dies.
+		r.own = onOwnGoroutine()
+	}
 	c.sendQ = append(c.sendQ, r)
-	c.sendQBytes += len(data)
-	if sb.MaxAge > 0 {
+	if conn != nil && !c.writing {
+		c.startFlusherLocked()
+	}
+	return nil
+}
+
+// bufferLocked counts r against the send buffer and arms its expiry.
+func (c *Client) bufferLocked(r *sendReq) {
+	if r.buffered {
+		return
+	}
+	r.buffered = true
+	r.at = time.Now()
+	c.sendQBuffered++
+	c.sendQBytes += len(r.data)
+	if sb := c.cfg.sendBuffer; sb != nil && sb.MaxAge > 0 {
 		r.expiry = time.AfterFunc(sb.MaxAge, func() {
+			if !c.bgEnter() {
+				return
+			}
+			defer c.bgLeave()
+			id := markOwn()
+			defer unmarkOwn(id)
 			if c.withdraw(r) {
 				r.done(fmt.Errorf("%w after %v", ErrSendExpired, sb.MaxAge))
 			}
 		})
 	}
-	return r, nil
 }
 
-// withdraw removes r from the buffer if it is still there.
+// unbufferLocked undoes bufferLocked for a request leaving the queue.
+func (c *Client) unbufferLocked(r *sendReq) {
+	if !r.buffered {
+		return
+	}
+	r.buffered = false
+	c.sendQBuffered--
+	c.sendQBytes -= len(r.data)
+	if r.expiry != nil {
+		r.expiry.Stop()
+	}
+}
+
+// withdraw removes r from the queue if it is still there.
 func (c *Client) withdraw(r *sendReq) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -203,56 +329,190 @@ func (c *Client) withdraw(r *sendReq) bool {
 		return false
 	}
 	c.sendQ = slices.Delete(c.sendQ, i, i+1)
-	c.sendQBytes -= len(r.data)
-	if r.expiry != nil {
-		r.expiry.Stop()
-	}
+	c.unbufferLocked(r)
 	return true
 }
 
-// takeLocked removes the oldest buffered message.
-func (c *Client) takeLocked() *sendReq {
-	r := c.sendQ[0]
-	c.sendQ[0] = nil
-	c.sendQ = c.sendQ[1:]
-	c.sendQBytes -= len(r.data)
-	if r.expiry != nil {
-		r.expiry.Stop()
+// writeDirect is the fast path: the caller holds the writer role, nothing is
+// queued, and the message carries no options. It retries on the new
+// connection when a rotation closed the one it picked before it wrote.
+func (c *Client) writeDirect(conn *Conn, typ MessageType, data []byte) error {
+	for {
+		err := conn.write(typ, data)
+		if err != errNotSent {
+			return err
+		}
+		c.mu.Lock()
+		conn = c.liveConnLocked()
+		c.mu.Unlock()
+		if conn == nil {
+			return ErrNotConnected
+		}
 	}
-	return r
 }
 
-// flushAndPublish writes the buffered messages on conn in order and then
-// makes conn the feed's current connection, atomically with seeing the buffer
-// empty, so that a message sent meanwhile is never overtaken.
-func (c *Client) flushAndPublish(ctx context.Context, conn *Conn) error {
+// writeOwn writes r while holding the writer role (Send and SendAsync's
+// synchronous path): on the current connection, retried on the next one if
+// a rotation closed it first.
+func (c *Client) writeOwn(r *sendReq) error {
 	for {
 		c.mu.Lock()
-		if len(c.sendQ) == 0 {
-			c.conn = conn
-			c.mu.Unlock()
-			return nil
-		}
-		r := c.takeLocked()
+		conn := c.liveConnLocked()
 		c.mu.Unlock()
-		err := conn.Send(ctx, r.typ, r.data)
-		r.done(err)
-		if err != nil {
+		if conn == nil || (r.noReplay && conn != r.conn) {
+			return ErrNotConnected
+		}
+		if err := conn.write(r.typ, r.data); err != errNotSent {
 			return err
 		}
 	}
 }
 
-// failBuffered fails every buffered message with err (at shutdown).
-func (c *Client) failBuffered(err error) {
+// releaseWriter gives the writer role up; messages that queued behind it
+// meanwhile are handed to a flusher (or, with no live connection, left for
+// the next one, failing those that cannot wait).
+func (c *Client) releaseWriter() {
 	c.mu.Lock()
-	q := c.sendQ
-	c.sendQ, c.sendQBytes = nil, 0
-	c.mu.Unlock()
-	for _, r := range q {
-		if r.expiry != nil {
-			r.expiry.Stop()
+	c.writing = false
+	var failed []*sendReq
+	if len(c.sendQ) > 0 {
+		if c.liveConnLocked() != nil {
+			c.startFlusherLocked()
+		} else {
+			failed = c.dropUncarriedLocked()
 		}
+	}
+	c.mu.Unlock()
+	finishAll(failed, ErrNotConnected)
+}
+
+// startFlusherLocked takes the writer role for a new flusher goroutine.
+func (c *Client) startFlusherLocked() {
+	if c.finished || !c.bgEnterLocked() {
+		return
+	}
+	c.writing = true
+	goOwn(func() {
+		defer c.bgLeave()
+		c.flush()
+	})
+}
+
+// flush writes the queued messages in order on the current connection, while
+// there is one; it holds the writer role and gives it up when done.
+func (c *Client) flush() {
+	for {
+		c.mu.Lock()
+		conn := c.liveConnLocked()
+		if conn == nil || len(c.sendQ) == 0 {
+			c.writing = false
+			failed := c.dropUncarriedIfIdleLocked(conn)
+			c.mu.Unlock()
+			finishAll(failed, ErrNotConnected)
+			return
+		}
+		r := c.sendQ[0]
+		if r.noReplay && r.conn != conn {
+			c.popLocked()
+			c.mu.Unlock()
+			r.done(ErrNotConnected)
+			continue
+		}
+		c.popLocked()
+		c.mu.Unlock()
+		err := conn.write(r.typ, r.data)
+		if err == errNotSent {
+			// The connection closed (rotation) or died before a byte was
+			// written: back to the head of the line, for the next connection.
+			c.mu.Lock()
+			c.sendQ = slices.Insert(c.sendQ, 0, r)
+			c.mu.Unlock()
+			continue
+		}
+		if !r.userDone {
+			r.done(err)
+			continue
+		}
+		// The user's done func runs without the writer role, so that it may
+		// Send (and become the writer itself).
+		c.mu.Lock()
+		c.writing = false
+		c.mu.Unlock()
+		r.done(err)
+		c.mu.Lock()
+		if c.writing || c.finished {
+			c.mu.Unlock()
+			return // someone else writes now
+		}
+		c.writing = true
+		c.mu.Unlock()
+	}
+}
+
+// popLocked removes the head of the queue.
+func (c *Client) popLocked() {
+	r := c.sendQ[0]
+	c.sendQ[0] = nil
+	c.sendQ = c.sendQ[1:]
+	c.unbufferLocked(r)
+}
+
+// dropUncarriedIfIdleLocked, for a flusher about to stop, takes the messages
+// that cannot wait for a later connection when there is no live one.
+func (c *Client) dropUncarriedIfIdleLocked(conn *Conn) []*sendReq {
+	if conn != nil {
+		return nil
+	}
+	return c.dropUncarriedLocked()
+}
+
+// dropUncarriedLocked removes, with no live connection, the queued messages
+// that must not wait for the next one: all of them without a send buffer,
+// NoReplay messages, and Sends made from callbacks. The caller fails them.
+// Those that stay now wait for a connection and count against the send
+// buffer (not bounded again: they were let in already).
+func (c *Client) dropUncarriedLocked() []*sendReq {
+	var out []*sendReq
+	keep := c.sendQ[:0]
+	for _, r := range c.sendQ {
+		if c.cfg.sendBuffer == nil || r.noReplay || r.own {
+			c.unbufferLocked(r)
+			out = append(out, r)
+			continue
+		}
+		c.bufferLocked(r)
+		keep = append(keep, r)
+	}
+	clear(c.sendQ[len(keep):])
+	c.sendQ = keep
+	return out
+}
+
+// finishAll reports err to every request (outside c.mu).
+func finishAll(rs []*sendReq, err error) {
+	for _, r := range rs {
 		r.done(err)
 	}
 }
+
+// failQueued fails every queued message with err (at shutdown).
+func (c *Client) failQueued(err error) {
+	c.mu.Lock()
+	q := c.sendQ
+	c.sendQ = nil
+	for _, r := range q {
+		c.unbufferLocked(r)
+	}
+	c.mu.Unlock()
+	finishAll(q, err)
+}
+
+// callDone runs a SendAsync done func, recovering a panic.
+func (c *Client) callDone(done func(error), err error) {
+	defer c.recoverCallback("SendAsync done")
+	done(err)
+}
+
+// errNotSent is Conn.write's answer when the connection is closing or gone
+// and nothing of the message was written.
+var errNotSent = errors.New("wspool: not sent")
