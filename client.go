@@ -146,10 +146,10 @@ type Client struct {
 	bg sync.WaitGroup
 
 	// Used by the goroutine running the feed's loop (one at a time).
-	spawn      func(func() error) // starts the feed's next goroutine
-	rp         retryPolicy
-	delivered  chan struct{} // closed when deliverQueued returns (WithQueue)
-	failedRun  int           // consecutive attempts that failed before reaching connected
+	spawn     func(func() error) // starts the feed's next goroutine
+	rp        retryPolicy
+	delivered chan struct{} // closed when deliverQueued returns (WithQueue)
+	failedRun int           // consecutive attempts that failed before reaching connected
 
 	stats clientCounters
 }

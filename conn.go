@@ -28,7 +28,7 @@ type Conn struct {
 	stopping      atomic.Bool // the feed is shutting down: deliver nothing more
 	delivering    atomic.Bool // the reader is held back by the handler
 	closeOnce     sync.Once
-	closeSent     bool // written in closeOnce
+	closeSent     bool                 // written in closeOnce
 	gotData       atomic.Bool          // a data message (not a heartbeat reply) arrived
 	next          atomic.Pointer[Conn] // the replacement after a rotation
 	afterRotation atomic.Bool          // this connection replaced a rotated one
