@@ -23,10 +23,13 @@ type Conn struct {
 	once  sync.Once
 	cause error // why it was torn down; written before dead is closed
 
-	inOnConnect   atomic.Bool // ReadMessage is allowed
-	closing       atomic.Bool // our close frame is being or has been sent
-	stopping      atomic.Bool // the feed is shutting down: deliver nothing more
-	delivering    atomic.Bool // the reader is held back by the handler
+	inOnConnect atomic.Bool // ReadMessage is allowed
+	closing     atomic.Bool // our close frame is being or has been sent
+	stopping    atomic.Bool // the feed is shutting down: deliver nothing more
+	// held counts the reader's passes through user code (IsReply, the
+	// duplicate filter, the handler): odd while one is running, so that any
+	// completed or running pass since a snapshot shows in one load.
+	held          atomic.Uint64
 	closeOnce     sync.Once
 	closeSent     bool                 // written in closeOnce
 	gotData       atomic.Bool          // a data message (not a heartbeat reply) arrived

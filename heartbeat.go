@@ -107,7 +107,7 @@ type heartbeat struct {
 	quantum   time.Duration
 	awaiting  bool // a ping is out; the next ping timer fire is its check
 	snapBytes int64
-	snapMsgs  int64
+	snapHeld  uint64
 	seq       uint64
 	payload   []byte
 	putOff    bool // the last ping was put off: a message was being written
@@ -160,9 +160,11 @@ func (h *heartbeat) stop() {
 }
 
 // heldBack reports whether the reader is, or was since the snapshot, busy
-// with our own handler rather than waiting for the peer.
-func (h *heartbeat) heldBack(snapMsgs int64) bool {
-	return h.cn.delivering.Load() || h.cn.client.stats.msgsIn.Load() != snapMsgs
+// with our own handler (or IsReply, or the duplicate filter) rather than
+// waiting for the peer.
+func (h *heartbeat) heldBack(snapHeld uint64) bool {
+	held := h.cn.held.Load()
+	return held&1 == 1 || held != snapHeld
 }
 
 func (h *heartbeat) onPing() {
@@ -175,7 +177,7 @@ func (h *heartbeat) onPing() {
 	cfg := &cn.client.cfg
 	if h.awaiting {
 		h.awaiting = false
-		if cn.nc.bytesIn.Load() == h.snapBytes && !h.heldBack(h.snapMsgs) {
+		if cn.nc.bytesIn.Load() == h.snapBytes && !h.heldBack(h.snapHeld) {
 			cn.kill(fmt.Errorf("%w (%v)", ErrPongTimeout, cfg.pongTimeout))
 			return
 		}
@@ -186,7 +188,7 @@ func (h *heartbeat) onPing() {
 		return // our close frame is out: the close timeout bounds the rest
 	}
 	h.snapBytes = cn.nc.bytesIn.Load()
-	h.snapMsgs = cn.client.stats.msgsIn.Load()
+	h.snapHeld = cn.held.Load()
 	h.seq++
 	h.payload = strconv.AppendUint(h.payload[:0], h.seq, 10)
 	cn.pingSeq.Store(h.seq)
@@ -244,7 +246,7 @@ func (h *heartbeat) onStale() {
 	}
 	cn := h.cn
 	now := monoNow()
-	if d := cn.client.dataCount(); d != h.lastData || cn.delivering.Load() {
+	if d := cn.client.dataCount(); d != h.lastData || cn.held.Load()&1 == 1 {
 		h.lastData, h.lastDataAt = d, now
 	} else if time.Duration(now-h.lastDataAt) >= cn.client.cfg.staleTimeout {
 		cn.kill(fmt.Errorf("%w (%v)", ErrStaleData, cn.client.cfg.staleTimeout))

@@ -51,7 +51,7 @@ func (c *Client) serve(ctx context.Context, conn *Conn) error {
 		// From here user code may hold the reader back (IsReply, the
 		// duplicate filter, the handler): the liveness checks must not blame
 		// the peer for it.
-		conn.delivering.Store(true)
+		conn.held.Add(1) // odd: held back
 		if isReply != nil && c.isReply(isReply, msg) {
 			c.stats.replies.Add(1)
 			deliver = deliver && !dropReplies
@@ -75,12 +75,9 @@ func (c *Client) serve(ctx context.Context, conn *Conn) error {
 				c.deliver(ctx, msg)
 			}
 		}
-		// Counted before delivering is cleared: the heartbeat reads msgsIn and
-		// delivering as proof that the reader made progress or was held back,
-		// and a check between the two must see one of them.
 		c.stats.bytesIn.Add(int64(len(buf)))
 		c.stats.msgsIn.Add(1)
-		conn.delivering.Store(false)
+		conn.held.Add(1) // even again: a check since the first Add sees a change
 		if cap(buf) > maxKeptReadBuffer {
 			buf = nil // do not pin one huge message's buffer for the life of the feed
 		}
