@@ -1,0 +1,544 @@
+//go:build unix
+
+package natsjs_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/signal"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/wspool/wspool"
+	"github.com/wspool/wspool/cluster/natsjs"
+	"github.com/wspool/wspool/cluster/natsjs/internal/seqfeed"
+)
+
+// The test binary doubles as a collector process: with NATSJS_CHILD=collector
+// in its environment it runs one member until SIGTERM (or until killed).
+func TestMain(m *testing.M) {
+	if os.Getenv("NATSJS_CHILD") == "collector" {
+		os.Exit(collectorMain())
+	}
+	os.Exit(m.Run())
+}
+
+// parseSeq is the sequenced feed's Config.Seq: the message is the number.
+func parseSeq(msg wspool.Message) (uint64, bool) {
+	n, err := strconv.ParseUint(string(msg.Data), 10, 64)
+	return n, err == nil
+}
+
+// resumeFrom is the sequenced feed's Config.Resume: ?from=last+1.
+func resumeFrom(_ natsjs.Feed, u *url.URL, _ http.Header, last uint64) error {
+	q := u.Query()
+	q.Set("from", strconv.FormatUint(last+1, 10))
+	u.RawQuery = q.Encode()
+	return nil
+}
+
+// testConfig is the configuration every member of a test cluster shares.
+type testConfig struct {
+	Name   string        `json:"name"`
+	Shards int           `json:"shards"`
+	Slots  int           `json:"slots"`
+	TTL    time.Duration `json:"ttl"`
+}
+
+func (tc testConfig) config(member string) natsjs.Config {
+	return natsjs.Config{
+		Name: tc.Name, Member: member, Shards: tc.Shards, Slots: tc.Slots, TTL: tc.TTL,
+		Storage: jetstream.MemoryStorage, Seq: parseSeq, Resume: resumeFrom,
+		FeedOptions: func(natsjs.Feed) []wspool.Option {
+			return []wspool.Option{wspool.WithBackoff(20*time.Millisecond, 500*time.Millisecond)}
+		},
+	}
+}
+
+func collectorMain() int {
+	var tc testConfig
+	if err := json.Unmarshal([]byte(os.Getenv("NATSJS_CONFIG")), &tc); err != nil {
+		fmt.Fprintln(os.Stderr, "config:", err)
+		return 2
+	}
+	member := os.Getenv("NATSJS_MEMBER")
+	nc, err := nats.Connect(os.Getenv("NATSJS_URL"), nats.Name(member),
+		nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.ReconnectJitter(0, 0))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "connect:", err)
+		return 2
+	}
+	defer nc.Close()
+	m, err := natsjs.New(nc, tc.config(member))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "new:", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	fmt.Println("READY")
+	err = m.Run(ctx)
+	b, _ := json.Marshal(m.Stats())
+	fmt.Printf("STATS %s\n", b)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "run:", err)
+		return 1
+	}
+	return 0
+}
+
+// envInt reads an integer setting of the tests.
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// feedCount is the number of feeds of the cluster tests: NATSJS_FEEDS, by
+// default 1,000 (the issue's figure).
+func feedCount() int { return envInt("NATSJS_FEEDS", 1000) }
+
+// startNATS starts an embedded JetStream server on loopback.
+func startNATS(t testing.TB) *server.Server {
+	t.Helper()
+	ns, err := server.NewServer(&server.Options{
+		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
+		NoLog: true, NoSigs: true, MaxPayload: 1 << 20,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	t.Cleanup(func() {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	})
+	return ns
+}
+
+// proc is a collector process.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	out  bytes.Buffer
+	done chan struct{}
+}
+
+func (p *proc) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.Write(b)
+}
+
+func (p *proc) output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.String()
+}
+
+// stats returns the Stats line the process printed when it stopped.
+func (p *proc) stats() (natsjs.Stats, bool) {
+	var s natsjs.Stats
+	for _, l := range strings.Split(p.output(), "\n") {
+		if rest, ok := strings.CutPrefix(l, "STATS "); ok {
+			return s, json.Unmarshal([]byte(rest), &s) == nil
+		}
+	}
+	return s, false
+}
+
+// testCluster is a NATS server, a sequenced feed server, registered feeds,
+// collector processes and a watcher of the stream.
+type testCluster struct {
+	t     *testing.T
+	tc    testConfig
+	url   string
+	nc    *nats.Conn
+	admin *natsjs.Member
+	feeds *seqfeed.Server
+	names []string
+	w     *watcher
+	procs map[string]*proc
+}
+
+func newTestCluster(t *testing.T, natsURL string, tc testConfig, nFeeds int, interval time.Duration) *testCluster {
+	t.Helper()
+	c := &testCluster{t: t, tc: tc, url: natsURL, procs: map[string]*proc{}}
+	nc, err := nats.Connect(natsURL, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.nc = nc
+	t.Cleanup(nc.Close)
+	c.admin, err = natsjs.New(nc, tc.config("admin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.feeds, err = seqfeed.Start("", interval)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.feeds.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	fs := make([]natsjs.Feed, nFeeds)
+	for i := range fs {
+		n := fmt.Sprintf("f%04d", i)
+		c.names = append(c.names, n)
+		fs[i] = natsjs.Feed{Name: n, URL: c.feeds.URL(n)}
+	}
+	if err := c.admin.Register(ctx, fs...); err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	c.w = startWatcher(t, js, c.admin, c.names)
+	t.Cleanup(func() {
+		for _, p := range c.procs {
+			p.cmd.Process.Signal(syscall.SIGCONT)
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	return c
+}
+
+// start starts a collector process for member name.
+func (c *testCluster) start(name string) *proc {
+	c.t.Helper()
+	cfg, _ := json.Marshal(c.tc)
+	p := &proc{name: name, done: make(chan struct{})}
+	p.cmd = exec.Command(os.Args[0], "-test.run=^$")
+	p.cmd.Env = append(os.Environ(), "NATSJS_CHILD=collector", "NATSJS_URL="+c.url,
+		"NATSJS_MEMBER="+name, "NATSJS_CONFIG="+string(cfg))
+	p.cmd.Stdout = p
+	p.cmd.Stderr = p
+	if err := p.cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	go func() {
+		p.cmd.Wait()
+		close(p.done)
+	}()
+	c.procs[name] = p
+	return p
+}
+
+// stop sends SIGTERM to a collector and waits for it to exit.
+func (c *testCluster) stop(name string) natsjs.Stats {
+	c.t.Helper()
+	p := c.procs[name]
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		c.t.Fatalf("%s did not stop on SIGTERM:\n%s", name, p.output())
+	}
+	delete(c.procs, name)
+	s, ok := p.stats()
+	if !ok {
+		c.t.Errorf("%s printed no stats:\n%s", name, p.output())
+	}
+	return s
+}
+
+// kill kills a collector with SIGKILL.
+func (c *testCluster) kill(name string) {
+	c.t.Helper()
+	p := c.procs[name]
+	p.cmd.Process.Kill()
+	<-p.done
+	delete(c.procs, name)
+}
+
+// stopAll stops every collector gracefully and returns their stats.
+func (c *testCluster) stopAll() map[string]natsjs.Stats {
+	out := map[string]natsjs.Stats{}
+	names := make([]string, 0, len(c.procs))
+	for n := range c.procs {
+		names = append(names, n)
+	}
+	for _, n := range names {
+		out[n] = c.stop(n)
+	}
+	return out
+}
+
+// dump logs every collector's output (on failure).
+func (c *testCluster) dump() {
+	if !c.t.Failed() {
+		return
+	}
+	for n, p := range c.procs {
+		c.t.Logf("--- %s:\n%s", n, p.output())
+	}
+}
+
+// feedLog is what the watcher saw of one feed.
+type feedLog struct {
+	last       uint64
+	lastAt     time.Time
+	lastMember string
+	count      int
+	dups, ooo  int
+	lost       uint64
+	maxGap     time.Duration // between consecutive stored messages, after gapsFrom
+	// per mark: the member of the last message before it, and the time of
+	// the first message after it from another member
+	before     []string
+	firstAfter []time.Time
+}
+
+// watcher reads the stream with an ordered consumer and checks every feed's
+// numbers: each must be the previous plus one.
+type watcher struct {
+	mu       sync.Mutex
+	feeds    map[string]*feedLog
+	prefix   string
+	marks    []time.Time
+	total    int
+	gapsFrom time.Time
+	cc       jetstream.ConsumeContext
+}
+
+func startWatcher(t *testing.T, js jetstream.JetStream, m *natsjs.Member, names []string) *watcher {
+	t.Helper()
+	w := &watcher{feeds: map[string]*feedLog{}, prefix: m.Subject("")}
+	for _, n := range names {
+		w.feeds[n] = &feedLog{}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cons, err := js.OrderedConsumer(ctx, m.StreamName(), jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.cc, err = cons.Consume(w.on)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.cc.Stop)
+	return w
+}
+
+func (w *watcher) on(msg jetstream.Msg) {
+	md, err := msg.Metadata()
+	if err != nil {
+		return
+	}
+	feed := strings.TrimPrefix(msg.Subject(), w.prefix)
+	seq, _ := strconv.ParseUint(msg.Headers().Get(natsjs.HeaderSeq), 10, 64)
+	member := msg.Headers().Get(natsjs.HeaderMember)
+	at := md.Timestamp
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.total++
+	f := w.feeds[feed]
+	if f == nil {
+		return
+	}
+	f.count++
+	switch {
+	case seq == f.last+1:
+	case seq <= f.last:
+		f.dups++
+		if seq < f.last {
+			f.ooo++
+		}
+	default:
+		f.lost += seq - f.last - 1
+	}
+	if !w.gapsFrom.IsZero() && f.last > 0 && !f.lastAt.Before(w.gapsFrom) {
+		f.maxGap = max(f.maxGap, at.Sub(f.lastAt))
+	}
+	for i, mk := range w.marks {
+		for len(f.before) <= i {
+			f.before = append(f.before, "")
+			f.firstAfter = append(f.firstAfter, time.Time{})
+		}
+		if !at.After(mk) {
+			f.before[i] = member
+		} else if f.firstAfter[i].IsZero() && member != f.before[i] {
+			f.firstAfter[i] = at
+		}
+	}
+	if seq > f.last {
+		f.last = seq
+	}
+	f.lastAt = at
+	f.lastMember = member
+}
+
+// mark records an event time; it returns the mark's index.
+func (w *watcher) mark() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.marks = append(w.marks, time.Now())
+	i := len(w.marks) - 1
+	for _, f := range w.feeds {
+		for len(f.before) <= i {
+			f.before = append(f.before, f.lastMember)
+			f.firstAfter = append(f.firstAfter, time.Time{})
+		}
+	}
+	return i
+}
+
+// measureGapsFrom starts recording the largest gap of each feed from now on.
+func (w *watcher) measureGapsFrom() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.gapsFrom = time.Now()
+}
+
+// waitFlowing waits until every feed has a message stored after since.
+func (w *watcher) waitFlowing(t *testing.T, since time.Time, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		w.mu.Lock()
+		behind := 0
+		var example string
+		for n, f := range w.feeds {
+			if !f.lastAt.After(since) {
+				behind++
+				example = n
+			}
+		}
+		w.mu.Unlock()
+		if behind == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d feeds have no message since %v (e.g. %s)", behind, since.Format("15:04:05.000"), example)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitCaughtUp waits until the watcher has read every message in the stream.
+func (w *watcher) waitCaughtUp(t *testing.T, js jetstream.JetStream, stream string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := int(info.State.Msgs)
+	for {
+		w.mu.Lock()
+		got := w.total
+		w.mu.Unlock()
+		if got >= want {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("watcher read %d of %d messages", got, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// summary is what the watcher found over all feeds.
+type summary struct {
+	messages, dups, ooo int
+	lost                uint64
+	worstGap            time.Duration
+	worstGapFeed        string
+}
+
+func (w *watcher) summary() summary {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var s summary
+	for n, f := range w.feeds {
+		s.messages += f.count
+		s.dups += f.dups
+		s.ooo += f.ooo
+		s.lost += f.lost
+		if f.maxGap > s.worstGap {
+			s.worstGap, s.worstGapFeed = f.maxGap, n
+		}
+	}
+	return s
+}
+
+// moved returns, for mark i, the delays from the mark to the first message
+// from a new member of every feed whose last message before the mark came
+// from one of the members in from, sorted; and how many such feeds had no
+// message after the mark yet.
+func (w *watcher) moved(i int, from ...string) (delays []time.Duration, missing int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	mk := w.marks[i]
+	for _, f := range w.feeds {
+		if len(f.before) <= i || !slices.Contains(from, f.before[i]) {
+			continue
+		}
+		if f.firstAfter[i].IsZero() {
+			missing++
+			continue
+		}
+		delays = append(delays, f.firstAfter[i].Sub(mk))
+	}
+	slices.Sort(delays)
+	return delays, missing
+}
+
+// owners counts the feeds by the member of their last message.
+func (w *watcher) owners() map[string]int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := map[string]int{}
+	for _, f := range w.feeds {
+		out[f.lastMember]++
+	}
+	return out
+}
+
+func pct(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	return d[min(len(d)-1, int(float64(len(d))*p))]
+}
+
+// waitFor polls cond until it holds or the timeout passes.
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (c *testCluster) nc2js() jetstream.JetStream {
+	js, _ := jetstream.New(c.nc)
+	return js
+}
