@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
@@ -63,6 +64,7 @@ func (tc testConfig) config(member string) natsjs.Config {
 	return natsjs.Config{
 		Name: tc.Name, Member: member, Shards: tc.Shards, Slots: tc.Slots, TTL: tc.TTL,
 		Storage: jetstream.MemoryStorage, Seq: parseSeq, Resume: resumeFrom,
+		PoolOptions: []wspool.Option{wspool.WithMaxConcurrentDials(128)},
 		FeedOptions: func(natsjs.Feed) []wspool.Option {
 			return []wspool.Option{wspool.WithBackoff(20*time.Millisecond, 500*time.Millisecond)}
 		},
@@ -77,13 +79,20 @@ func collectorMain() int {
 	}
 	member := os.Getenv("NATSJS_MEMBER")
 	nc, err := nats.Connect(os.Getenv("NATSJS_URL"), nats.Name(member),
-		nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.ReconnectJitter(0, 0))
+		nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.ReconnectJitter(0, 0),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { fmt.Fprintln(os.Stderr, "nats disconnected:", err) }),
+		nats.ReconnectHandler(func(*nats.Conn) { fmt.Fprintln(os.Stderr, "nats reconnected") }),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { fmt.Fprintln(os.Stderr, "nats error:", err) }))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "connect:", err)
 		return 2
 	}
 	defer nc.Close()
-	m, err := natsjs.New(nc, tc.config(member))
+	cfg := tc.config(member)
+	if os.Getenv("NATSJS_LOG") != "" {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	m, err := natsjs.New(nc, cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "new:", err)
 		return 2
@@ -118,10 +127,14 @@ func startNATS(t testing.TB) *server.Server {
 	t.Helper()
 	ns, err := server.NewServer(&server.Options{
 		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
-		NoLog: true, NoSigs: true, MaxPayload: 1 << 20,
+		NoLog: os.Getenv("NATSJS_SERVER_LOG") == "", NoSigs: true, MaxPayload: 1 << 20,
+		LogFile: os.Getenv("NATSJS_SERVER_LOG"),
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if os.Getenv("NATSJS_SERVER_LOG") != "" {
+		ns.ConfigureLogger()
 	}
 	go ns.Start()
 	if !ns.ReadyForConnections(10 * time.Second) {
@@ -288,6 +301,12 @@ func (c *testCluster) dump() {
 		return
 	}
 	for n, p := range c.procs {
+		p.cmd.Process.Signal(syscall.SIGCONT)
+		p.cmd.Process.Signal(syscall.SIGQUIT) // a goroutine dump
+		select {
+		case <-p.done:
+		case <-time.After(5 * time.Second):
+		}
 		c.t.Logf("--- %s:\n%s", n, p.output())
 	}
 }
@@ -301,6 +320,7 @@ type feedLog struct {
 	dups, ooo  int
 	lost       uint64
 	maxGap     time.Duration // between consecutive stored messages, after gapsFrom
+	maxGapAt   time.Time     // when the message after the largest gap was stored
 	// per mark: the member of the last message before it, and the time of
 	// the first message after it from another member
 	before     []string
@@ -317,6 +337,7 @@ type watcher struct {
 	total    int
 	gapsFrom time.Time
 	cc       jetstream.ConsumeContext
+	info     func() string // the stream's state, for failures
 }
 
 func startWatcher(t *testing.T, js jetstream.JetStream, m *natsjs.Member, names []string) *watcher {
@@ -331,7 +352,20 @@ func startWatcher(t *testing.T, js jetstream.JetStream, m *natsjs.Member, names 
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.cc, err = cons.Consume(w.on)
+	w.info = func() string {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s, err := js.Stream(ctx, m.StreamName())
+		if err != nil {
+			return err.Error()
+		}
+		i, err := s.Info(ctx)
+		if err != nil {
+			return err.Error()
+		}
+		return fmt.Sprintf("%d messages, last at %v", i.State.Msgs, i.State.LastTime.Format("15:04:05.000"))
+	}
+	w.cc, err = cons.Consume(w.on, jetstream.PullMaxMessages(20000), jetstream.PullHeartbeat(2*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -367,7 +401,9 @@ func (w *watcher) on(msg jetstream.Msg) {
 		f.lost += seq - f.last - 1
 	}
 	if !w.gapsFrom.IsZero() && f.last > 0 && !f.lastAt.Before(w.gapsFrom) {
-		f.maxGap = max(f.maxGap, at.Sub(f.lastAt))
+		if g := at.Sub(f.lastAt); g > f.maxGap {
+			f.maxGap, f.maxGapAt = g, at
+		}
 	}
 	for i, mk := range w.marks {
 		for len(f.before) <= i {
@@ -407,6 +443,9 @@ func (w *watcher) measureGapsFrom() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.gapsFrom = time.Now()
+	for _, f := range w.feeds {
+		f.maxGap = 0
+	}
 }
 
 // waitFlowing waits until every feed has a message stored after since.
@@ -428,6 +467,12 @@ func (w *watcher) waitFlowing(t *testing.T, since time.Time, timeout time.Durati
 			return
 		}
 		if time.Now().After(deadline) {
+			w.mu.Lock()
+			read := w.total
+			w.mu.Unlock()
+			if w.info != nil {
+				t.Logf("stream: %s; watcher read %d", w.info(), read)
+			}
 			t.Fatalf("%d feeds have no message since %v (e.g. %s)", behind, since.Format("15:04:05.000"), example)
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -468,6 +513,8 @@ type summary struct {
 	lost                uint64
 	worstGap            time.Duration
 	worstGapFeed        string
+	worstGapAt          time.Time
+	gaps                []time.Duration // every feed's largest gap, sorted
 }
 
 func (w *watcher) summary() summary {
@@ -480,9 +527,11 @@ func (w *watcher) summary() summary {
 		s.ooo += f.ooo
 		s.lost += f.lost
 		if f.maxGap > s.worstGap {
-			s.worstGap, s.worstGapFeed = f.maxGap, n
+			s.worstGap, s.worstGapFeed, s.worstGapAt = f.maxGap, n, f.maxGapAt
 		}
+		s.gaps = append(s.gaps, f.maxGap)
 	}
+	slices.Sort(s.gaps)
 	return s
 }
 

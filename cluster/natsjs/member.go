@@ -36,7 +36,10 @@ type Config struct {
 	// Member identifies this member; letters, digits, '-' and '_'. A member
 	// restarted under the same id (a StatefulSet pod) takes its own keys back.
 	Member string
-	// Shards is the number of shards feeds hash to (default 64).
+	// Shards is the number of shards feeds hash to (default 256). More
+	// shards spread feeds more evenly (each member's share varies like a
+	// binomial over Shards) at the cost of one lease renewal per shard and
+	// slot every TTL/4.
 	Shards int
 	// Slots is the number of members that run each shard's feeds at once: 1
 	// (default) for one owner, 2 for a hot standby publishing the same
@@ -95,7 +98,7 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("natsjs: invalid Member %q (letters, digits, '-', '_')", c.Member)
 	}
 	if c.Shards == 0 {
-		c.Shards = 64
+		c.Shards = 256
 	}
 	if c.Slots == 0 {
 		c.Slots = 1

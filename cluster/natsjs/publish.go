@@ -109,7 +109,12 @@ func (fr *feedRun) handle(ctx context.Context, msg wspool.Message) error {
 	wait := 20 * time.Millisecond
 	for {
 		if fr.refused.Load() || !fr.sr.proven(m.mono()) {
+			// Once a message is dropped, none after it may be published
+			// (that would leave a gap): the feed waits to be restarted.
 			st.fencedDrops.Add(1)
+			if fr.refused.CompareAndSwap(false, true) {
+				m.kick()
+			}
 			return nil
 		}
 		nm := &nats.Msg{Subject: fr.subj, Data: msg.Data, Header: nats.Header{}}
@@ -148,9 +153,10 @@ func (fr *feedRun) handle(ctx context.Context, msg wspool.Message) error {
 				return nil
 			}
 			if gerr == nil {
-				fr.refused.Store(true)
 				st.fencedDrops.Add(1)
-				m.kick()
+				if fr.refused.CompareAndSwap(false, true) {
+					m.kick()
+				}
 				return nil
 			}
 			err = gerr

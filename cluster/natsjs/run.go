@@ -31,10 +31,13 @@ type entry struct {
 type shardRun struct {
 	shard, slot int
 	key         string
-	rev         atomic.Uint64 // the fencing token (publishers read it)
+	rev         atomic.Uint64 // the fencing token
 	deadline    atomic.Int64  // member monotonic ns until which the lease is proven
 	stopped     atomic.Bool   // lease lost, fenced or released: publish nothing
-	feeds       map[string]*feedRun
+	releasing   bool          // loop-owned: a hand-over is under way
+
+	mu    sync.Mutex
+	feeds map[string]*feedRun
 }
 
 // proven reports whether the lease may still be acted on.
@@ -42,7 +45,8 @@ func (s *shardRun) proven(now time.Duration) bool {
 	return !s.stopped.Load() && int64(now) < s.deadline.Load()
 }
 
-// run is the state of one Member.Run, owned by its loop goroutine.
+// run is the state of one Member.Run. The loop goroutine owns view,
+// desired, keyNames and held; the renewer goroutine renews what is in renew.
 type run struct {
 	m        *Member
 	pool     *wspool.Pool
@@ -51,9 +55,14 @@ type run struct {
 	keyNames map[string]string // feeds bucket key -> feed name
 	held     map[int]*shardRun
 
-	registered     bool
-	memberDeadline time.Duration
+	mu    sync.Mutex
+	renew map[*shardRun]struct{}
+
+	registered     atomic.Bool
+	memberDeadline atomic.Int64
 	renewEvery     time.Duration
+	released       chan *shardRun // hand-overs done in the background
+	bg             sync.WaitGroup // background feed stops and hand-overs
 }
 
 func (r *run) memberKey() string     { return "m." + r.m.cfg.Member }
@@ -104,50 +113,78 @@ func (m *Member) Run(ctx context.Context) error {
 		m: m, pool: pool,
 		view: map[string]*entry{}, desired: map[string]Feed{}, keyNames: map[string]string{},
 		held:       map[int]*shardRun{},
+		renew:      map[*shardRun]struct{}{},
 		renewEvery: m.cfg.TTL / 4,
+		released:   make(chan *shardRun),
 	}
-	check := m.cfg.TTL / 10
-	ticker := time.NewTicker(check)
-	defer ticker.Stop()
-	r.register(ctx)
-	nextRenew := m.mono() + r.renewEvery
-	// Claim nothing until the member keys of the others had time to arrive
-	// (the initial values of the watcher, and one renewal round).
-	settle := m.mono() + r.renewEvery
-	dirty := false
-	for {
+	// Learn the current members, leases and feeds before claiming anything:
+	// the watchers first deliver every key's current value, then nil.
+	for lDone, fDone := false, false; !lDone || !fDone; {
 		select {
 		case <-ctx.Done():
+			return nil
+		case e, ok := <-lw.Updates():
+			if !ok {
+				return errors.New("natsjs: leases watcher ended")
+			}
+			lDone = lDone || e == nil
+			r.applyLease(e)
+		case e, ok := <-fw.Updates():
+			if !ok {
+				return errors.New("natsjs: feeds watcher ended")
+			}
+			fDone = fDone || e == nil
+			r.applyFeed(e)
+		}
+	}
+	r.register(ctx)
+
+	rctx, rcancel := context.WithCancel(context.Background())
+	renewerDone := make(chan struct{})
+	go func() {
+		defer close(renewerDone)
+		r.renewer(rctx)
+	}()
+	stopRenewer := func() {
+		rcancel()
+		<-renewerDone
+	}
+
+	ticker := time.NewTicker(m.cfg.TTL / 10)
+	defer ticker.Stop()
+	dirty := true
+	for {
+		if dirty && len(lw.Updates()) == 0 && len(fw.Updates()) == 0 {
+			r.reconcile(ctx)
+			dirty = false
+		}
+		select {
+		case <-ctx.Done():
+			stopRenewer()
 			r.shutdown()
 			return nil
 		case e, ok := <-lw.Updates():
 			if !ok {
+				stopRenewer()
 				r.shutdown()
 				return errors.New("natsjs: leases watcher ended")
 			}
 			r.applyLease(e)
-			dirty = true
 		case e, ok := <-fw.Updates():
 			if !ok {
+				stopRenewer()
 				r.shutdown()
 				return errors.New("natsjs: feeds watcher ended")
 			}
 			r.applyFeed(e)
-			dirty = true
+		case sr := <-r.released:
+			r.forget(sr)
 		case <-m.kickCh:
-			r.checkFenced(ctx)
-			dirty = true
+			r.checkStopped(ctx)
 		case <-ticker.C:
-			if m.mono() >= nextRenew {
-				r.renew(ctx)
-				nextRenew = m.mono() + r.renewEvery
-			}
-			dirty = true
+			r.checkStopped(ctx)
 		}
-		if dirty && len(lw.Updates()) == 0 && len(fw.Updates()) == 0 && m.mono() >= settle {
-			r.reconcile(ctx)
-			dirty = false
-		}
+		dirty = true
 	}
 }
 
@@ -160,25 +197,39 @@ func (r *run) register(ctx context.Context) {
 		r.m.log.Warn("natsjs: member key not written", "err", err)
 		return
 	}
-	r.registered = true
-	r.memberDeadline = sent + r.m.cfg.TTL - r.m.cfg.Margin
+	r.memberDeadline.Store(int64(sent + r.m.cfg.TTL - r.m.cfg.Margin))
+	r.registered.Store(true)
 }
 
-// renew renews the member key and every held lease, in parallel, each bounded
-// by the renewal interval.
-func (r *run) renew(ctx context.Context) {
+// renewer renews the member key and every held lease every TTL/4, in
+// parallel, each attempt bounded by that interval. It never waits for feeds,
+// so a busy loop cannot delay a renewal.
+func (r *run) renewer(ctx context.Context) {
+	t := time.NewTicker(r.renewEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		r.renewOnce(ctx)
+	}
+}
+
+func (r *run) renewOnce(ctx context.Context) {
 	m := r.m
+	r.mu.Lock()
+	held := make([]*shardRun, 0, len(r.renew))
+	for sr := range r.renew {
+		if !sr.stopped.Load() {
+			held = append(held, sr)
+		}
+	}
+	r.mu.Unlock()
 	sent := m.mono()
-	type result struct {
-		sr  *shardRun
-		rev uint64
-		err error
-	}
-	held := make([]*shardRun, 0, len(r.held))
-	for _, sr := range r.held {
-		held = append(held, sr)
-	}
-	res := make([]result, len(held))
+	revs := make([]uint64, len(held))
+	errs := make([]error, len(held))
 	var memberErr error
 	var wg sync.WaitGroup
 	cctx, cancel := context.WithTimeout(ctx, r.renewEvery)
@@ -192,44 +243,46 @@ func (r *run) renew(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rev, err := m.leases.Update(cctx, sr.key, []byte(m.cfg.Member), sr.rev.Load())
-			res[i] = result{sr, rev, err}
+			revs[i], errs[i] = m.leases.Update(cctx, sr.key, []byte(m.cfg.Member), sr.rev.Load())
 		}()
 	}
 	wg.Wait()
+	if ctx.Err() != nil {
+		return
+	}
 	now := m.mono()
 	if memberErr == nil {
-		r.registered = true
-		r.memberDeadline = sent + m.cfg.TTL - m.cfg.Margin
-	} else if r.registered && now >= r.memberDeadline {
-		r.registered = false // we drop out of our own view of the live members
+		r.memberDeadline.Store(int64(sent + m.cfg.TTL - m.cfg.Margin))
+		r.registered.Store(true)
+	} else if r.registered.Load() && int64(now) >= r.memberDeadline.Load() {
+		r.registered.Store(false) // we drop out of our own view of the live members
 		m.log.Warn("natsjs: member key not renewed in time", "err", memberErr)
 	}
-	for _, x := range res {
+	kick := false
+	for i, sr := range held {
+		err := errs[i]
 		switch {
-		case x.err == nil:
-			x.sr.rev.Store(x.rev)
-			x.sr.deadline.Store(int64(sent + m.cfg.TTL - m.cfg.Margin))
-			r.see(x.sr.key, m.cfg.Member, x.rev, false)
-		case errors.Is(x.err, jetstream.ErrKeyRevisionMismatch) || errors.Is(x.err, jetstream.ErrKeyNotFound):
-			m.stats.lost.Add(1)
-			m.log.Warn("natsjs: lease lost", "shard", x.sr.shard, "err", x.err)
-			r.drop(x.sr)
-		case now >= time.Duration(x.sr.deadline.Load()):
-			m.stats.fenced.Add(1)
-			m.log.Warn("natsjs: lease not proven in time, fencing", "shard", x.sr.shard, "err", x.err)
-			r.drop(x.sr)
+		case err == nil:
+			sr.rev.Store(revs[i])
+			sr.deadline.Store(int64(sent + m.cfg.TTL - m.cfg.Margin))
+		case errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyNotFound):
+			if sr.stopped.CompareAndSwap(false, true) {
+				m.stats.lost.Add(1)
+				m.log.Warn("natsjs: lease lost", "shard", sr.shard, "err", err)
+				kick = true
+			}
+		case int64(now) >= sr.deadline.Load():
+			if sr.stopped.CompareAndSwap(false, true) {
+				m.stats.fenced.Add(1)
+				m.log.Warn("natsjs: lease not proven in time, fencing", "shard", sr.shard, "err", err)
+				kick = true
+			}
 		default:
-			m.log.Debug("natsjs: renewal failed, will retry", "shard", x.sr.shard, "err", x.err)
+			m.log.Debug("natsjs: renewal failed, will retry", "shard", sr.shard, "err", err)
 		}
 	}
-	// Leases whose deadline passed without any renewal attempt finishing
-	// (they are checked here too, since the loop may have been busy).
-	for _, sr := range r.held {
-		if now >= time.Duration(sr.deadline.Load()) {
-			m.stats.fenced.Add(1)
-			r.drop(sr)
-		}
+	if kick {
+		m.kick()
 	}
 }
 
@@ -256,9 +309,13 @@ func (r *run) applyLease(e jetstream.KeyValueEntry) {
 	// Someone else wrote a lease we hold: it is lost.
 	for _, sr := range r.held {
 		if sr.key == e.Key() && e.Revision() > sr.rev.Load() && (gone || ent.val != r.m.cfg.Member) {
-			r.m.stats.lost.Add(1)
-			r.m.log.Warn("natsjs: lease taken by another member", "shard", sr.shard, "by", ent.val)
-			r.drop(sr)
+			if sr.stopped.CompareAndSwap(false, true) {
+				r.m.stats.lost.Add(1)
+				r.m.log.Warn("natsjs: lease taken by another member", "shard", sr.shard, "by", ent.val)
+			}
+			if !sr.releasing {
+				r.drop(sr)
+			}
 		}
 	}
 }
@@ -275,8 +332,8 @@ func (r *run) applyFeed(e jetstream.KeyValueEntry) {
 		}
 		delete(r.keyNames, key)
 		delete(r.desired, name)
-		if sr := r.held[shardOf(name, r.m.cfg.Shards)]; sr != nil {
-			r.stopFeeds(sr, name)
+		if sr := r.held[shardOf(name, r.m.cfg.Shards)]; sr != nil && !sr.releasing {
+			r.stopFeeds(sr, false, name)
 		}
 		return
 	}
@@ -289,13 +346,16 @@ func (r *run) applyFeed(e jetstream.KeyValueEntry) {
 	r.keyNames[key] = f.Name
 	r.desired[f.Name] = f
 	sr := r.held[shardOf(f.Name, r.m.cfg.Shards)]
-	if sr == nil {
+	if sr == nil || sr.releasing || sr.stopped.Load() {
 		return
 	}
 	if had && old != f {
-		r.stopFeeds(sr, f.Name)
+		r.stopFeeds(sr, true, f.Name)
 	}
-	if _, running := sr.feeds[f.Name]; !running {
+	sr.mu.Lock()
+	_, running := sr.feeds[f.Name]
+	sr.mu.Unlock()
+	if !running {
 		r.startFeed(sr, f)
 	}
 }
@@ -313,11 +373,20 @@ func (r *run) live(now time.Duration) []string {
 		}
 		out = append(out, e.val)
 	}
-	if r.registered && now < r.memberDeadline {
+	if r.registered.Load() && int64(now) < r.memberDeadline.Load() {
 		out = append(out, r.m.cfg.Member)
 	}
 	slices.Sort(out)
 	return slices.Compact(out)
+}
+
+// claimResult is the outcome of one claim attempt.
+type claimResult struct {
+	shard, slot int
+	prev        *entry
+	sent        time.Duration
+	rev         uint64
+	err         error
 }
 
 // reconcile claims the slots this member ranks for and hands over those it
@@ -327,10 +396,9 @@ func (r *run) reconcile(ctx context.Context) {
 	me := m.cfg.Member
 	now := m.mono()
 	live := r.live(now)
+	registered := slices.Contains(live, me)
+	var claims []claimResult
 	for shard := 0; shard < m.cfg.Shards; shard++ {
-		if ctx.Err() != nil {
-			return
-		}
 		top := topN(live, shard, m.cfg.Slots)
 		inTop := slices.Contains(top, me)
 		holders := map[string]bool{}
@@ -348,7 +416,7 @@ func (r *run) reconcile(ctx context.Context) {
 			}
 		}
 		if sr := r.held[shard]; sr != nil {
-			if inTop || !r.registered {
+			if inTop || !registered || sr.releasing {
 				continue
 			}
 			for _, t := range top {
@@ -359,77 +427,99 @@ func (r *run) reconcile(ctx context.Context) {
 			}
 			continue
 		}
-		if orphan >= 0 {
-			if inTop && r.registered {
-				r.claim(ctx, shard, orphan)
-			} else {
-				e := r.view[slotKey(shard, orphan)]
-				cctx, cancel := context.WithTimeout(ctx, r.renewEvery)
-				_ = m.leases.Delete(cctx, slotKey(shard, orphan), jetstream.LastRevision(e.rev))
-				cancel()
-			}
-			continue
+		switch {
+		case orphan >= 0 && inTop && registered:
+			claims = append(claims, claimResult{shard: shard, slot: orphan})
+		case orphan >= 0:
+			rev := r.view[slotKey(shard, orphan)].rev
+			key := slotKey(shard, orphan)
+			r.bg.Add(1)
+			go func() {
+				defer r.bg.Done()
+				cctx, cancel := context.WithTimeout(context.Background(), r.renewEvery)
+				defer cancel()
+				_ = m.leases.Delete(cctx, key, jetstream.LastRevision(rev))
+			}()
+		case inTop && registered && len(free) > 0:
+			// Members that hold no slot yet try different free slots first.
+			claims = append(claims, claimResult{shard: shard, slot: free[0]})
 		}
-		if !inTop || !r.registered {
-			continue
-		}
-		for _, slot := range free {
-			if r.claim(ctx, shard, slot) {
-				break
-			}
-		}
+	}
+	if len(claims) == 0 {
+		return
+	}
+	// Claim in parallel: a takeover of many shards costs one round trip.
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 32)
+	for i := range claims {
+		c := &claims[i]
+		c.prev = r.view[slotKey(c.shard, c.slot)]
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			r.claim(ctx, c)
+		}()
+	}
+	wg.Wait()
+	for i := range claims {
+		r.claimed(&claims[i])
 	}
 }
 
 // claim tries to take a slot lease: Create for a missing or deleted key,
 // Update with the revision last seen for an expired one (so that a renewal
-// that raced us wins).
-func (r *run) claim(ctx context.Context, shard, slot int) bool {
+// that raced us wins). It runs outside the loop and touches no loop state.
+func (r *run) claim(ctx context.Context, c *claimResult) {
 	m := r.m
-	key := slotKey(shard, slot)
-	e := r.view[key]
+	key := slotKey(c.shard, c.slot)
 	cctx, cancel := context.WithTimeout(ctx, r.renewEvery)
 	defer cancel()
-	sent := m.mono()
-	var rev uint64
-	var err error
-	if e == nil || e.gone {
-		rev, err = m.leases.Create(cctx, key, []byte(m.cfg.Member))
-	} else {
-		rev, err = m.leases.Update(cctx, key, []byte(m.cfg.Member), e.rev)
-		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyNotFound) {
-			// Expired on the server, or written meanwhile: Create tells.
-			rev, err = m.leases.Create(cctx, key, []byte(m.cfg.Member))
-		}
+	c.sent = m.mono()
+	if c.prev == nil || c.prev.gone {
+		c.rev, c.err = m.leases.Create(cctx, key, []byte(m.cfg.Member))
+		return
 	}
-	if err != nil {
-		// Learn the key's current state so we do not retry blindly.
-		if g, gerr := m.leases.Get(cctx, key); gerr == nil {
-			r.see(key, string(g.Value()), g.Revision(), false)
-		}
-		m.log.Debug("natsjs: claim failed", "shard", shard, "slot", slot, "err", err)
-		return false
+	c.rev, c.err = m.leases.Update(cctx, key, []byte(m.cfg.Member), c.prev.rev)
+	if errors.Is(c.err, jetstream.ErrKeyRevisionMismatch) || errors.Is(c.err, jetstream.ErrKeyNotFound) {
+		// Expired on the server, or written meanwhile: Create tells.
+		c.rev, c.err = m.leases.Create(cctx, key, []byte(m.cfg.Member))
 	}
-	switch {
+}
+
+// claimed applies a claim's outcome in the loop.
+func (r *run) claimed(c *claimResult) {
+	m := r.m
+	key := slotKey(c.shard, c.slot)
+	if c.err != nil {
+		m.log.Debug("natsjs: claim failed", "shard", c.shard, "slot", c.slot, "err", c.err)
+		return
+	}
+	if r.held[c.shard] != nil {
+		return // cannot happen: one claim per shard at a time
+	}
+	switch e := c.prev; {
 	case e != nil && !e.gone && e.val != m.cfg.Member:
 		m.stats.takeovers.Add(1)
 	case e != nil && e.gone:
 		m.stats.handovers.Add(1)
 	}
 	m.stats.acquired.Add(1)
-	sr := &shardRun{shard: shard, slot: slot, key: key, feeds: map[string]*feedRun{}}
-	sr.rev.Store(rev)
-	sr.deadline.Store(int64(sent + m.cfg.TTL - m.cfg.Margin))
-	r.held[shard] = sr
+	sr := &shardRun{shard: c.shard, slot: c.slot, key: key, feeds: map[string]*feedRun{}}
+	sr.rev.Store(c.rev)
+	sr.deadline.Store(int64(c.sent + m.cfg.TTL - m.cfg.Margin))
+	r.held[c.shard] = sr
+	r.mu.Lock()
+	r.renew[sr] = struct{}{}
+	r.mu.Unlock()
 	m.stats.held.Add(1)
-	r.see(key, m.cfg.Member, rev, false)
-	m.log.Debug("natsjs: lease acquired", "shard", shard, "slot", slot, "rev", rev)
+	r.see(key, m.cfg.Member, c.rev, false)
+	m.log.Debug("natsjs: lease acquired", "shard", c.shard, "slot", c.slot, "rev", c.rev)
 	for _, f := range r.desired {
-		if shardOf(f.Name, m.cfg.Shards) == shard {
+		if shardOf(f.Name, m.cfg.Shards) == c.shard {
 			r.startFeed(sr, f)
 		}
 	}
-	return true
 }
 
 func (r *run) startFeed(sr *shardRun, f Feed) {
@@ -439,6 +529,8 @@ func (r *run) startFeed(sr *shardRun, f Feed) {
 		opts = append(opts, r.m.cfg.FeedOptions(f)...)
 	}
 	opts = append(opts, wspool.WithName(f.Name), wspool.WithRequestFunc(fr.request))
+	sr.mu.Lock()
+	defer sr.mu.Unlock()
 	if _, err := r.pool.Add(f.URL, fr.handle, opts...); err != nil {
 		r.m.log.Error("natsjs: feed not started", "feed", f.Name, "err", err)
 		return
@@ -448,88 +540,130 @@ func (r *run) startFeed(sr *shardRun, f Feed) {
 }
 
 // stopFeeds stops the named feeds of sr (all of them if none are named), in
-// parallel, and waits for them.
-func (r *run) stopFeeds(sr *shardRun, names ...string) {
+// parallel; with wait it returns once they are closed.
+func (r *run) stopFeeds(sr *shardRun, wait bool, names ...string) {
+	sr.mu.Lock()
 	if len(names) == 0 {
 		for n := range sr.feeds {
 			names = append(names, n)
 		}
 	}
-	var wg sync.WaitGroup
+	var stop []string
 	for _, n := range names {
-		if _, ok := sr.feeds[n]; !ok {
-			continue
+		if _, ok := sr.feeds[n]; ok {
+			delete(sr.feeds, n)
+			stop = append(stop, n)
 		}
-		delete(sr.feeds, n)
-		r.m.stats.feeds.Add(-1)
+	}
+	sr.mu.Unlock()
+	r.m.stats.feeds.Add(-int64(len(stop)))
+	var wg sync.WaitGroup
+	for _, n := range stop {
 		wg.Add(1)
+		r.bg.Add(1)
 		go func() {
+			defer r.bg.Done()
 			defer wg.Done()
 			_ = r.pool.Remove(n)
 		}()
 	}
-	wg.Wait()
+	if wait {
+		wg.Wait()
+	}
 }
 
-// drop gives up a lease that is lost or unproven: publishing stops at once,
-// the feeds are stopped, and the key is left alone.
-func (r *run) drop(sr *shardRun) {
-	sr.stopped.Store(true)
-	r.stopFeeds(sr)
+// forget removes a lease from the loop's and the renewer's sets.
+func (r *run) forget(sr *shardRun) {
 	if r.held[sr.shard] == sr {
 		delete(r.held, sr.shard)
 		r.m.stats.held.Add(-1)
 	}
+	r.mu.Lock()
+	delete(r.renew, sr)
+	r.mu.Unlock()
 }
 
-// release hands a lease over: the feeds stop (their last messages are
-// published first), then the key is deleted so the next member claims it now.
-func (r *run) release(sr *shardRun) {
-	r.stopFeeds(sr)
+// drop gives up a lease that is lost or unproven: publishing stops at once,
+// the feeds are stopped in the background, and the key is left alone.
+func (r *run) drop(sr *shardRun) {
 	sr.stopped.Store(true)
+	r.forget(sr)
+	r.stopFeeds(sr, false)
+}
+
+// release hands a lease over in the background: the feeds stop (their last
+// messages are published first), then the key is deleted so that the next
+// member claims it at once. The lease stays renewed meanwhile.
+func (r *run) release(sr *shardRun) {
+	sr.releasing = true
+	r.bg.Add(1)
+	go func() {
+		defer r.bg.Done()
+		r.handOver(sr)
+		r.released <- sr
+	}()
+}
+
+func (r *run) handOver(sr *shardRun) {
+	r.stopFeeds(sr, true)
+	if !sr.stopped.CompareAndSwap(false, true) {
+		return // lost meanwhile: the key is not ours to delete
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), r.renewEvery)
 	defer cancel()
 	if err := r.m.leases.Delete(ctx, sr.key, jetstream.LastRevision(sr.rev.Load())); err != nil {
 		r.m.log.Warn("natsjs: lease not released", "shard", sr.shard, "err", err)
+		return
 	}
-	delete(r.held, sr.shard)
-	r.m.stats.held.Add(-1)
 	r.m.stats.released.Add(1)
 }
 
-// checkFenced handles publishers that the stream refused: if the lease is no
-// longer ours the shard is dropped; if it still is, the refused feeds are
-// restarted from what the stream holds.
-func (r *run) checkFenced(ctx context.Context) {
+// checkStopped drops leases the renewer found lost or unproven, and handles
+// feeds that stopped publishing (fenced by the clock or refused by the
+// stream): if the lease is no longer ours the shard is dropped; if it still
+// is, those feeds restart from what the stream holds.
+func (r *run) checkStopped(ctx context.Context) {
 	for _, sr := range r.held {
+		if sr.releasing {
+			continue
+		}
+		if sr.stopped.Load() {
+			r.drop(sr)
+			continue
+		}
 		var refused []string
+		sr.mu.Lock()
 		for n, fr := range sr.feeds {
 			if fr.refused.Load() {
 				refused = append(refused, n)
 			}
 		}
+		sr.mu.Unlock()
 		if len(refused) == 0 {
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, r.renewEvery)
 		g, err := r.m.leases.Get(cctx, sr.key)
 		cancel()
-		if err == nil && string(g.Value()) == r.m.cfg.Member && g.Revision() == sr.rev.Load() {
-			r.stopFeeds(sr, refused...)
-			for _, n := range refused {
-				if f, ok := r.desired[n]; ok {
-					r.startFeed(sr, f)
-				}
+		if err != nil || string(g.Value()) != r.m.cfg.Member || g.Revision() != sr.rev.Load() {
+			if sr.stopped.CompareAndSwap(false, true) {
+				r.m.stats.lost.Add(1)
 			}
+			r.drop(sr)
 			continue
 		}
-		r.m.stats.lost.Add(1)
-		r.drop(sr)
+		r.stopFeeds(sr, true, refused...)
+		for _, n := range refused {
+			if f, ok := r.desired[n]; ok {
+				r.startFeed(sr, f)
+			}
+		}
 	}
 }
 
 // shutdown hands everything over: the member key goes first (so nobody ranks
-// this member any more), then the feeds stop, then the leases are deleted.
+// this member any more), then each shard's feeds stop and its lease is
+// deleted at once.
 func (r *run) shutdown() {
 	m := r.m
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -537,39 +671,28 @@ func (r *run) shutdown() {
 	_ = m.leases.Delete(ctx, r.memberKey())
 	var wg sync.WaitGroup
 	for _, sr := range r.held {
+		if sr.releasing {
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r.stopFeedsConcurrent(sr)
-		}()
-	}
-	wg.Wait()
-	for _, sr := range r.held {
-		sr.stopped.Store(true)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := m.leases.Delete(ctx, sr.key, jetstream.LastRevision(sr.rev.Load())); err == nil {
-				m.stats.released.Add(1)
+			r.stopFeeds(sr, true)
+			if sr.stopped.CompareAndSwap(false, true) {
+				if err := m.leases.Delete(ctx, sr.key, jetstream.LastRevision(sr.rev.Load())); err == nil {
+					m.stats.released.Add(1)
+				}
 			}
 		}()
 	}
 	wg.Wait()
+	// Hand-overs already under way finish and report to a loop that is gone.
+	go func() {
+		for range r.released {
+		}
+	}()
+	r.bg.Wait()
+	close(r.released)
 	m.stats.held.Store(0)
-	m.stats.feeds.Store(0)
 	r.held = map[int]*shardRun{}
-}
-
-// stopFeedsConcurrent is stopFeeds for use from several goroutines at once
-// (at shutdown, one per shard): it does not touch the counters.
-func (r *run) stopFeedsConcurrent(sr *shardRun) {
-	var wg sync.WaitGroup
-	for n := range sr.feeds {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_ = r.pool.Remove(n)
-		}()
-	}
-	wg.Wait()
 }
