@@ -115,7 +115,7 @@ func (c *Client) Send(ctx context.Context, typ MessageType, data []byte, opts ..
 		return err
 	}
 	c.mu.Lock()
-	if conn := c.liveConnLocked(); conn != nil && !c.writing {
+	if conn := c.liveConnLocked(); conn != nil && !c.writing && len(c.sendQ) == 0 {
 		c.writing = true
 		c.mu.Unlock()
 		if len(opts) == 0 {
@@ -192,7 +192,7 @@ func (c *Client) SendAsync(typ MessageType, data []byte, done func(error), opts 
 func (c *Client) sendBlocking(typ MessageType, data []byte, opts []SendOption) error {
 	var err error
 	c.mu.Lock()
-	if conn := c.liveConnLocked(); conn != nil && !c.writing {
+	if conn := c.liveConnLocked(); conn != nil && !c.writing && len(c.sendQ) == 0 {
 		c.writing = true
 		c.mu.Unlock()
 		var sr sendReq
