@@ -2,19 +2,17 @@ package wspool_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"runtime"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -24,21 +22,69 @@ import (
 	"github.com/wspool/wspool/internal/wstest"
 )
 
-// TestChaosSoak runs a pool of feeds against a sequenced server behind fault
-// proxies that reset, blackhole, delay, throttle, slice, close and refuse at
-// random while the server restarts now and then; then the faults stop, the
-// feeds recover, and the invariants are checked: per-connection order
-// without gap or duplicate, every send reported exactly once and received if
-// it went through a connection that closed gracefully, exact counters, every
-// feed connected again, bounded heap, no goroutine left.
+// The soak's bounds, stated once (see TestChaosSoak).
+const (
+	soakCloseTimeout = time.Second
+	soakWriteTimeout = 2 * time.Second
+	// Every feed is connected again at most this long after the faults end.
+	soakRecoverBound = 15 * time.Second
+	// Every feed delivers a fresh message at most this long after it is
+	// checked (after recovery): a feed that reports Connected has a live reader.
+	soakFreshBound = 10 * time.Second
+	// Pool.Remove (and a Remove from the handler, until the feed is closed)
+	// returns within the close timeout plus this slack: the handler's slowest
+	// step (300 ms), a write being cut off, scheduling on 2 shared cores
+	// under the race detector.
+	soakRemoveSlack = 4 * time.Second
+	// Pool.Run returns within the close timeout plus this slack after its
+	// context ends: every feed closes at once.
+	soakRunSlack = 9 * time.Second
+	// A Send from a handler never waits for a connection: it returns within
+	// the write timeout of the message ahead of it and its own, plus slack.
+	soakHandlerSendBound = 2*soakWriteTimeout + 2*time.Second
+)
+
+// TestChaosSoak is the all-features soak. Each feed runs a combination of
+// options drawn from the seed (drawMix: queue policy with and without
+// DrainBeforeReconnect, send buffer with and without MaxAge, NoReplay sends,
+// blocking or async sends, rotation at a 300 ms-2 s max age with a duplicate
+// filter, app heartbeats with IsReply and DropReplies, the stale watchdog,
+// sends from the handler, a two-step OnConnect login, panics in the handler,
+// Heartbeat.Message and OnStateChange, and Remove + re-Add while running),
+// against a sequenced server behind fault proxies that reset, blackhole,
+// delay, throttle, slice, close and refuse at random while the server
+// restarts now and then. Then the faults stop and the invariants are checked:
 //
-//	WSPOOL_SOAK=60s           duration (default 10s; 3s with -short)
-//	WSPOOL_SOAK_SEED=1234     fault schedule seed (logged; default random)
-//	WSPOOL_SOAK_FEEDS=200     feeds (default 200; 40 with -short)
+//   - no gap or duplicate per connection on lossless feeds (no drop policy),
+//     none across rotations (the duplicate filter), and the feed sequence
+//     never goes back;
+//
+//   - every Send/SendAsync outcome reported exactly once, written sends
+//     received unless a connection they may have used was reset, in order,
+//     NoReplay sends never on a later connection, no Send from a handler
+//     waiting for a connection;
+//
+//   - every feed connected again within soakRecoverBound of the faults
+//     ending, and every feed then delivering a fresh message within
+//     soakFreshBound;
+//
+//   - Pool.Remove within the close timeout + soakRemoveSlack, Pool.Run
+//     within the close timeout + soakRunSlack;
+//
+//   - exact counters: inbound accounting per feed, SendFailed, MessagesOut
+//     (heartbeats bounded by those the server got and those made),
+//     HandlerErrors equal to the errors and panics injected, and OnError
+//     told of each by callback;
+//
+//   - bounded heap, no goroutine left.
+//
+//     WSPOOL_SOAK=60s           duration (default 10s; 3s with -short)
+//     WSPOOL_SOAK_SEED=1234     seed of the option mix and the fault schedule (logged; default random)
+//     WSPOOL_SOAK_FEEDS=200     feeds (default 200; 40 with -short)
 func TestChaosSoak(t *testing.T) {
 	cfg := soakConfigFromEnv(t)
-	raiseFDLimit(t, uint64(cfg.feeds)*8+512)
-	t.Logf("chaos soak: %d feeds, %v, seed %d (WSPOOL_SOAK_SEED=%d reproduces the fault schedule)", cfg.feeds, cfg.dur, cfg.seed, cfg.seed)
+	raiseFDLimit(t, uint64(cfg.feeds)*10+512)
+	t.Logf("chaos soak: %d feeds, %v, seed %d (WSPOOL_SOAK_SEED=%d reproduces the option mix and the fault schedule)", cfg.feeds, cfg.dur, cfg.seed, cfg.seed)
 
 	runtime.GC()
 	var base runtime.MemStats
@@ -48,16 +94,14 @@ func TestChaosSoak(t *testing.T) {
 	defer sampler.stop()
 
 	v := &violations{}
-	// Each connection publishes every 5-20ms and each feed sends every
+	// Each feed's server publishes every 5-20ms and each feed sends every
 	// 20-80ms, stretched beyond 50 feeds so that the total rate stays near
 	// 4000 messages a second in and 1000 out: the race detector on a small,
 	// shared machine must keep up, or liveness (not the invariants) suffers.
 	stretch := time.Duration(max(1, cfg.feeds/50))
-	srv := &seqServer{seed: cfg.seed, conns: map[int64]*seqConn{}, v: v, minGap: 5 * time.Millisecond * stretch, maxGap: 20 * time.Millisecond * stretch}
-	srv.feeds = make([]*serverFeed, cfg.feeds)
-	for i := range srv.feeds {
-		srv.feeds[i] = &serverFeed{}
-	}
+	srv := newSeqServer(cfg.seed, cfg.feeds, 5*time.Millisecond*stretch, 20*time.Millisecond*stretch, v)
+	tickStop, tickDone := make(chan struct{}), make(chan struct{})
+	go func() { defer close(tickDone); srv.runTickers(tickStop) }()
 	ws := newServer(t, srv.handle)
 
 	nProxies := (cfg.feeds + soakFeedsPerProxy - 1) / soakFeedsPerProxy
@@ -71,40 +115,28 @@ func TestChaosSoak(t *testing.T) {
 		wspool.WithPongTimeout(600*time.Millisecond),
 		wspool.WithHandshakeTimeout(time.Second),
 		wspool.WithBackoff(20*time.Millisecond, 500*time.Millisecond),
-		wspool.WithCloseTimeout(time.Second),
-		wspool.WithWriteTimeout(2*time.Second),
-		wspool.WithSendBuffer(wspool.SendBuffer{Messages: 64}),
+		wspool.WithCloseTimeout(soakCloseTimeout),
+		wspool.WithWriteTimeout(soakWriteTimeout),
 	)
 	if err != nil {
 		t.Fatal(err)
 	}
 	sends := &sendTally{}
 	feeds := make([]*soakFeed, cfg.feeds)
+	var churnFeeds []*soakFeed
 	for i := range feeds {
-		f := newSoakFeed(i, cfg.seed, v, sends)
+		url := fmt.Sprintf("ws://%s/feed/%d", proxies[i/soakFeedsPerProxy].Addr(), i)
+		f := newSoakFeed(i, cfg.seed, v, sends, pool, url)
 		f.sendGap = 20 * time.Millisecond * stretch
 		feeds[i] = f
-		opts := []wspool.Option{wspool.WithName(f.name), wspool.WithOnConnect(f.onConnect)}
-		switch f.kind {
-		case kindBlock:
-			opts = append(opts, wspool.WithQueue(wspool.Queue{Messages: 16, Policy: wspool.Block, DrainBeforeReconnect: i%20 == 3}))
-		case kindSmallBlock:
-			opts = append(opts, wspool.WithQueue(wspool.Queue{Messages: 2, Policy: wspool.Block}))
-		case kindDropOldest:
-			opts = append(opts, wspool.WithQueue(wspool.Queue{Messages: 3, Policy: wspool.DropOldest}))
-		case kindDropNewest:
-			opts = append(opts, wspool.WithQueue(wspool.Queue{Messages: 3, Policy: wspool.DropNewest}))
-		}
-		if i%3 == 0 {
-			opts = append(opts, wspool.WithSendBuffer(wspool.SendBuffer{Messages: 32, MaxAge: 1500 * time.Millisecond}))
-		}
-		url := fmt.Sprintf("ws://%s/feed/%d", proxies[i/soakFeedsPerProxy].Addr(), i)
-		c, err := pool.Add(url, f.handle, opts...)
-		if err != nil {
+		if err := f.add(); err != nil {
 			t.Fatal(err)
 		}
-		f.client = c
+		if f.mix.churn {
+			churnFeeds = append(churnFeeds, f)
+		}
 	}
+	t.Logf("option mix: %s", mixSummary(feeds))
 
 	// Teardown in dependency order, whichever way the test ends.
 	poolCtx, cancelPool := context.WithCancel(context.Background())
@@ -120,18 +152,27 @@ func TestChaosSoak(t *testing.T) {
 	chaosStop := make(chan struct{})
 	chaosDone := make(chan struct{})
 	go func() { defer close(chaosDone); chaos.run(chaosStop) }()
+	churn := &churner{feeds: churnFeeds, pool: pool, v: v, rng: rand.New(rand.NewPCG(cfg.seed, 0xc4a2))}
+	churnDone := make(chan struct{})
+	go func() { defer close(churnDone); churn.run(chaosStop) }()
 
 	var poolStopped bool
+	var runReturn time.Duration
 	stopPool := func() {
 		if poolStopped {
 			return
 		}
 		poolStopped = true
+		start := time.Now()
 		cancelPool()
 		select {
 		case err := <-poolErr:
+			runReturn = time.Since(start)
 			if err != nil {
 				t.Errorf("Pool.Run: %v", err)
+			}
+			if runReturn > soakCloseTimeout+soakRunSlack {
+				v.add("Pool.Run returned %v after its context ended, over the bound of %v", runReturn, soakCloseTimeout+soakRunSlack)
 			}
 		case <-time.After(60 * time.Second):
 			t.Errorf("Pool.Run did not return within 60s of cancel (deadlock?):\n%s", allStacks())
@@ -149,42 +190,56 @@ func TestChaosSoak(t *testing.T) {
 			close(chaosStop)
 		}
 		<-chaosDone
+		<-churnDone
 		stopPool()
 		close(senderStop)
 		senders.Wait()
 		ws.Stop() // waits for every connection handler: the server's records are final
+		close(tickStop)
+		<-tickDone
 		for _, p := range proxies {
 			p.Close()
 		}
 	}
 	t.Cleanup(teardown)
 
-	// Chaos, then a quiet recovery phase with every fault cleared.
+	// Chaos, then a quiet phase with every fault cleared.
 	start := time.Now()
 	quiet := max(cfg.dur/4, min(5*time.Second, cfg.dur/2))
 	time.Sleep(cfg.dur - quiet)
 	close(chaosStop)
 	<-chaosDone
-	chaosTime := time.Since(start)
-	time.Sleep(quiet)
+	<-churnDone
+	cleared := time.Now()
+	chaosTime := cleared.Sub(start)
 
 	// Every feed connected again, all at once.
-	waitSoak(t, v, 120*time.Second, func() bool { return pool.Stats().Connected == cfg.feeds }, func() string {
+	waitSoak(t, v, 120*time.Second, func() bool {
+		ps := pool.Stats()
+		return ps.Total == cfg.feeds && ps.Connected == cfg.feeds
+	}, func() string {
 		var b strings.Builder
 		ps := pool.Stats()
 		fmt.Fprintf(&b, "%d of %d feeds connected; %s", ps.Connected, cfg.feeds, soakDiagnostics(t, cfg, proxies, ws))
 		for _, s := range ps.Feeds {
 			if s.State != wspool.StateConnected {
-				fmt.Fprintf(&b, "\n  %s: %v, last error %v", s.Name, s.State, s.LastError)
+				fmt.Fprintf(&b, "\n  %s (%s): %v, last error %v", s.Name, feedByName(feeds, s.Name).mix, s.State, s.LastError)
 			}
 		}
 		return b.String()
 	})
-	recovered := time.Since(start)
-	// ... and delivering on its current connection.
-	waitSoak(t, v, 60*time.Second, func() bool {
+	recovered := time.Since(cleared)
+	if recovered > soakRecoverBound {
+		v.add("all feeds connected %v after the faults ended, over the bound of %v", recovered, soakRecoverBound)
+	}
+	time.Sleep(time.Until(start.Add(cfg.dur)))
+
+	// A feed that reports Connected has a live reader: every feed delivers a
+	// message read after this point.
+	freshFrom := time.Now()
+	waitSoak(t, v, soakFreshBound, func() bool {
 		for _, f := range feeds {
-			if f.lastHandledConn.Load() < f.latestHello() {
+			if f.cur.Load().lastHandledAt.Load() <= freshFrom.UnixNano() {
 				return false
 			}
 		}
@@ -192,59 +247,110 @@ func TestChaosSoak(t *testing.T) {
 	}, func() string {
 		var b strings.Builder
 		for _, f := range feeds {
-			if h := f.latestHello(); f.lastHandledConn.Load() < h {
-				fmt.Fprintf(&b, "\n  %s: nothing delivered from its current connection %d (last from %d)", f.name, h, f.lastHandledConn.Load())
+			if sc := f.cur.Load(); sc.lastHandledAt.Load() <= freshFrom.UnixNano() {
+				s := sc.c.Load().Stats()
+				fmt.Fprintf(&b, "\n  %s (%s): %v, nothing new delivered (connection %d, last error %v)", f.name, f.mix, s.State, f.latestHello(), s.LastError)
 			}
 		}
 		return "feeds not delivering:" + b.String()
 	})
+	fresh := time.Since(freshFrom)
 
-	// With the server paused, what was read is accounted for exactly.
+	// With the server paused, what each feed read is accounted for exactly.
 	srv.paused.Store(true)
 	var blockDiscarded int64
-	var lastSnap string
+	pending := slices.Clone(feeds)
 	waitSoak(t, v, 60*time.Second, func() bool {
-		snap, ok, discarded := inboundAccounting(pool, feeds)
-		stable := ok && snap == lastSnap
-		lastSnap = snap
-		blockDiscarded = discarded
-		if !stable {
-			time.Sleep(50 * time.Millisecond)
+		keep := pending[:0]
+		for _, f := range pending {
+			if problem, discarded := feedAccounting(f); problem != "" {
+				keep = append(keep, f)
+			} else {
+				blockDiscarded += discarded
+			}
 		}
-		return stable
+		pending = keep
+		if len(pending) > 0 {
+			time.Sleep(20 * time.Millisecond)
+		}
+		return len(pending) == 0
 	}, func() string {
-		return "inbound accounting does not balance:\n" + inboundReport(pool, feeds)
+		var b strings.Builder
+		for _, f := range pending {
+			p, _ := feedAccounting(f)
+			fmt.Fprintf(&b, "\n  %s", p)
+		}
+		return "inbound accounting does not balance:" + b.String()
 	})
-	var policyDropped int64
-	for _, st := range pool.Stats().Feeds {
-		policyDropped += st.Dropped
-	}
 	srv.paused.Store(false)
 
 	// Shut down under traffic, then check every send.
 	time.Sleep(100 * time.Millisecond)
 	stopPool()
 	teardown()
-	ps := pool.Stats()
 
 	sendSum := checkSends(feeds, srv, v)
-	var handled, handlerErrs, subs int64
+	rotSum := checkRotations(feeds, srv, v)
+	var tot struct {
+		handled, delivered, sendFailed, handlerErrs, injected, rotations, duplicates, dupPast, policyDropped int64
+		handlerPanics, hbPanics, statePanics, hbSent, clients                                                int64
+		handlerSendMax                                                                                       time.Duration
+	}
 	for _, f := range feeds {
-		handled += f.handled.Load()
-		handlerErrs += f.handlerErrs.Load()
-		subs += f.subsOK.Load()
+		var msgsOut, onConnSends int64
+		for _, sc := range f.clients {
+			s := sc.c.Load().Stats()
+			tot.clients++
+			if s.State != wspool.StateClosed {
+				v.add("%s: a Client in state %v after Pool.Run returned", f.name, s.State)
+			}
+			tot.handled += sc.handled.Load()
+			tot.delivered += s.Delivered
+			tot.sendFailed += s.SendFailed
+			tot.handlerErrs += s.HandlerErrors
+			tot.rotations += s.Rotations
+			tot.duplicates += s.Duplicates
+			tot.policyDropped += s.Dropped
+			msgsOut += s.MessagesOut
+			onConnSends += sc.onConnSends.Load()
+		}
+		he, hp, hbp, sp := f.handlerErrs.Load(), f.handlerPanics.Load(), f.hbPanics.Load(), f.statePanics.Load()
+		tot.injected += he + hp + hbp + sp
+		tot.handlerPanics += hp
+		tot.hbPanics += hbp
+		tot.statePanics += sp
+		tot.dupPast += f.dupPastFilter.Load()
+		tot.handlerSendMax = max(tot.handlerSendMax, time.Duration(f.handlerSendMax.Load()))
+		f.mu.Lock()
+		byCb := maps.Clone(f.onErrors)
+		f.mu.Unlock()
+		if byCb["handler"] != he+hp || byCb["Heartbeat.Message"] != hbp || byCb["OnStateChange"] != sp || len(byCb) > 3 {
+			v.add("%s: OnError got HandlerErrors %v, injected handler %d errors + %d panics, Heartbeat.Message %d panics, OnStateChange %d panics", f.name, byCb, he, hp, hbp, sp)
+		}
+		// Every write counted: the sends written, OnConnect's, and heartbeats
+		// (at least those the server got, at most those made).
+		sf := srv.feeds[f.idx]
+		sf.mu.Lock()
+		hbRecv := sf.hbRecv
+		sf.mu.Unlock()
+		hbMade := f.hbCalls.Load() - hbp
+		tot.hbSent += hbRecv
+		if hb := msgsOut - sendSum.perFeedWritten[f] - onConnSends; hb < hbRecv || hb > hbMade {
+			v.add("%s (%s): Stats.MessagesOut %d - %d sends written - %d OnConnect sends = %d heartbeats written, but the server got %d and %d were made",
+				f.name, f.mix, msgsOut, sendSum.perFeedWritten[f], onConnSends, hb, hbRecv, hbMade)
+		}
 	}
-	if ps.SendFailed != sendSum.failed {
-		v.add("Stats.SendFailed sums to %d, callbacks reported %d failures", ps.SendFailed, sendSum.failed)
+	if tot.sendFailed != sendSum.failed {
+		v.add("Stats.SendFailed sums to %d, callbacks reported %d failures", tot.sendFailed, sendSum.failed)
 	}
-	if ps.MessagesOut != sendSum.written+subs {
-		v.add("Stats.MessagesOut sums to %d, want %d written sends + %d subscriptions = %d", ps.MessagesOut, sendSum.written, subs, sendSum.written+subs)
+	if tot.handlerErrs != tot.injected {
+		v.add("Stats.HandlerErrors sums to %d, %d errors and panics were injected", tot.handlerErrs, tot.injected)
 	}
-	if ps.HandlerErrors != handlerErrs {
-		v.add("Stats.HandlerErrors sums to %d, handlers failed %d times", ps.HandlerErrors, handlerErrs)
+	if tot.delivered != tot.handled {
+		v.add("Stats.Delivered sums to %d, the handlers ran %d times", tot.delivered, tot.handled)
 	}
-	if ps.Closed != cfg.feeds {
-		v.add("%d of %d feeds closed after Pool.Run returned", ps.Closed, cfg.feeds)
+	if tot.handlerSendMax > soakHandlerSendBound {
+		v.add("a Send from a handler took %v, over the bound of %v", tot.handlerSendMax, soakHandlerSendBound)
 	}
 
 	// Nothing left running.
@@ -259,18 +365,107 @@ func TestChaosSoak(t *testing.T) {
 
 	heapPeakMiB := float64(sampler.heapPeak) / (1 << 20)
 	baseMiB := float64(base.HeapAlloc) / (1 << 20)
-	if sampler.heapPeak > base.HeapAlloc+64<<20 {
-		v.add("heap peak %.1f MiB over the bound of %.1f + 64 MiB", heapPeakMiB, baseMiB)
+	if sampler.heapPeak > base.HeapAlloc+96<<20 {
+		v.add("heap peak %.1f MiB over the bound of %.1f + 96 MiB", heapPeakMiB, baseMiB)
 	}
 
-	t.Logf("send outcomes by cause: %s", sends.causes())
-	t.Logf("server: %d connections, %d data messages published; pool: %d attempts; queues dropped %d by policy; Block queues gave up %d read messages when their connection died; faults cleared after %v, all %d connected %v after start",
-		srv.nextConn.Load(), srv.dataSent.Load(), ps.Attempts, policyDropped, blockDiscarded, chaosTime.Round(time.Millisecond), cfg.feeds, recovered.Round(time.Millisecond))
-	t.Logf("SUMMARY chaos soak: feeds=%d duration=%v seed=%d faults={%s} reconnects=%d messages checked=%d sends=%d written=%d failed=%d written-but-lost-with-reset-conn=%d violations=%d heap peak=%.1f MiB (base %.1f MiB) goroutines peak=%d",
-		cfg.feeds, cfg.dur, cfg.seed, chaos.summary(), ps.Connects-int64(cfg.feeds), handled, sendSum.total, sendSum.written, sendSum.failed, sendSum.lostWithReset,
+	ps := pool.Stats()
+	t.Logf("send outcomes by stream (s: sender, h: handler) and cause: %s", sends.causes())
+	t.Logf("server: %d connections, %d data messages published, %d heartbeats answered; pool: %d attempts, %d Clients over the run (%d removes, %d of them from the handler, slowest %v); queues dropped %d (policy and shutdown); Block queues gave up %d read messages when their connection died; faults cleared after %v",
+		srv.nextConn.Load(), srv.dataSent.Load(), tot.hbSent, ps.Attempts, tot.clients, churn.removes, churn.inHandler, churn.slowest.Round(time.Millisecond),
+		tot.policyDropped, blockDiscarded, chaosTime.Round(time.Millisecond))
+	t.Logf("SUMMARY chaos soak: feeds=%d duration=%v seed=%d mix={%s} faults={%s} clients=%d removes=%d(handler %d, max %v) rotations=%d rotation-switches-checked=%d tail-cut=%d dup-filtered=%d dup-past-filter(queued)=%d messages handled=%d sends=%d written=%d failed=%d no-replay=%d written-but-lost-with-reset-conn=%d handler-errors=%d (panics: handler %d, heartbeat %d, state %d) handler-send max=%v recovered=%v fresh=%v run-return=%v violations=%d heap peak=%.1f MiB (base %.1f MiB) goroutines peak=%d",
+		cfg.feeds, cfg.dur, cfg.seed, mixSummary(feeds), chaos.summary(), tot.clients, churn.removes, churn.inHandler, churn.slowest.Round(time.Millisecond),
+		tot.rotations, rotSum.checked, rotSum.tailCut, tot.duplicates, tot.dupPast, tot.handled, sendSum.total, sendSum.written, sendSum.failed, sendSum.noReplay, sendSum.lostWithReset,
+		tot.handlerErrs, tot.handlerPanics, tot.hbPanics, tot.statePanics, tot.handlerSendMax.Round(time.Millisecond),
+		recovered.Round(time.Millisecond), fresh.Round(time.Millisecond), runReturn.Round(time.Millisecond),
 		v.count(), heapPeakMiB, baseMiB, sampler.goroutinePeak)
 	if n := v.count(); n > 0 {
-		t.Errorf("%d invariant violations (seed %d); first ones:\n  %s", n, cfg.seed, strings.Join(v.first(), "\n  "))
+		t.Errorf("%d invariant violations (seed %d: WSPOOL_SOAK_SEED=%d WSPOOL_SOAK=%v WSPOOL_SOAK_FEEDS=%d replays the mix and the fault schedule); first ones:\n  %s",
+			n, cfg.seed, cfg.seed, cfg.dur, cfg.feeds, strings.Join(v.first(), "\n  "))
+	}
+}
+
+func feedByName(feeds []*soakFeed, name string) *soakFeed {
+	for _, f := range feeds {
+		if f.name == name {
+			return f
+		}
+	}
+	return &soakFeed{}
+}
+
+// churner removes and re-adds the churn feeds one at a time until stop: half
+// the time with Pool.Remove from the test's goroutine (which must return
+// within the close timeout plus slack), half the time from the feed's own
+// handler (which must not wait; the feed must then be closed within the same
+// bound), and re-adds the feed as a new Client once the old one is closed.
+type churner struct {
+	feeds     []*soakFeed
+	pool      *wspool.Pool
+	v         *violations
+	rng       *rand.Rand
+	removes   int
+	inHandler int
+	slowest   time.Duration
+}
+
+func (ch *churner) run(stop <-chan struct{}) {
+	if len(ch.feeds) == 0 {
+		return
+	}
+	tm := time.NewTimer(0)
+	defer tm.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-tm.C:
+		}
+		ch.cycle(ch.feeds[ch.rng.IntN(len(ch.feeds))])
+		tm.Reset(time.Duration(200+ch.rng.IntN(400)) * time.Millisecond)
+	}
+}
+
+func (ch *churner) cycle(f *soakFeed) {
+	old := f.cur.Load().c.Load()
+	bound := soakCloseTimeout + soakRemoveSlack
+	inHandler := false
+	if ch.rng.IntN(2) == 0 {
+		f.removeInHandler.Store(1)
+		t := time.NewTimer(2 * time.Second)
+		select {
+		case <-f.removedInHandler:
+			inHandler = true
+		case <-t.C:
+			if !f.removeInHandler.CompareAndSwap(1, 0) {
+				<-f.removedInHandler // the handler took it meanwhile
+				inHandler = true
+			}
+		}
+		t.Stop()
+	}
+	start := time.Now()
+	if inHandler {
+		ch.inHandler++
+		if err := wstest.WaitFor(context.Background(), bound, func() bool { return old.State() == wspool.StateClosed }); err != nil {
+			ch.v.add("%s: removed from its handler, still %v after %v", f.name, old.State(), bound)
+			if err := wstest.WaitFor(context.Background(), time.Minute, func() bool { return old.State() == wspool.StateClosed }); err != nil {
+				ch.v.add("%s: removed from its handler, still %v after a minute:\n%s", f.name, old.State(), allStacks())
+				return
+			}
+		}
+	} else if err := ch.pool.Remove(f.name); err != nil {
+		ch.v.add("%s: Pool.Remove: %v", f.name, err)
+	}
+	d := time.Since(start)
+	ch.removes++
+	ch.slowest = max(ch.slowest, d)
+	if d > bound {
+		ch.v.add("%s (%s): Remove (from the handler: %v) took %v, over the bound of %v", f.name, f.mix, inHandler, d, bound)
+	}
+	if err := f.add(); err != nil {
+		ch.v.add("%s: re-Add: %v", f.name, err)
 	}
 }
 
@@ -408,571 +603,6 @@ func startSoakSampler() *soakSampler {
 func (s *soakSampler) stop() {
 	s.once.Do(func() { close(s.done) })
 	<-s.finished
-}
-
-// ---- the sequenced server ----
-
-// seqServer serves /feed/<n>: it waits for "sub <n>", answers "hello <conn>",
-// then publishes "d <conn> <seq>" (seq 1, 2, ... per connection) every few ms
-// and records every "s <n> <seq>" the client sends, and whether the
-// connection ended with the client's close frame (gracefully).
-type seqServer struct {
-	seed           uint64
-	minGap, maxGap time.Duration
-	v              *violations
-	nextConn       atomic.Int64
-	paused         atomic.Bool
-	dataSent       atomic.Int64
-	feeds          []*serverFeed
-
-	mu    sync.Mutex
-	conns map[int64]*seqConn
-}
-
-type serverFeed struct {
-	mu   sync.Mutex
-	recv []sendRecord
-}
-
-type sendRecord struct{ seq, conn int64 }
-
-type seqConn struct {
-	id       int64
-	feed     int
-	graceful atomic.Bool // the client's close frame arrived: everything it wrote before did too
-}
-
-func (s *seqServer) conn(id int64) *seqConn {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.conns[id]
-}
-
-func (s *seqServer) handle(c *websocket.Conn, r *http.Request) {
-	feed, err := strconv.Atoi(strings.TrimPrefix(r.URL.Path, "/feed/"))
-	if err != nil || feed < 0 || feed >= len(s.feeds) {
-		s.v.add("server: unexpected path %q", r.URL.Path)
-		return
-	}
-	sc := &seqConn{id: s.nextConn.Add(1), feed: feed}
-	s.mu.Lock()
-	s.conns[sc.id] = sc
-	s.mu.Unlock()
-
-	_, msg, err := c.ReadMessage()
-	if err != nil {
-		return
-	}
-	if want := "sub " + strconv.Itoa(feed); string(msg) != want {
-		s.v.add("server: conn %d of feed %d: first message %q, want %q (OnConnect must go first)", sc.id, feed, msg, want)
-		return
-	}
-	if err := c.WriteMessage(websocket.TextMessage, []byte("hello "+strconv.FormatInt(sc.id, 10))); err != nil {
-		return
-	}
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); s.publish(c, sc, done) }()
-	defer func() {
-		close(done)
-		c.NetConn().Close() // unblocks a publisher stuck on a full socket
-		wg.Wait()
-	}()
-
-	sf := s.feeds[feed]
-	var last int64
-	for {
-		_, data, err := c.ReadMessage()
-		if err != nil {
-			// gorilla reports a bare EOF as a CloseError 1006, which no peer sends.
-			var ce *websocket.CloseError
-			if errors.As(err, &ce) && ce.Code != websocket.CloseAbnormalClosure {
-				sc.graceful.Store(true)
-			}
-			return
-		}
-		seq, ok := parseSend(data, feed)
-		if !ok {
-			s.v.add("server: conn %d of feed %d: unexpected message %q", sc.id, feed, data)
-			continue
-		}
-		if seq <= last {
-			s.v.add("server: conn %d of feed %d: send %d arrived after %d", sc.id, feed, seq, last)
-		}
-		last = seq
-		sf.mu.Lock()
-		sf.recv = append(sf.recv, sendRecord{seq: seq, conn: sc.id})
-		sf.mu.Unlock()
-	}
-}
-
-func (s *seqServer) publish(c *websocket.Conn, sc *seqConn, done <-chan struct{}) {
-	rng := rand.New(rand.NewPCG(s.seed, uint64(sc.id)))
-	gap := func() time.Duration { return s.minGap + time.Duration(rng.Int64N(int64(s.maxGap-s.minGap)+1)) }
-	tm := time.NewTimer(gap())
-	defer tm.Stop()
-	prefix := "d " + strconv.FormatInt(sc.id, 10) + " "
-	buf := make([]byte, 0, 32)
-	var seq int64
-	for {
-		select {
-		case <-done:
-			return
-		case <-tm.C:
-		}
-		if !s.paused.Load() {
-			seq++
-			buf = strconv.AppendInt(append(buf[:0], prefix...), seq, 10)
-			if err := c.WriteMessage(websocket.TextMessage, buf); err != nil {
-				return
-			}
-			s.dataSent.Add(1)
-		}
-		tm.Reset(gap())
-	}
-}
-
-func parseSend(data []byte, feed int) (int64, bool) {
-	rest, ok := strings.CutPrefix(string(data), "s "+strconv.Itoa(feed)+" ")
-	if !ok {
-		return 0, false
-	}
-	n, err := strconv.ParseInt(rest, 10, 64)
-	return n, err == nil && n > 0
-}
-
-// ---- the feeds ----
-
-const (
-	kindDirect     = iota // no queue: the handler runs on the reader
-	kindBlock             // WithQueue Block (some with DrainBeforeReconnect)
-	kindSmallBlock        // WithQueue Block, 2 messages, blocking Send
-	kindDropOldest        // WithQueue DropOldest
-	kindDropNewest        // WithQueue DropNewest
-)
-
-var kindNames = []string{"direct", "block", "block-2", "drop-oldest", "drop-newest"}
-
-type soakFeed struct {
-	idx      int
-	name     string
-	kind     int
-	blocking bool          // sends with Send (1s context) instead of SendAsync
-	sendGap  time.Duration // sends go out every 1-4 sendGap
-	seed     uint64
-	v        *violations
-	tally    *sendTally
-	client   *wspool.Client
-
-	// Owned by the handler (never called concurrently with itself).
-	lastConn, lastSeq int64
-	rng               *rand.Rand
-
-	handled         atomic.Int64
-	handlerErrs     atomic.Int64
-	lastHandledConn atomic.Int64
-	hellos          atomic.Int64
-	subsOK          atomic.Int64
-
-	mu         sync.Mutex
-	helloConns []int64 // connections whose OnConnect read the hello, in order
-
-	smu     sync.Mutex
-	reports []uint8 // per send seq-1: how many times its outcome was reported
-	written []bool
-}
-
-func newSoakFeed(i int, seed uint64, v *violations, tally *sendTally) *soakFeed {
-	f := &soakFeed{idx: i, name: fmt.Sprintf("f%03d", i), seed: seed, v: v, tally: tally,
-		rng: rand.New(rand.NewPCG(seed, uint64(i)<<32|1))}
-	switch i % 10 {
-	case 0:
-		f.kind = kindDropOldest
-	case 1:
-		f.kind = kindDropNewest
-	case 2, 3:
-		f.kind = kindBlock
-	case 5:
-		f.kind, f.blocking = kindSmallBlock, true
-	case 4:
-		f.blocking = true
-	}
-	return f
-}
-
-func (f *soakFeed) lossless() bool { return f.kind != kindDropOldest && f.kind != kindDropNewest }
-
-func (f *soakFeed) latestHello() int64 {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if len(f.helloConns) == 0 {
-		return 0
-	}
-	return f.helloConns[len(f.helloConns)-1]
-}
-
-func (f *soakFeed) helloIndex(conn int64) int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	i, ok := slices.BinarySearch(f.helloConns, conn)
-	if !ok {
-		return -1
-	}
-	return i
-}
-
-func (f *soakFeed) onConnect(ctx context.Context, cn *wspool.Conn) error {
-	if err := cn.Send(ctx, wspool.TextMessage, []byte("sub "+strconv.Itoa(f.idx))); err != nil {
-		return err
-	}
-	f.subsOK.Add(1)
-	m, err := cn.ReadMessage(ctx)
-	if err != nil {
-		return err
-	}
-	f.hellos.Add(1)
-	rest, ok := strings.CutPrefix(string(m.Data), "hello ")
-	id, err := strconv.ParseInt(rest, 10, 64)
-	if !ok || err != nil {
-		f.v.add("%s: OnConnect read %q, want hello", f.name, m.Data)
-		return errors.New("no hello")
-	}
-	f.mu.Lock()
-	if n := len(f.helloConns); n > 0 && f.helloConns[n-1] >= id {
-		f.v.add("%s: connection %d after %d", f.name, id, f.helloConns[n-1])
-	}
-	f.helloConns = append(f.helloConns, id)
-	f.mu.Unlock()
-	return nil
-}
-
-var errSoakHandler = errors.New("soak: handler error")
-
-func (f *soakFeed) handle(_ context.Context, m wspool.Message) error {
-	conn, seq, ok := parseData(m.Data)
-	if !ok {
-		f.v.add("%s: unexpected message %q", f.name, m.Data)
-		return nil
-	}
-	switch {
-	case conn < f.lastConn:
-		f.v.add("%s: message %d of connection %d after connection %d", f.name, seq, conn, f.lastConn)
-	case conn == f.lastConn:
-		if f.lossless() && seq != f.lastSeq+1 {
-			f.v.add("%s (%s): connection %d: message %d after %d (gap or duplicate)", f.name, kindNames[f.kind], conn, seq, f.lastSeq)
-		} else if seq <= f.lastSeq {
-			f.v.add("%s (%s): connection %d: message %d after %d (reordered or duplicate)", f.name, kindNames[f.kind], conn, seq, f.lastSeq)
-		}
-	default:
-		if f.lossless() && seq != 1 {
-			f.v.add("%s (%s): connection %d starts at message %d", f.name, kindNames[f.kind], conn, seq)
-		}
-		if f.helloIndex(conn) < 0 {
-			f.v.add("%s: message from connection %d whose OnConnect never completed", f.name, conn)
-		}
-	}
-	if conn >= f.lastConn {
-		f.lastConn, f.lastSeq = conn, seq
-	}
-	f.handled.Add(1)
-	f.lastHandledConn.Store(max(f.lastHandledConn.Load(), conn))
-
-	// Now and then the handler is slow (holding the reader or filling the
-	// queue), fails or panics.
-	r := f.rng.IntN(10000)
-	switch {
-	case r < 3:
-		f.handlerErrs.Add(1)
-		panic("soak: handler panic")
-	case r < 10:
-		f.handlerErrs.Add(1)
-		return errSoakHandler
-	}
-	slowOdds := 500
-	if f.kind != kindDirect {
-		slowOdds = 150
-	}
-	if f.rng.IntN(slowOdds) == 0 {
-		time.Sleep(time.Duration(50+f.rng.IntN(250)) * time.Millisecond)
-	}
-	return nil
-}
-
-func parseData(data []byte) (conn, seq int64, ok bool) {
-	rest, ok := strings.CutPrefix(string(data), "d ")
-	if !ok {
-		return 0, 0, false
-	}
-	a, b, ok := strings.Cut(rest, " ")
-	if !ok {
-		return 0, 0, false
-	}
-	conn, err1 := strconv.ParseInt(a, 10, 64)
-	seq, err2 := strconv.ParseInt(b, 10, 64)
-	return conn, seq, err1 == nil && err2 == nil && conn > 0 && seq > 0
-}
-
-// sendLoop sends "s <feed> <seq>" every 1-4 sendGap until stop, recording outcomes.
-func (f *soakFeed) sendLoop(stop <-chan struct{}) {
-	rng := rand.New(rand.NewPCG(f.seed, uint64(f.idx)<<32|2))
-	jitter := func() time.Duration { return f.sendGap + time.Duration(rng.Int64N(int64(3*f.sendGap)+1)) }
-	tm := time.NewTimer(jitter())
-	defer tm.Stop()
-	for seq := int64(1); ; seq++ {
-		select {
-		case <-stop:
-			return
-		case <-tm.C:
-		}
-		data := []byte("s " + strconv.Itoa(f.idx) + " " + strconv.FormatInt(seq, 10))
-		f.smu.Lock()
-		f.reports = append(f.reports, 0)
-		f.written = append(f.written, false)
-		f.smu.Unlock()
-		if f.blocking {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			err := f.client.Send(ctx, wspool.TextMessage, data)
-			cancel()
-			f.report(seq, err)
-		} else {
-			f.client.SendAsync(wspool.TextMessage, data, func(err error) { f.report(seq, err) })
-		}
-		tm.Reset(jitter())
-	}
-}
-
-func (f *soakFeed) report(seq int64, err error) {
-	f.smu.Lock()
-	f.reports[seq-1]++
-	n := f.reports[seq-1]
-	if err == nil {
-		f.written[seq-1] = true
-	}
-	f.smu.Unlock()
-	if n > 1 {
-		f.v.add("%s: send %d reported %d times (now %v)", f.name, seq, n, err)
-	}
-	f.tally.add(err)
-}
-
-// sendTally counts send outcomes by cause.
-type sendTally struct {
-	mu sync.Mutex
-	m  map[string]int
-}
-
-func (s *sendTally) add(err error) {
-	cause := "written"
-	switch {
-	case err == nil:
-	case errors.Is(err, wspool.ErrSendBufferFull):
-		cause = "buffer-full"
-	case errors.Is(err, wspool.ErrSendExpired):
-		cause = "expired"
-	case errors.Is(err, wspool.ErrNotConnected):
-		cause = "not-connected"
-	case errors.Is(err, wspool.ErrClosed):
-		cause = "closed"
-	case errors.Is(err, context.DeadlineExceeded):
-		cause = "ctx-deadline"
-	default:
-		cause = "write-error"
-	}
-	s.mu.Lock()
-	if s.m == nil {
-		s.m = map[string]int{}
-	}
-	s.m[cause]++
-	s.mu.Unlock()
-}
-
-func (s *sendTally) causes() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return formatCounts(s.m)
-}
-
-func formatCounts(m map[string]int) string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	parts := make([]string, len(keys))
-	for i, k := range keys {
-		parts[i] = fmt.Sprintf("%s:%d", k, m[k])
-	}
-	return strings.Join(parts, " ")
-}
-
-// inboundAccounting checks, at a quiet moment, that every message read was
-// delivered (direct feeds), delivered or dropped (drop policies), or delivered
-// or given up with a dead connection (Block: counted for the log). snap
-// identifies the counters so that the caller can wait for them to settle.
-func inboundAccounting(pool *wspool.Pool, feeds []*soakFeed) (snap string, ok bool, blockDiscarded int64) {
-	ps := pool.Stats()
-	byName := map[string]wspool.Stats{}
-	for _, s := range ps.Feeds {
-		byName[s.Name] = s
-	}
-	var b strings.Builder
-	ok = true
-	for _, f := range feeds {
-		s := byName[f.name]
-		read := s.MessagesIn - f.hellos.Load()
-		fmt.Fprintf(&b, "%d/%d/%d/%d;", read, s.Delivered, s.Dropped, s.QueueDepth)
-		if s.QueueDepth != 0 || s.Delivered != f.handled.Load() {
-			ok = false
-			continue
-		}
-		switch f.kind {
-		case kindDirect:
-			ok = ok && read == s.Delivered && s.Dropped == 0
-		case kindBlock, kindSmallBlock:
-			// Block never drops by policy, but a message read while the queue was
-			// full is given up when the connection dies under it (tail loss).
-			ok = ok && read >= s.Delivered+s.Dropped
-			blockDiscarded += read - s.Delivered
-		default:
-			ok = ok && read == s.Delivered+s.Dropped
-		}
-	}
-	return b.String(), ok, blockDiscarded
-}
-
-func inboundReport(pool *wspool.Pool, feeds []*soakFeed) string {
-	ps := pool.Stats()
-	byName := map[string]*soakFeed{}
-	for _, f := range feeds {
-		byName[f.name] = f
-	}
-	var b strings.Builder
-	for _, s := range ps.Feeds {
-		f := byName[s.Name]
-		read := s.MessagesIn - f.hellos.Load()
-		bad := s.QueueDepth != 0 || s.Delivered != f.handled.Load()
-		switch f.kind {
-		case kindDirect:
-			bad = bad || read != s.Delivered || s.Dropped != 0
-		case kindBlock, kindSmallBlock:
-			bad = bad || read < s.Delivered+s.Dropped
-		default:
-			bad = bad || read != s.Delivered+s.Dropped
-		}
-		if bad {
-			fmt.Fprintf(&b, "  %s (%s, %v): read %d (in %d - %d hellos), delivered %d, handled %d, dropped %d, queued %d\n",
-				s.Name, kindNames[f.kind], s.State, read, s.MessagesIn, f.hellos.Load(), s.Delivered, f.handled.Load(), s.Dropped, s.QueueDepth)
-		}
-	}
-	return b.String()
-}
-
-type sendSummary struct {
-	total, written, failed, lostWithReset int64
-}
-
-// checkSends matches the feeds' send outcomes against what the server
-// received. Sends of a feed are written in order and its connections follow
-// one another, so a written send the server never got was written on one of
-// the connections between the last earlier send received and the next later
-// one received; if every such connection ended gracefully (the server read the
-// client's close frame, after every byte written before it), the send was
-// lost: a violation. Otherwise a reset may have lost it in flight: counted.
-func checkSends(feeds []*soakFeed, srv *seqServer, v *violations) sendSummary {
-	var sum sendSummary
-	for _, f := range feeds {
-		f.smu.Lock()
-		reports, written := slices.Clone(f.reports), slices.Clone(f.written)
-		f.smu.Unlock()
-		f.mu.Lock()
-		conns := slices.Clone(f.helloConns)
-		f.mu.Unlock()
-		pos := make(map[int64]int, len(conns))
-		for i, c := range conns {
-			pos[c] = i
-		}
-		sf := srv.feeds[f.idx]
-		sf.mu.Lock()
-		recv := slices.Clone(sf.recv)
-		sf.mu.Unlock()
-
-		got := make(map[int64]int64, len(recv)) // seq -> conn
-		for _, r := range recv {
-			if prev, dup := got[r.seq]; dup {
-				v.add("%s: send %d received twice (connections %d and %d)", f.name, r.seq, prev, r.conn)
-				continue
-			}
-			got[r.seq] = r.conn
-			if r.seq > int64(len(reports)) {
-				v.add("%s: server received send %d that was never made", f.name, r.seq)
-				continue
-			}
-			if _, ok := pos[r.conn]; !ok {
-				v.add("%s: send %d received on connection %d whose OnConnect never completed", f.name, r.seq, r.conn)
-			}
-			if !written[r.seq-1] {
-				v.add("%s: send %d received by the server but reported failed (reports %d)", f.name, r.seq, reports[r.seq-1])
-			}
-		}
-		// Received sends in seq order must use connections in order.
-		seqs := make([]int64, 0, len(got))
-		for s := range got {
-			seqs = append(seqs, s)
-		}
-		slices.Sort(seqs)
-		for i := 1; i < len(seqs); i++ {
-			if pos[got[seqs[i]]] < pos[got[seqs[i-1]]] {
-				v.add("%s: send %d went out on connection %d, before send %d on connection %d", f.name, seqs[i], got[seqs[i]], seqs[i-1], got[seqs[i-1]])
-			}
-		}
-		for i, n := range reports {
-			seq := int64(i + 1)
-			sum.total++
-			switch {
-			case n == 0:
-				v.add("%s: send %d never reported", f.name, seq)
-				continue
-			case !written[i]:
-				sum.failed++
-				continue
-			}
-			sum.written++
-			if _, ok := got[seq]; ok {
-				continue
-			}
-			// Bracket by the nearest received sends.
-			lo, hi := 0, len(conns)-1
-			k, _ := slices.BinarySearch(seqs, seq)
-			if k > 0 {
-				lo = pos[got[seqs[k-1]]]
-			}
-			if k < len(seqs) {
-				hi = pos[got[seqs[k]]] - 1
-			}
-			if hi < lo && k == len(seqs) {
-				v.add("%s: send %d reported written, but the feed never completed a connection", f.name, seq)
-				continue
-			}
-			if hi < lo {
-				// It would have to precede a later send on the same connection.
-				v.add("%s: send %d reported written but never received, though send %d after it arrived on connection %d (a gap)", f.name, seq, seqs[k], got[seqs[k]])
-				continue
-			}
-			lossy := false
-			for j := lo; j <= hi; j++ {
-				if sc := srv.conn(conns[j]); sc == nil || !sc.graceful.Load() {
-					lossy = true
-				}
-			}
-			if lossy {
-				sum.lostWithReset++
-			} else {
-				v.add("%s: send %d reported written but never received; it went out on connection(s) %v, all closed gracefully", f.name, seq, conns[lo:hi+1])
-			}
-		}
-	}
-	return sum
 }
 
 // ---- the fault injector ----
