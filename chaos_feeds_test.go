@@ -602,8 +602,7 @@ func (f *soakFeed) onError(_ string, err error) {
 }
 
 func (f *soakFeed) onStateChange(wspool.StateChange) {
-	// Runs on the feed's goroutines (one at a time): a shared rng would race
-	// with nothing, but keep it apart from the handler's.
+	// Runs on the feed's goroutines (not the handler's rng's owner).
 	if rand.IntN(30) == 0 {
 		f.statePanics.Add(1)
 		panic("soak: OnStateChange panic")
@@ -739,7 +738,7 @@ func (f *soakFeed) handlerSend(ctx context.Context, sc *soakClient) {
 		return
 	}
 	f.hsendSeq++
-	seq := f.hsend.begin(f.hsendSeq, false, 0)
+	seq := f.hsend.begin(f.hsendSeq, false)
 	data := []byte("h " + strconv.Itoa(f.idx) + " " + strconv.FormatInt(seq, 10))
 	if f.rng.IntN(2) == 0 {
 		c.SendAsync(wspool.TextMessage, data, func(err error) { f.hsend.report(f, seq, err) })
@@ -781,7 +780,7 @@ func (f *soakFeed) sendLoop(stop <-chan struct{}) {
 			continue
 		}
 		noReplay := f.mix.noReplay && rng.IntN(4) == 0
-		f.send.begin(seq, noReplay, f.latestHello())
+		f.send.begin(seq, noReplay)
 		data := []byte("s " + strconv.Itoa(f.idx) + " " + strconv.FormatInt(seq, 10))
 		var opts []wspool.SendOption
 		if noReplay {
@@ -795,6 +794,9 @@ func (f *soakFeed) sendLoop(stop <-chan struct{}) {
 		} else {
 			c.SendAsync(wspool.TextMessage, data, func(err error) { f.send.report(f, seq, err) }, opts...)
 		}
+		// A NoReplay send goes out during the call (on the connection up
+		// then) or fails: never on a connection made after the call returned.
+		f.send.callReturned(seq, f.latestHello())
 		tm.Reset(jitter())
 	}
 }
@@ -806,11 +808,10 @@ type sendStream struct {
 	reports     []uint8 // per seq-1: how many times its outcome was reported
 	written     []bool
 	noReplay    []bool
-	helloAtCall []int64 // NoReplay: the latest connection when it was sent
-	causes      map[string]int
+	helloAtCall []int64 // the latest connection when Send or SendAsync returned
 }
 
-func (s *sendStream) begin(seq int64, noReplay bool, hello int64) int64 {
+func (s *sendStream) begin(seq int64, noReplay bool) int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if int64(len(s.reports)) != seq-1 {
@@ -819,8 +820,14 @@ func (s *sendStream) begin(seq int64, noReplay bool, hello int64) int64 {
 	s.reports = append(s.reports, 0)
 	s.written = append(s.written, false)
 	s.noReplay = append(s.noReplay, noReplay)
-	s.helloAtCall = append(s.helloAtCall, hello)
+	s.helloAtCall = append(s.helloAtCall, 0)
 	return seq
+}
+
+func (s *sendStream) callReturned(seq, hello int64) {
+	s.mu.Lock()
+	s.helloAtCall[seq-1] = hello
+	s.mu.Unlock()
 }
 
 func (s *sendStream) report(f *soakFeed, seq int64, err error) {
@@ -979,7 +986,7 @@ func checkSends(feeds []*soakFeed, srv *seqServer, v *violations) sendSummary {
 					v.add("%s: send %d received by the server but reported failed (reports %d)", name, r.seq, reports[r.seq-1])
 				}
 				if noReplay[r.seq-1] && r.conn > helloAt[r.seq-1] {
-					v.add("%s: NoReplay send %d went out on connection %d, made after it was sent (latest then %d)", name, r.seq, r.conn, helloAt[r.seq-1])
+					v.add("%s: NoReplay send %d went out on connection %d, made after the call returned (latest then %d)", name, r.seq, r.conn, helloAt[r.seq-1])
 				}
 			}
 			// Received sends in seq order must use connections in order.
