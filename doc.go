@@ -81,33 +81,53 @@
 //
 // # Sending
 //
-// Client.Send is safe from any goroutine; writes are serialized, and each is
-// bounded by the write timeout. While the feed is not connected, Send fails at
-// once with [ErrNotConnected], or, with WithSendBuffer, waits in a bounded
-// buffer that is flushed in order on the next connection after OnConnect.
-// Client.SendAsync reports the outcome through a callback. Every message is
-// either written to the socket or reported failed, exactly once; a message
-// marked [NoReplay] is never carried over to a later connection.
+// Client.Send is safe from any goroutine. One writer at a time writes a
+// feed's messages, in the order Send and SendAsync were called, each write
+// bounded by the write timeout. While the feed is not connected, Send fails
+// at once with [ErrNotConnected], or, with WithSendBuffer, waits in a bounded
+// buffer that is written in order on the next connection, after OnConnect and
+// before any later message (by a goroutine of the library, while the new
+// connection is already being read). Client.SendAsync reports the outcome
+// through a callback. Every message is either written to the socket or
+// reported failed, exactly once; a message marked [NoReplay] is never
+// carried over to a later connection. A send that races a reconnect or a
+// rotation goes out once: on the old connection before its close frame, or
+// on the new one, still in order. A connected feed never holds buffered
+// messages that nothing will write.
 //
 // # Rotation
 //
 // WithMaxConnectionAge replaces a connection before an upstream's age limit
 // cuts it: the new connection is dialled and subscribed while the old one
-// keeps delivering, then the old one is closed and drained. WithDuplicateFilter
-// drops messages the overlap delivered twice.
+// keeps delivering, then Send switches to the new one, the old one is closed
+// and drained to its end, and delivery goes on from the new one.
+// WithDuplicateFilter drops messages the overlap delivered twice.
 //
-// # Concurrency
+// # Concurrency and callbacks
 //
 // Every exported method of Pool and Client is safe for concurrent use.
-// Callbacks (OnStateChange, OnError, OnConnect, the handler) are called
-// outside the library's locks, on the feed's own goroutine (the handler on the
-// queue's goroutine with WithQueue), so they delay only their own feed and
-// should not block. They may call SendAsync, Stats and State, and the handler
-// may call Send. A state callback should not call a blocking Send with a send
-// buffer (the buffer is flushed by the goroutine running the callback: Send
-// would wait until its context ends); use SendAsync. No callback may call
-// Close or Pool.Remove on its own feed, which waits for the very goroutine
-// running the callback; start a goroutine for that.
+// Callbacks (the handler, OnConnect, OnStateChange, OnError, SendAsync's done
+// func, the duplicate filter, Heartbeat.Message and IsReply, the request and
+// permanent funcs) are called outside the library's locks, on goroutines of
+// the feed (the handler on the queue's goroutine with WithQueue), so they
+// delay only their own feed and should not block. Every callback may call
+// every exported method of its Client and Pool without deadlock:
+//
+//   - Close, Pool.Remove and Pool.Close, called from inside a callback (of any
+//     feed), start the shutdown and return without waiting for it, since the
+//     shutdown waits for that callback to return; Run and Pool.Run return
+//     once everything has stopped. Called from anywhere else they wait.
+//   - Send from inside a callback may wait for the messages ahead of it, but
+//     never for a connection (the reconnect may need the very goroutine that
+//     runs the callback): while the feed is not connected it fails at once
+//     with an error wrapping [ErrNotConnected], even with WithSendBuffer.
+//     SendAsync buffers from anywhere.
+//   - Run and Pool.Run report ErrAlreadyRunning; Stats, State and Add work as
+//     anywhere.
+//
+// A panic in any callback is recovered and reported as a [HandlerError]
+// whose Callback field names it (WithOnError, the logger, Stats.HandlerErrors);
+// the feed goes on (a panicking OnConnect or request func fails that attempt).
 //
 // # Resources
 //

@@ -257,11 +257,14 @@ func (d dialLimiter) release() {
 }
 
 // wakeHub wakes a pool's feeds that are waiting out a backoff after failed
-// attempts to a host as soon as another feed has reached that host again: a
-// server back from an outage is used at once, at the pace the dial cap allows,
-// instead of after each feed's remaining backoff. Feeds that were connected
-// and then dropped (a server that kicks) and feeds told to wait by
-// Retry-After are not woken.
+// attempts to a host as soon as another feed that had failed to reach that
+// host has reached it again: a server back from an outage is used at once
+// (each woken feed after a random delay of up to the initial backoff, at the
+// pace the dial cap allows) instead of after each feed's remaining backoff.
+// The key is the host actually dialled (after the request func). A feed that
+// connects without having failed first (a routine reconnect) wakes nobody;
+// feeds that were connected and then dropped (a server that kicks) and feeds
+// told to wait by Retry-After are never woken.
 type wakeHub struct {
 	mu      sync.Mutex
 	waiters map[string]map[*Client]chan struct{}
