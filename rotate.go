@@ -30,11 +30,10 @@ func WithMaxConnectionAge(d time.Duration) Option {
 // first messages of the new connection: each message for which it returns
 // true is dropped as a duplicate of one the old connection delivered, until it
 // first returns false. Typically it compares a sequence number with the last
-// one the reader passed on. It runs on the feed's reader, before the queue:
-// with WithQueue the handler lags behind the reader, so compare with the last
-// sequence the filter itself saw (keep it in the filter, which is called for
-// every message after a rotation until it first returns false), not with what
-// the handler has handled.
+// one the handler saw. It runs on the feed's reader, before the queue: with
+// WithQueue the handler lags behind the reader, so a filter that compares
+// with what the handler has handled lets some duplicates through to the
+// handler, which must then drop them itself.
 func WithDuplicateFilter(isDup func(Message) bool) Option {
 	return func(c *config) { c.dupFilter = isDup }
 }
