@@ -58,12 +58,14 @@ type testConfig struct {
 	Shards int           `json:"shards"`
 	Slots  int           `json:"slots"`
 	TTL    time.Duration `json:"ttl"`
+	// Replicas of the buckets and the stream (3 on a NATS cluster).
+	Replicas int `json:"replicas"`
 }
 
 func (tc testConfig) config(member string) natsjs.Config {
 	return natsjs.Config{
 		Name: tc.Name, Member: member, Shards: tc.Shards, Slots: tc.Slots, TTL: tc.TTL,
-		Storage: jetstream.MemoryStorage, Seq: parseSeq, Resume: resumeFrom,
+		Replicas: tc.Replicas, Storage: jetstream.MemoryStorage, Seq: parseSeq, Resume: resumeFrom,
 		PoolOptions: []wspool.Option{wspool.WithMaxConcurrentDials(128)},
 		FeedOptions: func(natsjs.Feed) []wspool.Option {
 			return []wspool.Option{wspool.WithBackoff(20*time.Millisecond, 500*time.Millisecond)}
