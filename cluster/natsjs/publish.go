@@ -108,6 +108,9 @@ func (fr *feedRun) handle(ctx context.Context, msg wspool.Message) error {
 	}
 	wait := 20 * time.Millisecond
 	for {
+		if fr.sr.handing.Load() {
+			return nil // handed over: the next owner resumes from the stream
+		}
 		if fr.refused.Load() || !fr.sr.proven(m.mono()) {
 			// Once a message is dropped, none after it may be published
 			// (that would leave a gap): the feed waits to be restarted.

@@ -34,6 +34,7 @@ type shardRun struct {
 	rev         atomic.Uint64 // the fencing token
 	deadline    atomic.Int64  // member monotonic ns until which the lease is proven
 	stopped     atomic.Bool   // lease lost, fenced or released: publish nothing
+	handing     atomic.Bool   // being handed over: messages are left to the next owner
 	releasing   bool          // loop-owned: a hand-over is under way
 
 	mu    sync.Mutex
@@ -605,17 +606,41 @@ func (r *run) release(sr *shardRun) {
 }
 
 func (r *run) handOver(sr *shardRun) {
-	r.stopFeeds(sr, true)
-	if !sr.stopped.CompareAndSwap(false, true) {
+	if !r.quiesce(sr) {
 		return // lost meanwhile: the key is not ours to delete
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), r.renewEvery)
 	defer cancel()
-	if err := r.m.leases.Delete(ctx, sr.key, jetstream.LastRevision(sr.rev.Load())); err != nil {
+	err := r.m.leases.Delete(ctx, sr.key, jetstream.LastRevision(sr.rev.Load()))
+	r.stopFeeds(sr, true)
+	if err != nil {
 		r.m.log.Warn("natsjs: lease not released", "shard", sr.shard, "err", err)
 		return
 	}
 	r.m.stats.released.Add(1)
+}
+
+// quiesce stops sr's publishing for a hand-over: no publish starts from now
+// on (the next owner resumes from the stream), and it returns once the
+// publishes under way have finished, so that the lease can be deleted before
+// the feeds' close handshakes. It reports false if the lease was lost
+// meanwhile.
+func (r *run) quiesce(sr *shardRun) bool {
+	sr.handing.Store(true)
+	if !sr.stopped.CompareAndSwap(false, true) {
+		return false
+	}
+	sr.mu.Lock()
+	frs := make([]*feedRun, 0, len(sr.feeds))
+	for _, fr := range sr.feeds {
+		frs = append(frs, fr)
+	}
+	sr.mu.Unlock()
+	for _, fr := range frs {
+		fr.mu.Lock()
+		fr.mu.Unlock() // (only waits for the publish under way)
+	}
+	return true
 }
 
 // checkStopped drops leases the renewer found lost or unproven, and handles
@@ -677,12 +702,12 @@ func (r *run) shutdown() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r.stopFeeds(sr, true)
-			if sr.stopped.CompareAndSwap(false, true) {
+			if r.quiesce(sr) {
 				if err := m.leases.Delete(ctx, sr.key, jetstream.LastRevision(sr.rev.Load())); err == nil {
 					m.stats.released.Add(1)
 				}
 			}
+			r.stopFeeds(sr, true)
 		}()
 	}
 	wg.Wait()
