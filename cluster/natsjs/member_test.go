@@ -81,3 +81,48 @@ func TestMembersInProcess(t *testing.T) {
 		}
 	}
 }
+
+// TestRegisterUnregister: feeds registered while members run are started by
+// their owner, and unregistered ones stopped.
+func TestRegisterUnregister(t *testing.T) {
+	ns := startNATS(t)
+	tc := testConfig{Name: "reg", Shards: 8, Slots: 1, TTL: time.Second}
+	c := newTestCluster(t, ns.ClientURL(), tc, 5, 20*time.Millisecond)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	m, err := natsjs.New(nc, tc.config("solo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	waitFor(t, "5 feeds running", 10*time.Second, func() bool { return m.Stats().Feeds == 5 })
+
+	// The watcher only checks the feeds it was told about: a new feed is
+	// checked through the member's counters.
+	if err := c.admin.Register(ctx, natsjs.Feed{Name: "late", URL: c.feeds.URL("late")}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the late feed running", 10*time.Second, func() bool { return m.Stats().Feeds == 6 })
+	feeds, err := c.admin.Feeds(ctx)
+	if err != nil || len(feeds) != 6 {
+		t.Fatalf("Feeds: %d, %v", len(feeds), err)
+	}
+	if err := c.admin.Unregister(ctx, "late", c.names[0]); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "two feeds stopped", 10*time.Second, func() bool { return m.Stats().Feeds == 4 })
+	if feeds, _ := c.admin.Feeds(ctx); len(feeds) != 4 {
+		t.Fatalf("Feeds after unregister: %d", len(feeds))
+	}
+}
