@@ -47,6 +47,14 @@ type Message struct {
 	// Feed is the name of the feed the message arrived on, so that one
 	// handler can serve several feeds.
 	Feed string
+	// Received is when the message's last byte was read from the socket (the
+	// time of the read(2) that completed it, so a burst read at once shares
+	// one time): latency measurements need no clock call in the handler.
+	Received time.Time
+	// ConnID numbers the connection the message arrived on: 1 for the
+	// feed's first, counting every connection the feed made (reconnects,
+	// rotations, standby connections). Conn.ID returns the same number.
+	ConnID uint64
 }
 
 // Clone returns a copy of m whose Data the caller owns.
@@ -147,6 +155,7 @@ type Client struct {
 
 	// Used by the goroutine running the feed's loop (one at a time).
 	spawn     func(func() error) // starts the feed's next goroutine
+	feedCtx   context.Context    // Run's context (set by begin, under mu)
 	rp        retryPolicy
 	delivered chan struct{} // closed when deliverQueued returns (WithQueue)
 	failedRun int           // consecutive attempts that failed before reaching connected
@@ -159,6 +168,7 @@ type clientCounters struct {
 	msgsIn, bytesIn, msgsOut          atomic.Int64
 	bytesOut, handlerErrs, replies    atomic.Int64
 	sendFailed, rotations, duplicates atomic.Int64
+	connSeq                           atomic.Uint64 // numbers connections (Conn.ID)
 	delivered                         atomic.Int64
 	rtt, srtt                         atomic.Int64
 }
@@ -291,6 +301,7 @@ func (c *Client) begin(parent context.Context, spawn func(func() error)) (contex
 	c.started = true
 	ctx, cancel := context.WithCancel(parent)
 	c.cancel = cancel
+	c.feedCtx = ctx
 	c.spawn = func(f func() error) {
 		spawn(func() error {
 			id := markOwn()
@@ -350,6 +361,42 @@ func (c *Client) bgEnterLocked() bool {
 }
 
 func (c *Client) bgLeave() { c.bg.Done() }
+
+// Reconnect ends the current connection and redials with the normal policy
+// (the backoff applies as after any connection that ended, so a healthy
+// connection is followed by a short, jittered wait), for a resync after a
+// gap or when the upstream asks for one. The connection is closed with 1000;
+// messages that arrive before the server's answer are still delivered. The
+// state change to BackingOff carries an error wrapping ErrReconnect and
+// cause. It returns ErrNotConnected if the feed has no connection. A handler
+// can ask for the same by returning an error wrapping ErrReconnect. It never
+// waits for the reconnect, so it may be called from any callback.
+func (c *Client) Reconnect(cause error) error {
+	c.mu.Lock()
+	conn := c.liveConnLocked()
+	c.mu.Unlock()
+	if conn == nil {
+		return ErrNotConnected
+	}
+	conn.requestEnd(cause)
+	return nil
+}
+
+// requestEnd ends the connection at our request: our close frame goes out
+// (from a goroutine of its own: it may wait up to the close timeout for the
+// writer) and the reader reports reason when the connection ends.
+func (cn *Conn) requestEnd(cause error) {
+	reason := ErrReconnect
+	if cause != nil && !errors.Is(cause, ErrReconnect) {
+		reason = fmt.Errorf("%w: %w", ErrReconnect, cause)
+	} else if cause != nil {
+		reason = cause
+	}
+	if !cn.endReason.CompareAndSwap(nil, &reason) {
+		return
+	}
+	goOwn(func() { cn.sendClose() })
+}
 
 // Close stops the feed: it cancels Run, sends a close frame (1000) on an open
 // connection, and returns once Run's goroutines and socket are gone. It is

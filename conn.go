@@ -17,6 +17,7 @@ type Conn struct {
 	client *Client
 	ws     *websocket.Conn
 	nc     *trackedConn
+	id     uint64
 
 	wlock chan struct{} // one writer at a time, waitable with a context
 	dead  chan struct{} // closed when the connection is torn down
@@ -31,18 +32,25 @@ type Conn struct {
 	// completed or running pass since a snapshot shows in one load.
 	held          atomic.Uint64
 	closeOnce     sync.Once
-	closeSent     bool                 // written in closeOnce
-	gotData       atomic.Bool          // a data message (not a heartbeat reply) arrived
-	next          atomic.Pointer[Conn] // the replacement after a rotation
-	afterRotation atomic.Bool          // this connection replaced a rotated one
+	closeSent     bool                  // written in closeOnce
+	gotData       atomic.Bool           // a data message (not a heartbeat reply) arrived
+	next          atomic.Pointer[Conn]  // the replacement after a rotation
+	rot           *rotator              // the rotation under way or armed (under client.mu)
+	endReason     atomic.Pointer[error] // why we ended it (Reconnect), reported instead of the close that follows
+	rotStopped    bool                  // no more rotations (under client.mu)
+	afterRotation atomic.Bool           // this connection replaced a rotated one
 	pingSeq       atomic.Uint64
 	pingSent      atomic.Int64
 	start         time.Time // when it reached the connected state (written under client.mu)
 }
 
 func newConn(c *Client, ws *websocket.Conn, nc *trackedConn) *Conn {
-	return &Conn{client: c, ws: ws, nc: nc, wlock: make(chan struct{}, 1), dead: make(chan struct{})}
+	return &Conn{client: c, ws: ws, nc: nc, id: c.stats.connSeq.Add(1), wlock: make(chan struct{}, 1), dead: make(chan struct{})}
 }
+
+// ID returns the connection's number within its feed (Message.ConnID): 1
+// for the first connection, counting every connection the feed made.
+func (cn *Conn) ID() uint64 { return cn.id }
 
 // Feed returns the name of the feed the connection belongs to.
 func (cn *Conn) Feed() string { return cn.client.name }
@@ -188,7 +196,7 @@ func (cn *Conn) ReadMessage(ctx context.Context) (Message, error) {
 	}
 	cn.client.stats.msgsIn.Add(1)
 	cn.client.stats.bytesIn.Add(int64(len(data)))
-	return Message{Type: MessageType(typ), Data: data, Feed: cn.client.name}, nil
+	return Message{Type: MessageType(typ), Data: data, Feed: cn.client.name, Received: cn.nc.readAt, ConnID: cn.id}, nil
 }
 
 // kill tears the connection down with cause; the first cause wins. It
@@ -210,6 +218,9 @@ func (cn *Conn) causeOf(readErr error) error {
 			return cn.cause
 		}
 	default:
+	}
+	if p := cn.endReason.Load(); p != nil {
+		return *p // a reconnect was asked for: the close that followed is its effect
 	}
 	if errors.Is(readErr, websocket.ErrReadLimit) {
 		return fmt.Errorf("wspool: message over read limit (%d bytes; closed with 1009 where the frame allowed): %w", cn.client.cfg.readLimit, readErr)

@@ -43,6 +43,11 @@ var (
 	ErrSendBufferFull = errors.New("wspool: send buffer full")
 	// ErrSendExpired fails a buffered Send older than SendBuffer.MaxAge.
 	ErrSendExpired = errors.New("wspool: send expired in buffer")
+	// ErrReconnect is the cause recorded when Client.Reconnect ended a
+	// connection. A handler returns an error wrapping it to ask for a
+	// reconnect (a resync after a gap, say): the connection is closed and
+	// redialled, and the error is not reported as a handler failure.
+	ErrReconnect = errors.New("wspool: reconnect requested")
 	// ErrConnectionClosed is the cause recorded when the connection ended
 	// without an error of its own (for example a rotation or a Remove).
 	ErrConnectionClosed = errors.New("wspool: connection closed")

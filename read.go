@@ -2,6 +2,7 @@ package wspool
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"runtime/debug"
@@ -18,12 +19,12 @@ func (c *Client) serve(ctx context.Context, conn *Conn) error {
 		conn.stopping.Store(true)
 		conn.closeHandshake(false)
 	})
-	rot := c.startRotator(ctx, conn)
+	c.startRotator(ctx, conn)
 	defer func() {
 		if !stopCloser() {
 			<-closerDone
 		}
-		rot.stop()
+		c.stopRotation(conn)
 		if conn.next.Load() == nil {
 			conn.close() // unblocks heartbeat writes before stop waits for them
 		}
@@ -46,7 +47,7 @@ func (c *Client) serve(ctx context.Context, conn *Conn) error {
 		if err != nil {
 			return conn.causeOf(err)
 		}
-		msg := Message{Type: MessageType(typ), Data: buf, Feed: c.name}
+		msg := Message{Type: MessageType(typ), Data: buf, Feed: c.name, Received: conn.nc.readAt, ConnID: conn.id}
 		deliver := !conn.stopping.Load() // shutting down: drain until the close frame
 		// From here user code may hold the reader back (IsReply, the
 		// duplicate filter, the handler): the liveness checks must not blame
@@ -145,6 +146,10 @@ func (c *Client) deliver(ctx context.Context, msg Message) {
 		}
 	}()
 	if err := c.handler(ctx, msg); err != nil {
+		if errors.Is(err, ErrReconnect) {
+			c.Reconnect(err)
+			return
+		}
 		c.reportHandlerError(&HandlerError{Feed: c.name, Err: err})
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"syscall"
+	"time"
 )
 
 const pooledReadsSupported = true
@@ -33,7 +34,11 @@ func (t *trackedConn) pooledRead(p []byte) (int, error) {
 		return n, nil
 	}
 	if len(p) >= pooledReadSize {
-		return t.Conn.Read(p) // large enough to read into directly
+		n, err := t.Conn.Read(p) // large enough to read into directly
+		if n > 0 {
+			t.readAt = time.Now()
+		}
+		return n, err
 	}
 	if err := t.rc.Read(t.pool.fn); err != nil {
 		return 0, readOpError(err)
@@ -43,6 +48,7 @@ func (t *trackedConn) pooledRead(p []byte) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	t.readAt = time.Now()
 	m := copy(p, (*b)[:n])
 	t.pool.keep(b, m, n)
 	return m, nil

@@ -3,6 +3,7 @@ package wspool
 import (
 	"context"
 	"math/rand/v2"
+	"sync"
 	"time"
 )
 
@@ -38,35 +39,93 @@ func WithDuplicateFilter(isDup func(Message) bool) Option {
 	return func(c *config) { c.dupFilter = isDup }
 }
 
+// Rotate replaces the current connection make-before-break, on demand: a new
+// connection is dialled (through the pool's admission like any dial) and its
+// OnConnect run while the current one keeps delivering; then Send switches to
+// the new one and the old one is closed with 1000 and drained to its end, as
+// for WithMaxConnectionAge. It returns once Send has switched (nil), or with
+// the error of the attempt (the current connection is then kept), or
+// ErrNotConnected if the feed has no connection, or ctx.Err() if ctx ends
+// first (the rotation goes on). A rotation already under way is joined.
+// Called from inside a callback it starts the rotation and returns nil
+// without waiting (the rotation's OnConnect may need that goroutine).
+func (c *Client) Rotate(ctx context.Context) error {
+	c.mu.Lock()
+	conn := c.liveConnLocked()
+	var r *rotator
+	if conn != nil {
+		r = conn.rot
+		if r == nil && !conn.rotStopped && c.feedCtx != nil {
+			r = c.newRotator(c.feedCtx, conn, false)
+			conn.rot = r
+		}
+	}
+	c.mu.Unlock()
+	if r == nil {
+		return ErrNotConnected
+	}
+	r.fireNow()
+	if onOwnGoroutine() {
+		return nil
+	}
+	select {
+	case <-r.done:
+		return r.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // rotator replaces one connection by a new one in the background.
 type rotator struct {
 	c      *Client
 	old    *Conn
+	retry  bool // timed rotation: a failed attempt is retried after maxAge/10
 	timer  *time.Timer
+	once   sync.Once // starts run
 	cancel context.CancelFunc
 	done   chan struct{}
+	err    error // the outcome, written before done is closed
 	ctx    context.Context
 }
 
-func (c *Client) startRotator(ctx context.Context, old *Conn) *rotator {
+// startRotator arms the timed rotation of conn (WithMaxConnectionAge).
+func (c *Client) startRotator(ctx context.Context, conn *Conn) {
 	if c.cfg.maxAge <= 0 {
-		return nil
+		return
 	}
-	rctx, cancel := context.WithCancel(ctx)
-	r := &rotator{c: c, old: old, cancel: cancel, done: make(chan struct{}), ctx: rctx}
+	r := c.newRotator(ctx, conn, true)
 	age := c.cfg.maxAge - time.Duration(rand.Int64N(int64(c.cfg.maxAge/10)+1))
-	r.timer = time.AfterFunc(age, r.run)
-	return r
+	r.timer = time.AfterFunc(age, r.fireNow)
+	c.mu.Lock()
+	conn.rot = r
+	c.mu.Unlock()
+}
+
+func (c *Client) newRotator(ctx context.Context, old *Conn, retry bool) *rotator {
+	rctx, cancel := context.WithCancel(ctx)
+	return &rotator{c: c, old: old, retry: retry, cancel: cancel, done: make(chan struct{}), ctx: rctx}
+}
+
+// fireNow starts the rotation if it has not started.
+func (r *rotator) fireNow() {
+	r.once.Do(func() {
+		if r.timer != nil {
+			r.timer.Stop()
+		}
+		goOwn(r.run) // runs the request func and OnConnect
+	})
 }
 
 // run dials the replacement, publishes it to Send and starts closing the old
 // connection; the reader then finds the replacement in old.next.
 func (r *rotator) run() {
 	defer close(r.done)
-	id := markOwn() // runs the request func and OnConnect
-	defer unmarkOwn(id)
 	c := r.c
-	for r.ctx.Err() == nil {
+	for {
+		if r.err = r.ctx.Err(); r.err != nil {
+			return
+		}
 		next, err := c.dial(r.ctx)
 		if err == nil {
 			err = c.runOnConnect(r.ctx, next)
@@ -79,6 +138,7 @@ func (r *rotator) run() {
 			// the feed's loop takes it from here.
 			next.closeHandshake(true)
 			next.close()
+			r.err = r.ctx.Err()
 			return
 		}
 		if err == nil {
@@ -99,29 +159,47 @@ func (r *rotator) run() {
 			r.old.closeHandshake(false)
 			return
 		}
+		r.err = err
 		if r.ctx.Err() != nil {
 			return
 		}
 		c.recordError(err)
 		c.log.Warn("rotation failed, keeping the current connection", "err", err)
+		if !r.retry {
+			return
+		}
 		t := time.NewTimer(c.cfg.maxAge / 10)
 		select {
 		case <-r.ctx.Done():
 			t.Stop()
+			r.err = r.ctx.Err()
 			return
 		case <-t.C:
 		}
 	}
 }
 
-// stop cancels a rotation that has not switched yet and waits for it.
-func (r *rotator) stop() {
+// stopRotation cancels a rotation of conn that has not switched yet, waits
+// for it, and keeps Rotate from starting another.
+func (c *Client) stopRotation(conn *Conn) {
+	c.mu.Lock()
+	conn.rotStopped = true
+	r := conn.rot
+	c.mu.Unlock()
 	if r == nil {
 		return
 	}
 	r.cancel()
-	if r.timer.Stop() {
-		close(r.done) // never started
+	started := true
+	r.once.Do(func() { // never started: nobody else will close done
+		started = false
+		if r.timer != nil {
+			r.timer.Stop()
+		}
+		r.err = ErrNotConnected
+		close(r.done)
+	})
+	if started {
+		<-r.done
 	}
-	<-r.done
 }

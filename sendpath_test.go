@@ -193,6 +193,9 @@ func (rs *rotServer) handle(c *websocket.Conn, _ *http.Request) {
 	rs.mu.Lock()
 	rs.conns[c] = wmu
 	rs.perConn = append(rs.perConn, mine)
+	// "hello" tells the client that this connection now gets the stream
+	// (what a subscription's acknowledgement does for a real upstream).
+	_ = c.WriteMessage(websocket.TextMessage, []byte("hello"))
 	rs.mu.Unlock()
 	defer func() {
 		rs.mu.Lock()
@@ -249,6 +252,7 @@ func TestRotationWithConcurrentSends(t *testing.T) {
 			rs, srv := newRotServer(t)
 			var mu sync.Mutex
 			last, gaps := 0, 0
+			var lastConn uint64
 			opts := []wspool.Option{
 				wspool.WithMaxConnectionAge(120 * time.Millisecond),
 				wspool.WithDuplicateFilter(func(m wspool.Message) bool {
@@ -258,6 +262,15 @@ func TestRotationWithConcurrentSends(t *testing.T) {
 					return n <= last
 				}),
 				wspool.WithPingInterval(0),
+				// Wait for the server's acknowledgement before the switch,
+				// as a real subscription would.
+				wspool.WithOnConnect(func(ctx context.Context, cn *wspool.Conn) error {
+					m, err := cn.ReadMessage(ctx)
+					if err == nil && string(m.Data) != "hello" {
+						err = fmt.Errorf("first message %q, want hello", m.Data)
+					}
+					return err
+				}),
 			}
 			if buffered {
 				opts = append(opts, wspool.WithSendBuffer(wspool.SendBuffer{Messages: 1024}))
@@ -270,8 +283,9 @@ func TestRotationWithConcurrentSends(t *testing.T) {
 				defer mu.Unlock()
 				if last != 0 && n != last+1 {
 					gaps++
+					t.Logf("gap: %d -> %d on conn %d (previous message on conn %d)", last, n, m.ConnID, lastConn)
 				}
-				last = n
+				last, lastConn = n, m.ConnID
 				return nil
 			}, opts...)
 			if err != nil {

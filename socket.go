@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // trackedConn counts bytes read from the socket: any inbound byte is proof the
@@ -19,6 +20,10 @@ type trackedConn struct {
 	pool pooledState
 
 	hsw *[]byte // handshake writes not yet sent (borrowed from handshakeBufs)
+
+	// readAt is when the latest read(2) returned data: the receive time of
+	// the messages it completed. Written and read by the reader only.
+	readAt time.Time
 }
 
 // handshakeBufs hold what a dial writes (the upgrade request, a proxy's
@@ -103,6 +108,9 @@ func (t *trackedConn) Read(p []byte) (int, error) {
 		n, err = t.pooledRead(p)
 	} else {
 		n, err = t.Conn.Read(p)
+		if n > 0 {
+			t.readAt = time.Now()
+		}
 	}
 	if n > 0 {
 		if t.bytesIn.Add(int64(n)) > maxHandshakeBytes && !t.handshook.Load() {
