@@ -142,6 +142,14 @@ type Client struct {
 	inq       *inQueue // WithQueue
 	runErr    error    // Run's result, written before done is closed
 
+	seq seqState // WithSequence
+
+	// WithStandby (standby.go).
+	lanes      []*lane
+	laneCancel context.CancelFunc
+	laneWG     sync.WaitGroup
+	mergeMu    sync.Mutex // the connections take turns to deliver
+
 	// The send path (send.go).
 	sendQ         []*sendReq // messages in line: behind the writer, or waiting for a connection
 	sendQBuffered int        // of which waiting for a connection (counted against WithSendBuffer)
@@ -154,11 +162,14 @@ type Client struct {
 	bg sync.WaitGroup
 
 	// Used by the goroutine running the feed's loop (one at a time).
-	spawn     func(func() error) // starts the feed's next goroutine
-	feedCtx   context.Context    // Run's context (set by begin, under mu)
-	rp        retryPolicy
-	delivered chan struct{} // closed when deliverQueued returns (WithQueue)
-	failedRun int           // consecutive attempts that failed before reaching connected
+	spawn        func(func() error) // starts the feed's next goroutine
+	feedCtx      context.Context    // Run's context (set by begin, under mu)
+	rp           retryPolicy
+	delivered    chan struct{}      // closed when deliverQueued returns (WithQueue)
+	qcancel      context.CancelFunc // ends the queue handler's context
+	draining     bool               // Drain was called (under mu)
+	dropsAtDrain int64              // queue drops counted when Drain began
+	failedRun    int                // consecutive attempts that failed before reaching connected
 
 	stats clientCounters
 }
@@ -169,12 +180,15 @@ type clientCounters struct {
 	bytesOut, handlerErrs, replies    atomic.Int64
 	sendFailed, rotations, duplicates atomic.Int64
 	connSeq                           atomic.Uint64 // numbers connections (Conn.ID)
+	gaps, gapMsgs, serverPings, won   atomic.Int64
 	delivered                         atomic.Int64
 	rtt, srtt                         atomic.Int64
 }
 
 // dataCount is the number of data messages read so far, heartbeat replies excluded.
-func (c *Client) dataCount() int64 { return c.stats.msgsIn.Load() - c.stats.replies.Load() }
+func (c *Client) dataCount() int64 {
+	return c.stats.msgsIn.Load() - c.stats.replies.Load() - c.stats.serverPings.Load()
+}
 
 // NewClient returns a Client for the ws:// or wss:// URL rawURL, delivering
 // to h (nil discards messages). It validates the URL and every option and
@@ -196,6 +210,9 @@ func newClient(rawURL string, h Handler, cfg config) (*Client, error) {
 		return nil, err
 	}
 	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if err := cfg.checkStandby(u); err != nil {
 		return nil, err
 	}
 	cfg.diag = nil
@@ -311,9 +328,23 @@ func (c *Client) begin(parent context.Context, spawn func(func() error)) (contex
 	}
 	c.rp = newRetryPolicy(&c.cfg)
 	if c.inq != nil {
+		// The queue's handler has a context of its own: it ends with the
+		// feed, except that Drain keeps it until the queue is empty or
+		// Drain's context ends.
+		qctx, qcancel := context.WithCancel(context.WithoutCancel(ctx))
+		c.qcancel = qcancel
+		context.AfterFunc(ctx, func() {
+			c.mu.Lock()
+			draining := c.draining
+			c.mu.Unlock()
+			if !draining {
+				qcancel()
+			}
+		})
 		c.delivered = make(chan struct{})
-		goOwn(func() { c.deliverQueued(ctx, c.delivered) })
+		goOwn(func() { c.deliverQueued(qctx, c.delivered) })
 	}
+	c.startLanes(ctx)
 	return ctx, nil
 }
 
@@ -323,6 +354,7 @@ func (c *Client) finish(err error) error {
 	c.mu.Lock()
 	c.finished = true // no Send is let in line from now on
 	c.mu.Unlock()
+	c.stopLanes()
 	// Fail what waits before waiting for the queue's handler, which may
 	// itself be waiting in Send.
 	c.failQueued(ErrClosed)
@@ -331,6 +363,7 @@ func (c *Client) finish(err error) error {
 		// on shutdown (ctx ended) the rest is discarded and counted as dropped.
 		c.inq.close()
 		<-c.delivered
+		c.qcancel()
 	}
 	c.bg.Wait()
 	c.failQueued(ErrClosed) // a flusher may have put one back before it stopped
@@ -361,6 +394,53 @@ func (c *Client) bgEnterLocked() bool {
 }
 
 func (c *Client) bgLeave() { c.bg.Done() }
+
+// Drain stops the feed without throwing away what it has received: it
+// stops delivering new messages (our close frame goes out, and what arrives
+// after it is read but not delivered), lets the handler finish every message
+// already queued (WithQueue), then closes the feed like Close and returns
+// nil. If ctx ends first, what is still queued is discarded (counted in
+// Stats.Dropped) and Drain returns ctx.Err() once the feed has closed.
+// Sends still buffered fail with ErrClosed. Called from inside a callback it
+// starts the drain and returns nil without waiting. On a feed that never
+// ran, or has already stopped, it is Close.
+func (c *Client) Drain(ctx context.Context) error {
+	c.mu.Lock()
+	if !c.started || c.finished || c.draining {
+		c.mu.Unlock()
+		if err := c.Close(); err != nil {
+			return err
+		}
+		if onOwnGoroutine() {
+			return nil
+		}
+		<-c.done
+		return ctx.Err()
+	}
+	c.draining = true
+	qcancel := c.qcancel
+	var dropped int64
+	if c.inq != nil {
+		dropped = c.inq.dropped.Load()
+	}
+	c.mu.Unlock()
+	if qcancel != nil {
+		stop := context.AfterFunc(ctx, qcancel) // the deadline: drop the rest
+		go func() {
+			<-c.done
+			stop()
+		}()
+	}
+	c.Close()
+	if onOwnGoroutine() {
+		return nil
+	}
+	<-c.done
+	if c.inq != nil && c.inq.dropped.Load() > dropped && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return nil
+}
 
 // Reconnect ends the current connection and redials with the normal policy
 // (the backoff applies as after any connection that ended, so a healthy

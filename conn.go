@@ -18,6 +18,7 @@ type Conn struct {
 	ws     *websocket.Conn
 	nc     *trackedConn
 	id     uint64
+	lane   *lane // the standby connection it serves; nil for the primary
 
 	wlock chan struct{} // one writer at a time, waitable with a context
 	dead  chan struct{} // closed when the connection is torn down
@@ -302,3 +303,13 @@ func (cn *Conn) lockWriterUntil(deadline time.Time) bool {
 
 // close releases the socket.
 func (cn *Conn) close() { cn.kill(ErrConnectionClosed) }
+
+// dataCount is the number of data messages read on this connection's side
+// of the feed (the primary's, or its standby connection's), for the
+// stale-data watchdog.
+func (cn *Conn) dataCount() int64 {
+	if cn.lane != nil {
+		return cn.lane.data.Load()
+	}
+	return cn.client.dataCount()
+}

@@ -18,8 +18,11 @@ import (
 
 // dial makes one connection attempt, bounded by the handshake timeout and the
 // pool's dial limit.
-func (c *Client) dial(ctx context.Context) (*Conn, error) {
-	u := *c.url
+func (c *Client) dial(ctx context.Context) (*Conn, error) { return c.dialFrom(ctx, c.url) }
+
+// dialFrom dials base (the feed's URL, or a standby connection's).
+func (c *Client) dialFrom(ctx context.Context, base *url.URL) (*Conn, error) {
+	u := *base
 	h := c.cfg.header.Clone()
 	if h == nil {
 		h = http.Header{}

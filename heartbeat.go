@@ -140,7 +140,7 @@ func startHeartbeat(cn *Conn) *heartbeat {
 	}
 	if cfg.staleTimeout > 0 {
 		h.staleTicker = max(cfg.staleTimeout/4, time.Millisecond)
-		h.lastData = cn.client.dataCount()
+		h.lastData = cn.dataCount()
 		h.lastDataAt = monoNow()
 		h.stale = time.AfterFunc(h.staleTicker, h.onStale)
 	}
@@ -246,7 +246,7 @@ func (h *heartbeat) onStale() {
 	}
 	cn := h.cn
 	now := monoNow()
-	if d := cn.client.dataCount(); d != h.lastData || cn.held.Load()&1 == 1 {
+	if d := cn.dataCount(); d != h.lastData || cn.held.Load()&1 == 1 {
 		h.lastData, h.lastDataAt = d, now
 	} else if time.Duration(now-h.lastDataAt) >= cn.client.cfg.staleTimeout {
 		cn.kill(fmt.Errorf("%w (%v)", ErrStaleData, cn.client.cfg.staleTimeout))

@@ -82,6 +82,9 @@ type config struct {
 	healthy       Health
 	maxAge        time.Duration
 	dupFilter     func(Message) bool
+	sequence      *Sequence
+	serverPing    *ServerPing
+	standby       *Standby
 	keepAlive     KeepAlive
 	logger        *slog.Logger
 	onConnect     func(ctx context.Context, c *Conn) error

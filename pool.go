@@ -202,6 +202,37 @@ func (p *Pool) Close() error {
 	return nil
 }
 
+// Drain drains every feed at once (see Client.Drain: no new message is
+// delivered, queued ones are handled, then each feed closes) and then stops
+// Run, as Close does. It returns ctx.Err() if ctx ended before every queue
+// was empty (what was left is counted in Stats.Dropped), nil otherwise.
+// Called from inside a callback it starts the drain and returns nil.
+func (p *Pool) Drain(ctx context.Context) error {
+	p.mu.Lock()
+	p.stopping = true // no feed may be added meanwhile
+	feeds := p.clientsLocked()
+	p.mu.Unlock()
+	if onOwnGoroutine() {
+		for _, c := range feeds {
+			c.Drain(ctx) // from a callback: starts the drain, does not wait
+		}
+		p.Close()
+		return nil
+	}
+	errs := make(chan error, len(feeds))
+	for _, c := range feeds {
+		go func() { errs <- c.Drain(ctx) }()
+	}
+	var first error
+	for range feeds {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	p.Close()
+	return first
+}
+
 func (p *Pool) clientsLocked() []*Client {
 	cs := make([]*Client, 0, len(p.feeds))
 	for _, c := range p.feeds {

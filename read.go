@@ -53,10 +53,14 @@ func (c *Client) serve(ctx context.Context, conn *Conn) error {
 		// duplicate filter, the handler): the liveness checks must not blame
 		// the peer for it.
 		conn.held.Add(1) // odd: held back
+		data := false
 		if isReply != nil && c.isReply(isReply, msg) {
 			c.stats.replies.Add(1)
 			deliver = deliver && !dropReplies
+		} else if c.cfg.serverPing != nil && c.answerPing(conn, msg) {
+			deliver = deliver && c.cfg.serverPing.Deliver
 		} else {
+			data = true
 			if filterDups {
 				if c.isDup(msg) {
 					c.stats.duplicates.Add(1)
@@ -65,14 +69,29 @@ func (c *Client) serve(ctx context.Context, conn *Conn) error {
 					filterDups = false
 				}
 			}
+			if deliver && c.cfg.sequence != nil && c.lanes == nil {
+				switch v, gap := c.checkSequence(msg); v {
+				case seqDuplicate:
+					c.stats.duplicates.Add(1)
+					deliver = false
+				case seqGap:
+					c.reportGap(conn, gap)
+				}
+			}
 			if !conn.gotData.Load() {
 				conn.gotData.Store(true)
 			}
 		}
 		if deliver {
-			if c.inq != nil {
+			switch {
+			case c.lanes != nil:
+				// Standby connections deliver too: take turns, first copy wins.
+				if c.deliverMerged(ctx, conn, msg, data) {
+					c.stats.won.Add(1)
+				}
+			case c.inq != nil:
 				c.enqueue(ctx, conn, msg)
-			} else {
+			default:
 				c.deliver(ctx, msg)
 			}
 		}

@@ -32,15 +32,25 @@ type Stats struct {
 	// failed, whatever the reason.
 	SendBuffered int
 	SendFailed   int64
-	// Rotations counts planned replacements (WithMaxConnectionAge), and
-	// Duplicates the messages WithDuplicateFilter dropped after them.
+	// Rotations counts make-before-break replacements (WithMaxConnectionAge,
+	// Rotate); Duplicates the messages dropped as duplicates (by
+	// WithDuplicateFilter after a rotation, and by WithSequence).
 	Rotations, Duplicates int64
+	// Gaps counts sequence gaps seen (WithSequence) and GapMessages the
+	// numbers they skipped; ServerPings the upstream pings answered
+	// (WithServerPing).
+	Gaps, GapMessages, ServerPings int64
 	// RTT is the latest ping round-trip time, SmoothedRTT an exponentially
 	// weighted average (weight 1/8); zero until the first pong.
 	RTT, SmoothedRTT time.Duration
 	// ConnectedSince is when the current connection was established; zero
 	// while not connected.
 	ConnectedSince time.Time
+	// With WithStandby: Won counts the data messages the primary connection
+	// delivered first, and Standby describes each standby connection (the
+	// message and connection counters above are the primary's).
+	Won     int64
+	Standby []StandbyStats
 }
 
 // Stats returns a snapshot of the feed's counters and state.
@@ -54,6 +64,7 @@ func (c *Client) Stats() Stats {
 		ConnectedSince: c.connectedSince(),
 		SendBuffered:   len(c.sendQ),
 	}
+	lanes := c.lanes
 	c.mu.Unlock()
 	st := &c.stats
 	s.Connects = st.connects.Load()
@@ -71,6 +82,11 @@ func (c *Client) Stats() Stats {
 	s.SendFailed = st.sendFailed.Load()
 	s.Rotations = st.rotations.Load()
 	s.Duplicates = st.duplicates.Load()
+	s.Gaps = st.gaps.Load()
+	s.GapMessages = st.gapMsgs.Load()
+	s.ServerPings = st.serverPings.Load()
+	s.Won = st.won.Load()
+	s.Standby = standbyStats(lanes)
 	if q := c.inq; q != nil {
 		s.Dropped = q.dropped.Load()
 		s.QueueDepth = int(q.depth.Load())

@@ -1,0 +1,295 @@
+package wspool
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Standby configures hot standby connections (WithStandby).
+type Standby struct {
+	// Connections is how many standby connections the feed keeps beside its
+	// primary one. Required (>= 1).
+	Connections int
+	// URLs, if set, are what the standby connections dial (connection i uses
+	// URLs[(i-1) % len(URLs)]) instead of the feed's URL: alternate
+	// endpoints of the same stream. They must have the feed URL's scheme.
+	URLs []string
+}
+
+// WithStandby keeps extra connections to the same stream, each with its own
+// dial, OnConnect, liveness checks and reconnect loop, read at the same time
+// as the primary connection and merged into the one handler stream by
+// WithSequence (required): the first copy of each number wins, later copies
+// are dropped as duplicates. Losing any connection while another lives loses
+// nothing, and the stream stalls no longer than the surviving connection's
+// lag behind the lost one. The handler is still never called concurrently
+// with itself: the connections take turns to deliver.
+//
+// The primary connection is the feed's: its state is the feed's state, Send
+// writes on it, and rotation (WithMaxConnectionAge, Rotate) and Reconnect
+// apply to it. Standby connections only read (their OnConnect may Send on
+// its Conn to subscribe). Stats.Standby reports each one.
+func WithStandby(s Standby) Option {
+	return func(c *config) {
+		if s.Connections < 1 {
+			c.errorf("standby needs Connections >= 1, got %d", s.Connections)
+			return
+		}
+		for _, raw := range s.URLs {
+			if _, err := parseFeedURL(raw); err != nil {
+				c.errorf("standby URL: %v", err)
+				return
+			}
+		}
+		s.URLs = append([]string(nil), s.URLs...)
+		c.standby = &s
+	}
+}
+
+// StandbyStats describes one standby connection.
+type StandbyStats struct {
+	// Index is 1 for the first standby connection.
+	Index int
+	// URL is the endpoint it dials (redacted).
+	URL string
+	// Connected reports whether it has a live connection now.
+	Connected bool
+	// Connects and Disconnects count its connections.
+	Connects, Disconnects int64
+	// MessagesIn counts the messages it read; Won those it delivered first
+	// (the rest were copies the other connections had delivered already).
+	MessagesIn, Won int64
+	LastError       error
+}
+
+// lane is one standby connection's loop.
+type lane struct {
+	c   *Client
+	idx int
+	url *url.URL
+	rp  retryPolicy
+
+	connected                   atomic.Bool
+	connects, disconnects, msgs atomic.Int64
+	won, data                   atomic.Int64
+	mu                          sync.Mutex
+	lastErr                     error
+}
+
+// startLanes starts the standby connections' loops (under the feed's
+// goroutine supervision); finish stops and waits for them.
+func (c *Client) startLanes(ctx context.Context) {
+	sb := c.cfg.standby
+	if sb == nil {
+		return
+	}
+	lctx, cancel := context.WithCancel(ctx)
+	c.laneCancel = cancel
+	for i := 1; i <= sb.Connections; i++ {
+		u := c.url
+		if len(sb.URLs) > 0 {
+			u, _ = url.Parse(sb.URLs[(i-1)%len(sb.URLs)]) // validated by WithStandby
+		}
+		l := &lane{c: c, idx: i, url: u, rp: newRetryPolicy(&c.cfg)}
+		c.lanes = append(c.lanes, l)
+		c.laneWG.Add(1)
+		c.spawn(func() error {
+			defer c.laneWG.Done()
+			l.run(lctx)
+			return nil
+		})
+	}
+}
+
+// stopLanes ends the standby connections (close frames, bounded by the close
+// timeout) and waits for their goroutines.
+func (c *Client) stopLanes() {
+	if c.laneCancel == nil {
+		return
+	}
+	c.laneCancel()
+	c.laneWG.Wait()
+}
+
+// run keeps the standby connection up until ctx ends or a permanent failure.
+func (l *lane) run(ctx context.Context) {
+	c := l.c
+	for ctx.Err() == nil {
+		conn, err := l.connect(ctx)
+		if err == nil {
+			start := time.Now()
+			l.connects.Add(1)
+			l.connected.Store(true)
+			err = l.serve(ctx, conn)
+			l.connected.Store(false)
+			l.disconnects.Add(1)
+			conn.close()
+			l.rp.connectionEnded(time.Since(start), conn.gotData.Load())
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		l.mu.Lock()
+		l.lastErr = err
+		l.mu.Unlock()
+		if c.isPermanent(err) {
+			c.log.Warn("standby connection stopped", "standby", l.idx, "err", err)
+			return
+		}
+		wait, _ := l.rp.next(err)
+		c.log.Debug("standby connection lost", "standby", l.idx, "err", err, "wait", wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+func (l *lane) connect(ctx context.Context) (*Conn, error) {
+	c := l.c
+	conn, err := c.dialFrom(ctx, l.url)
+	if err != nil {
+		return nil, err
+	}
+	conn.lane = l
+	if err := c.runOnConnect(ctx, conn); err != nil {
+		if ctx.Err() != nil {
+			conn.closeHandshake(true)
+		}
+		conn.close()
+		return nil, err
+	}
+	if err := conn.deadCause(); err != nil {
+		return nil, err
+	}
+	return conn, nil
+}
+
+// serve reads a standby connection until it ends, delivering the messages
+// it has first.
+func (l *lane) serve(ctx context.Context, conn *Conn) error {
+	c := l.c
+	hb := startHeartbeat(conn)
+	closerDone := make(chan struct{})
+	stopCloser := context.AfterFunc(ctx, func() {
+		defer close(closerDone)
+		conn.stopping.Store(true)
+		conn.closeHandshake(false)
+	})
+	defer func() {
+		if !stopCloser() {
+			<-closerDone
+		}
+		conn.close()
+		hb.stop()
+	}()
+	var isReply func(Message) bool
+	dropReplies := false
+	if hbc := c.cfg.heartbeat; hbc != nil {
+		isReply, dropReplies = hbc.IsReply, hbc.DropReplies
+	}
+	var buf []byte
+	for {
+		typ, r, err := conn.ws.NextReader()
+		if err != nil {
+			return conn.causeOf(err)
+		}
+		buf, err = readAll(r, buf[:0])
+		if err != nil {
+			return conn.causeOf(err)
+		}
+		l.msgs.Add(1)
+		msg := Message{Type: MessageType(typ), Data: buf, Feed: c.name, Received: conn.nc.readAt, ConnID: conn.id}
+		if conn.stopping.Load() {
+			continue
+		}
+		conn.held.Add(1)
+		switch {
+		case isReply != nil && c.isReply(isReply, msg):
+			if !dropReplies {
+				c.deliverMerged(ctx, conn, msg, false)
+			}
+		case c.cfg.serverPing != nil && c.answerPing(conn, msg):
+			if c.cfg.serverPing.Deliver {
+				c.deliverMerged(ctx, conn, msg, false)
+			}
+		default:
+			l.data.Add(1)
+			conn.gotData.Store(true)
+			if c.deliverMerged(ctx, conn, msg, true) {
+				l.won.Add(1)
+			}
+		}
+		conn.held.Add(1)
+		if cap(buf) > maxKeptReadBuffer {
+			buf = nil
+		}
+	}
+}
+
+// deliverMerged delivers a message of any of the feed's connections when
+// standby connections are on: the connections take turns (the handler is
+// never called concurrently with itself), and with sequenced data the first
+// copy wins. It reports whether msg was delivered.
+func (c *Client) deliverMerged(ctx context.Context, conn *Conn, msg Message, data bool) bool {
+	c.mergeMu.Lock()
+	defer c.mergeMu.Unlock()
+	if data {
+		switch v, gap := c.checkSequence(msg); v {
+		case seqDuplicate:
+			c.stats.duplicates.Add(1)
+			return false
+		case seqGap:
+			c.reportGap(conn, gap)
+		}
+	}
+	if c.inq != nil {
+		c.enqueue(ctx, conn, msg)
+	} else {
+		c.deliver(ctx, msg)
+	}
+	return true
+}
+
+// standbyStats reports the standby connections.
+func standbyStats(lanes []*lane) []StandbyStats {
+	if len(lanes) == 0 {
+		return nil
+	}
+	out := make([]StandbyStats, len(lanes))
+	for i, l := range lanes {
+		l.mu.Lock()
+		le := l.lastErr
+		l.mu.Unlock()
+		out[i] = StandbyStats{
+			Index: l.idx, URL: redactURL(l.url), Connected: l.connected.Load(),
+			Connects: l.connects.Load(), Disconnects: l.disconnects.Load(),
+			MessagesIn: l.msgs.Load(), Won: l.won.Load(), LastError: le,
+		}
+	}
+	return out
+}
+
+// checkStandby validates the standby option against the rest.
+func (c *config) checkStandby(u *url.URL) error {
+	sb := c.standby
+	if sb == nil {
+		return nil
+	}
+	if c.sequence == nil {
+		return fmt.Errorf("%w: WithStandby needs WithSequence to merge its connections", ErrInvalidOption)
+	}
+	for _, raw := range sb.URLs {
+		su, _ := url.Parse(raw)
+		if su.Scheme != u.Scheme {
+			return fmt.Errorf("%w: standby URL scheme %q differs from the feed's %q", ErrInvalidOption, su.Scheme, u.Scheme)
+		}
+	}
+	return nil
+}
