@@ -38,6 +38,7 @@ type Conn struct {
 	next          atomic.Pointer[Conn]  // the replacement after a rotation
 	rot           *rotator              // the rotation under way or armed (under client.mu)
 	endReason     atomic.Pointer[error] // why we ended it (Reconnect), reported instead of the close that follows
+	resyncing     atomic.Bool           // a resync after a gap was asked for: deliver no more data from it
 	rotStopped    bool                  // no more rotations (under client.mu)
 	afterRotation atomic.Bool           // this connection replaced a rotated one
 	pingSeq       atomic.Uint64

@@ -16,9 +16,13 @@ type Sequence struct {
 	Extract func(Message) (key string, seq uint64, ok bool)
 	// OnGap, if set, is called (on the reader, before the message after the
 	// gap is delivered) when a number skips past the last one delivered for
-	// its key. Returning an error wrapping ErrReconnect asks for a resync:
-	// the connection the gap was seen on is closed and redialled (the request
-	// func can resume from Gap.Last). Any other error is reported.
+	// its key. Returning nil accepts the gap: the message is delivered and
+	// the stream goes on from it. Returning an error wrapping ErrReconnect
+	// asks for a resync: the message is not delivered, the stream stays at
+	// Gap.Last, and the connection the gap was seen on is closed (delivering
+	// no more data) and redialled, so that a request func resuming from
+	// Client.LastSequence fills the gap. Any other error is reported and the
+	// gap accepted.
 	OnGap func(Gap) error
 	// MaxKeys bounds the keys remembered; default 4096. Past it, an
 	// arbitrary remembered key is forgotten: its next message is delivered
@@ -72,26 +76,38 @@ type seqState struct {
 type seqVerdict uint8
 
 const (
-	seqDeliver seqVerdict = iota
-	seqDuplicate
-	seqGap // deliver, after reporting the gap
+	seqDeliver   seqVerdict = iota
+	seqDuplicate            // dropped: at or below the last number delivered
+	seqResync               // dropped: past a gap whose resync was asked for
 )
 
-// checkSequence applies the sequence option to a data message; for a gap it
-// returns the gap to report.
-func (c *Client) checkSequence(msg Message) (seqVerdict, Gap) {
+// checkSequence applies the sequence option to a data message read on conn.
+// On a gap it runs OnGap first: if that asks for a resync, the message is
+// not delivered and the stream's state stays at the last number before the
+// gap, so that the replay of the resumed connection fills it; conn is closed
+// and every later data message it delivers is dropped.
+func (c *Client) checkSequence(conn *Conn, msg Message) seqVerdict {
+	if conn.resyncing.Load() {
+		return seqResync
+	}
 	key, seq, ok := c.extractSeq(msg)
 	if !ok {
-		return seqDeliver, Gap{}
+		return seqDeliver
 	}
 	s := &c.seq
 	s.mu.Lock()
 	last, seen := s.last[key]
-	switch {
-	case seen && seq <= last:
-		s.mu.Unlock()
-		return seqDuplicate, Gap{}
-	case !seen && len(s.last) >= c.cfg.sequence.MaxKeys:
+	s.mu.Unlock()
+	if seen && seq <= last {
+		return seqDuplicate
+	}
+	if seen && seq > last+1 {
+		if c.reportGap(conn, Gap{Feed: c.name, Key: key, Last: last, Next: seq, ConnID: msg.ConnID}) {
+			return seqResync
+		}
+	}
+	s.mu.Lock()
+	if _, known := s.last[key]; !known && len(s.last) >= c.cfg.sequence.MaxKeys {
 		for k := range s.last {
 			delete(s.last, k)
 			break
@@ -102,10 +118,16 @@ func (c *Client) checkSequence(msg Message) (seqVerdict, Gap) {
 	}
 	s.last[key] = seq
 	s.mu.Unlock()
-	if seen && seq > last+1 {
-		return seqGap, Gap{Feed: c.name, Key: key, Last: last, Next: seq, ConnID: msg.ConnID}
-	}
-	return seqDeliver, Gap{}
+	return seqDeliver
+}
+
+// LastSequence returns the last sequence number delivered for key
+// (WithSequence), and false if none was: what a request func resumes from.
+func (c *Client) LastSequence(key string) (uint64, bool) {
+	c.seq.mu.Lock()
+	defer c.seq.mu.Unlock()
+	n, ok := c.seq.last[key]
+	return n, ok
 }
 
 // extractSeq runs Sequence.Extract; a panic is reported and the message
@@ -115,22 +137,27 @@ func (c *Client) extractSeq(msg Message) (key string, seq uint64, ok bool) {
 	return c.cfg.sequence.Extract(msg)
 }
 
-// reportGap counts a gap and runs OnGap; conn is where it was seen.
-func (c *Client) reportGap(conn *Conn, g Gap) {
+// reportGap counts a gap and runs OnGap; conn is where it was seen. It
+// reports whether OnGap asked for a resync (conn is then being closed).
+func (c *Client) reportGap(conn *Conn, g Gap) (resync bool) {
 	c.stats.gaps.Add(1)
 	c.stats.gapMsgs.Add(int64(g.Missing()))
 	c.log.Warn("sequence gap", "key", g.Key, "last", g.Last, "next", g.Next)
 	f := c.cfg.sequence.OnGap
 	if f == nil {
-		return
+		return false
 	}
 	err := c.callOnGap(f, g)
 	switch {
 	case err == nil:
+		return false
 	case isReconnect(err):
+		conn.resyncing.Store(true)
 		conn.requestEnd(err)
+		return true
 	default:
 		c.reportHandlerError(&HandlerError{Feed: c.name, Callback: "Sequence.OnGap", Err: err})
+		return false
 	}
 }
 

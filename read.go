@@ -70,12 +70,12 @@ func (c *Client) serve(ctx context.Context, conn *Conn) error {
 				}
 			}
 			if deliver && c.cfg.sequence != nil && c.lanes == nil {
-				switch v, gap := c.checkSequence(msg); v {
+				switch c.checkSequence(conn, msg) {
 				case seqDuplicate:
 					c.stats.duplicates.Add(1)
 					deliver = false
-				case seqGap:
-					c.reportGap(conn, gap)
+				case seqResync:
+					deliver = false
 				}
 			}
 			if !conn.gotData.Load() {
@@ -147,7 +147,11 @@ func (c *Client) enqueue(ctx context.Context, conn *Conn, msg Message) {
 func (c *Client) deliverQueued(ctx context.Context, done chan<- struct{}) {
 	defer close(done)
 	for {
-		m, ok := c.inq.pop(ctx)
+		var m Message
+		ok := ctx.Err() == nil // shutting down (or a drain's deadline): the rest is dropped
+		if ok {
+			m, ok = c.inq.pop(ctx)
+		}
 		if !ok {
 			c.inq.discardAll()
 			return

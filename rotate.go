@@ -96,7 +96,7 @@ func (c *Client) startRotator(ctx context.Context, conn *Conn) {
 	}
 	r := c.newRotator(ctx, conn, true)
 	age := c.cfg.maxAge - time.Duration(rand.Int64N(int64(c.cfg.maxAge/10)+1))
-	r.timer = time.AfterFunc(age, r.fireNow)
+	r.timer = time.AfterFunc(age, r.fireFromTimer)
 	c.mu.Lock()
 	conn.rot = r
 	c.mu.Unlock()
@@ -107,7 +107,14 @@ func (c *Client) newRotator(ctx context.Context, old *Conn, retry bool) *rotator
 	return &rotator{c: c, old: old, retry: retry, cancel: cancel, done: make(chan struct{}), ctx: rctx}
 }
 
-// fireNow starts the rotation if it has not started.
+// fireFromTimer starts the timed rotation (the timer has fired: nothing to
+// stop, and r.timer may not be visible to this goroutine yet).
+func (r *rotator) fireFromTimer() {
+	r.once.Do(func() { goOwn(r.run) })
+}
+
+// fireNow starts the rotation if it has not started (Rotate; r came through
+// client.mu, so r.timer is visible).
 func (r *rotator) fireNow() {
 	r.once.Do(func() {
 		if r.timer != nil {

@@ -241,12 +241,12 @@ func (c *Client) deliverMerged(ctx context.Context, conn *Conn, msg Message, dat
 	c.mergeMu.Lock()
 	defer c.mergeMu.Unlock()
 	if data {
-		switch v, gap := c.checkSequence(msg); v {
+		switch c.checkSequence(conn, msg) {
 		case seqDuplicate:
 			c.stats.duplicates.Add(1)
 			return false
-		case seqGap:
-			c.reportGap(conn, gap)
+		case seqResync:
+			return false
 		}
 	}
 	if c.inq != nil {
