@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"runtime/debug"
 )
 
@@ -37,13 +36,14 @@ func (c *Client) serve(ctx context.Context, conn *Conn) error {
 	if hbc := c.cfg.heartbeat; hbc != nil {
 		isReply, dropReplies = hbc.IsReply, hbc.DropReplies
 	}
-	var buf []byte
+	var rb readBuffer
+	defer rb.release()
 	for {
 		typ, r, err := conn.ws.NextReader()
 		if err != nil {
 			return conn.causeOf(err)
 		}
-		buf, err = readAll(r, buf[:0])
+		buf, err := rb.read(r)
 		if err != nil {
 			return conn.causeOf(err)
 		}
@@ -98,32 +98,7 @@ func (c *Client) serve(ctx context.Context, conn *Conn) error {
 		c.stats.bytesIn.Add(int64(len(buf)))
 		c.stats.msgsIn.Add(1)
 		conn.held.Add(1) // even again: a check since the first Add sees a change
-		if cap(buf) > maxKeptReadBuffer {
-			buf = nil // do not pin one huge message's buffer for the life of the feed
-		}
-	}
-}
-
-// maxKeptReadBuffer is the largest read buffer kept between messages.
-const maxKeptReadBuffer = 256 << 10
-
-// readAll appends everything from r to buf, growing it as needed.
-func readAll(r io.Reader, buf []byte) ([]byte, error) {
-	if cap(buf) == 0 {
-		buf = make([]byte, 0, 512)
-	}
-	for {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
-		}
-		n, err := r.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if err != nil {
-			if err == io.EOF {
-				return buf, nil
-			}
-			return buf, err
-		}
+		rb.release()     // a big message's buffer goes back to its pool
 	}
 }
 
