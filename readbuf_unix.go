@@ -28,7 +28,8 @@ func (t *trackedConn) enablePooledReads() {
 }
 
 // pooledRead reads through a borrowed buffer: it waits for readability
-// holding none, then reads as much as one buffer holds.
+// holding none, then reads as much as one buffer holds. It adds what each
+// system call read to bytesIn.
 func (t *trackedConn) pooledRead(p []byte) (int, error) {
 	if n, ok := t.pool.readBuffered(p); ok {
 		return n, nil
@@ -38,6 +39,7 @@ func (t *trackedConn) pooledRead(p []byte) (int, error) {
 		if n > 0 {
 			t.readAt = time.Now()
 		}
+		t.bytesIn.Add(int64(n))
 		return n, err
 	}
 	if err := t.rc.Read(t.pool.fn); err != nil {
@@ -74,6 +76,7 @@ func (t *trackedConn) rawRead(fd uintptr) bool {
 			t.pool.rawErr = io.EOF
 		default:
 			t.pool.got, t.pool.n = b, n
+			t.bytesIn.Add(int64(n))
 		}
 		return true
 	}

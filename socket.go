@@ -102,17 +102,19 @@ func (t *trackedConn) Read(p []byte) (int, error) {
 			return 0, err
 		}
 	}
-	var n int
-	var err error
 	if t.rc != nil {
-		n, err = t.pooledRead(p)
-	} else {
-		n, err = t.Conn.Read(p)
-		if n > 0 {
-			t.readAt = time.Now()
+		// bytesIn and readAt are updated per system call (pooledRead), not
+		// per copy out of the shared buffer: gorilla reads its small
+		// buffer's worth at a time.
+		n, err := t.pooledRead(p)
+		if !t.handshook.Load() && t.bytesIn.Load() > maxHandshakeBytes {
+			return n, errHandshakeTooLarge
 		}
+		return n, err
 	}
+	n, err := t.Conn.Read(p)
 	if n > 0 {
+		t.readAt = time.Now()
 		if t.bytesIn.Add(int64(n)) > maxHandshakeBytes && !t.handshook.Load() {
 			return n, errHandshakeTooLarge
 		}
