@@ -2,7 +2,7 @@
 # Runs every wspool benchmark (each client and server in its own process) and
 # prints a results table (Markdown) on stdout; progress goes to stderr.
 #
-#   bench/run.sh                 # full run, about 8 minutes on 2 cores
+#   bench/run.sh                 # full run, about 12 minutes on 2 cores
 #   QUICK=1 bench/run.sh         # about 2 minutes
 #   PROFILE=dir bench/run.sh     # also write CPU/heap profiles of the wspool runs
 #   bench/run.sh -only idle -v   # extra arguments go to wsbench
@@ -15,7 +15,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
 
 args=()
-limit=16m
+limit=22m
 if [ -n "${QUICK:-}" ] && [ "${QUICK}" != 0 ]; then
 	args+=(-quick)
 	limit=6m

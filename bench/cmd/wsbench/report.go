@@ -277,7 +277,7 @@ func (r *results) print(w io.Writer) {
 					}
 					m, sp := rss(rs)
 					c, csp := cpu(rs)
-					fmt.Fprintf(w, " %s %s KiB/feed %s, CPU %.2f%% %s;", mode, kib(m), sp, c, csp)
+					fmt.Fprintf(w, " %s %s KiB/feed%s, CPU %.2f%%%s;", mode, kib(m), prefixed(sp), c, prefixed(csp))
 				}
 				fmt.Fprintf(w, "\n\n")
 			}
@@ -351,4 +351,12 @@ func (r *results) print(w io.Writer) {
 		}
 		table(w, []string{"target", "measured", "status"}, rows)
 	}
+}
+
+// prefixed returns s with a leading space, or "" for an empty s.
+func prefixed(s string) string {
+	if s == "" {
+		return ""
+	}
+	return " " + s
 }

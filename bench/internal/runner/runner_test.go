@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -73,6 +74,34 @@ func BenchmarkThroughput(b *testing.B) {
 				})
 			}
 		}
+	}
+}
+
+// BenchmarkFirstBigMessage measures one fresh connection receiving one
+// 16 MiB message: dial, read, close, with every buffer pool emptied (two
+// GCs, outside the timer) before each. One op is one connection.
+func BenchmarkFirstBigMessage(b *testing.B) {
+	srv := startServer(b, firehose.Config{})
+	u := WithQuery(srv.URL(), "size", fmt.Sprint(16<<20), "count", "1")
+	for _, mode := range receiveModes {
+		b.Run(mode, func(b *testing.B) {
+			ctx := testCtx(b, 5*time.Minute)
+			b.ReportAllocs()
+			for range b.N {
+				b.StopTimer()
+				runtime.GC()
+				runtime.GC()
+				b.StartTimer()
+				r, err := StartReceiver(ctx, mode, u, 1, Tuning{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := r.WaitAll(ctx, 10*time.Second); err != nil {
+					b.Fatal(err)
+				}
+				r.Close()
+			}
+		})
 	}
 }
 
