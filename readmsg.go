@@ -113,26 +113,3 @@ func (rb *readBuffer) release() {
 		bigBufs[bits.Len(uint(cap(*b)))-1].Put(b)
 	}
 }
-
-// readAll appends everything from r to buf, growing it as needed. The
-// standby reader (standby.go) uses it; serve reads through a readBuffer,
-// whose big messages do not grow by small steps. TODO(lead): switch the
-// standby reader to a readBuffer (release it after each message).
-func readAll(r io.Reader, buf []byte) ([]byte, error) {
-	if cap(buf) == 0 {
-		buf = make([]byte, 0, minReadBuffer)
-	}
-	for {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
-		}
-		n, err := r.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if err != nil {
-			if err == io.EOF {
-				return buf, nil
-			}
-			return buf, err
-		}
-	}
-}

@@ -194,13 +194,14 @@ func (l *lane) serve(ctx context.Context, conn *Conn) error {
 	if hbc := c.cfg.heartbeat; hbc != nil {
 		isReply, dropReplies = hbc.IsReply, hbc.DropReplies
 	}
-	var buf []byte
+	var rb readBuffer
+	defer rb.release()
 	for {
 		typ, r, err := conn.ws.NextReader()
 		if err != nil {
 			return conn.causeOf(err)
 		}
-		buf, err = readAll(r, buf[:0])
+		buf, err := rb.read(r)
 		if err != nil {
 			return conn.causeOf(err)
 		}
@@ -227,9 +228,6 @@ func (l *lane) serve(ctx context.Context, conn *Conn) error {
 			}
 		}
 		conn.held.Add(1)
-		if cap(buf) > maxKeptReadBuffer {
-			buf = nil
-		}
 	}
 }
 
