@@ -95,6 +95,31 @@
 // on the new one, still in order. A connected feed never holds buffered
 // messages that nothing will write.
 //
+// # Continuity
+//
+// A connection kept alive is not yet a correct stream. Client.Reconnect and
+// Client.Rotate replace the connection on demand (break-and-redial, or
+// make-before-break); a handler asks for a reconnect by returning an error
+// wrapping [ErrReconnect]. Every [Message] carries the time its last byte
+// was read from the socket and the number of the connection it came on.
+// WithSequence gives the feed the messages' stream keys and numbers: per key
+// it drops duplicates (a resume that replays, a rotation's overlap, a
+// standby's copies: the first copy wins) and reports gaps, with OnGap able to
+// ask for a resync that fills the gap from a resume point (a request func
+// resuming from Client.LastSequence). WithStandby keeps extra connections to
+// the same stream, read at once and merged by sequence, so that losing one
+// loses nothing and stalls the stream only as long as the survivor lags
+// (measured in examples/standby: median about the message interval, worst
+// under 250 ms on a loaded 2-core machine). WithServerPing answers an
+// upstream's data-level pings on the reader, ahead of a busy handler.
+// Client.Drain and Pool.Drain stop without throwing queued messages away.
+// The guarantees, exactly: with WithSequence, the handler never sees a
+// number at or below one it saw for the same key; it sees a number more than
+// one above the last only after OnGap accepted the gap (or with no OnGap);
+// with a resume point from LastSequence and OnGap asking for a resync, it
+// sees every number exactly once, in order, as long as the upstream can
+// replay from the resume point.
+//
 // # Rotation
 //
 // WithMaxConnectionAge replaces a connection before an upstream's age limit

@@ -27,7 +27,7 @@ import (
 	"time"
 )
 
-var programs = []string{"demo", "resume", "heartbeats", "tail", "backpressure"}
+var programs = []string{"demo", "resume", "heartbeats", "tail", "backpressure", "standby"}
 
 var (
 	binDir   string
@@ -336,6 +336,20 @@ func TestResumeCatchesGaps(t *testing.T) {
 	out := p.output()
 	if !regexp.MustCompile(`FAIL: \d+ gaps`).MatchString(out) || !strings.Contains(out, "gap: after seq") {
 		t.Errorf("want gaps reported")
+	}
+}
+
+// TestStandby runs the hot-standby example: connection losses, zero gaps.
+func TestStandby(t *testing.T) {
+	t.Parallel()
+	p := start(t, 2*time.Minute, "standby", "-faults", "10")
+	p.mustExit(90*time.Second, 0)
+	out := p.output()
+	if !regexp.MustCompile(`OK: every number from \d+ to \d+ exactly once, in order, across 10 connection losses`).MatchString(out) {
+		t.Errorf("no verdict of no gap in output")
+	}
+	if n := strings.Count(out, "fault "); n < 10 {
+		t.Errorf("%d faults reported, want 10", n)
 	}
 }
 
