@@ -32,8 +32,11 @@ import (
 // The test binary doubles as a collector process: with NATSJS_CHILD=collector
 // in its environment it runs one member until SIGTERM (or until killed).
 func TestMain(m *testing.M) {
-	if os.Getenv("NATSJS_CHILD") == "collector" {
+	switch os.Getenv("NATSJS_CHILD") {
+	case "collector":
 		os.Exit(collectorMain())
+	case "natsserver":
+		os.Exit(natsServerMain())
 	}
 	os.Exit(m.Run())
 }
@@ -80,7 +83,10 @@ func collectorMain() int {
 		return 2
 	}
 	member := os.Getenv("NATSJS_MEMBER")
+	// Pings every second, two unanswered: a frozen server is left within
+	// about 3 s, well inside TTL - Margin.
 	nc, err := nats.Connect(os.Getenv("NATSJS_URL"), nats.Name(member),
+		nats.PingInterval(time.Second), nats.MaxPingsOutstanding(2),
 		nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.ReconnectJitter(0, 0),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { fmt.Fprintln(os.Stderr, "nats disconnected:", err) }),
 		nats.ReconnectHandler(func(*nats.Conn) { fmt.Fprintln(os.Stderr, "nats reconnected") }),
@@ -198,7 +204,8 @@ type testCluster struct {
 func newTestCluster(t *testing.T, natsURL string, tc testConfig, nFeeds int, interval time.Duration) *testCluster {
 	t.Helper()
 	c := &testCluster{t: t, tc: tc, url: natsURL, procs: map[string]*proc{}}
-	nc, err := nats.Connect(natsURL, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	nc, err := nats.Connect(natsURL, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond),
+		nats.PingInterval(time.Second), nats.MaxPingsOutstanding(2))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,8 +228,16 @@ func newTestCluster(t *testing.T, natsURL string, tc testConfig, nFeeds int, int
 		c.names = append(c.names, n)
 		fs[i] = natsjs.Feed{Name: n, URL: c.feeds.URL(n)}
 	}
-	if err := c.admin.Register(ctx, fs...); err != nil {
-		t.Fatal(err)
+	// A NATS cluster may still be placing peers: retry for a while.
+	for {
+		err := c.admin.Register(ctx, fs...)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	js, _ := jetstream.New(nc)
 	c.w = startWatcher(t, js, c.admin, c.names)
@@ -338,8 +353,10 @@ type watcher struct {
 	marks    []time.Time
 	total    int
 	gapsFrom time.Time
-	cc       jetstream.ConsumeContext
+	lastSeq  uint64        // stream sequence of the last message read
 	info     func() string // the stream's state, for failures
+	hist     map[int]int   // messages stored per 500 ms since histFrom
+	histFrom time.Time
 }
 
 func startWatcher(t *testing.T, js jetstream.JetStream, m *natsjs.Member, names []string) *watcher {
@@ -347,12 +364,6 @@ func startWatcher(t *testing.T, js jetstream.JetStream, m *natsjs.Member, names 
 	w := &watcher{feeds: map[string]*feedLog{}, prefix: m.Subject("")}
 	for _, n := range names {
 		w.feeds[n] = &feedLog{}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	cons, err := js.OrderedConsumer(ctx, m.StreamName(), jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
 	}
 	w.info = func() string {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -367,11 +378,73 @@ func startWatcher(t *testing.T, js jetstream.JetStream, m *natsjs.Member, names 
 		}
 		return fmt.Sprintf("%d messages, last at %v", i.State.Msgs, i.State.LastTime.Format("15:04:05.000"))
 	}
-	w.cc, err = cons.Consume(w.on, jetstream.PullMaxMessages(20000), jetstream.PullHeartbeat(2*time.Second))
+	// An ordered consumer; restarted after the last sequence read whenever
+	// it stops making progress while the stream has more (it can get stuck
+	// across a stream leader change on a NATS cluster).
+	consume := func(from uint64) (jetstream.ConsumeContext, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		cfg := jetstream.OrderedConsumerConfig{}
+		if from > 0 {
+			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, from
+		}
+		cons, err := js.OrderedConsumer(ctx, m.StreamName(), cfg)
+		if err != nil {
+			return nil, err
+		}
+		return cons.Consume(w.on, jetstream.PullMaxMessages(20000), jetstream.PullHeartbeat(2*time.Second))
+	}
+	cc, err := consume(0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(w.cc.Stop)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer func() { cc.Stop() }()
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		var seen uint64
+		stalled := 0
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			w.mu.Lock()
+			at := w.lastSeq
+			w.mu.Unlock()
+			if at != seen {
+				seen, stalled = at, 0
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			s, err := js.Stream(ctx, m.StreamName())
+			var last uint64
+			if err == nil {
+				if i, err := s.Info(ctx); err == nil {
+					last = i.State.LastSeq
+				}
+			}
+			cancel()
+			if last <= at {
+				continue
+			}
+			if stalled++; stalled < 3 {
+				continue
+			}
+			cc.Stop()
+			if next, err := consume(at + 1); err == nil {
+				cc, stalled = next, 0
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		close(stop)
+		<-done
+	})
 	return w
 }
 
@@ -386,7 +459,14 @@ func (w *watcher) on(msg jetstream.Msg) {
 	at := md.Timestamp
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if md.Sequence.Stream <= w.lastSeq {
+		return // seen before a restart of the consumer
+	}
+	w.lastSeq = md.Sequence.Stream
 	w.total++
+	if w.hist != nil && !at.Before(w.histFrom) {
+		w.hist[int(at.Sub(w.histFrom)/(500*time.Millisecond))]++
+	}
 	f := w.feeds[feed]
 	if f == nil {
 		return
@@ -402,7 +482,8 @@ func (w *watcher) on(msg jetstream.Msg) {
 	default:
 		f.lost += seq - f.last - 1
 	}
-	if !w.gapsFrom.IsZero() && f.last > 0 && !f.lastAt.Before(w.gapsFrom) {
+	// A gap counts if it ends after gapsFrom (a stall spanning the event).
+	if !w.gapsFrom.IsZero() && f.count > 1 && at.After(w.gapsFrom) {
 		if g := at.Sub(f.lastAt); g > f.maxGap {
 			f.maxGap, f.maxGapAt = g, at
 		}

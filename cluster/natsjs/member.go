@@ -145,8 +145,8 @@ type Member struct {
 	stats  counters
 	kickCh chan struct{} // a publisher saw itself fenced by the stream
 
-	setupOnce sync.Once
-	setupErr  error
+	setupMu   sync.Mutex
+	setupDone bool
 	leases    jetstream.KeyValue
 	feedsKV   jetstream.KeyValue
 	stream    jetstream.Stream
@@ -163,6 +163,12 @@ func New(nc *nats.Conn, cfg Config) (*Member, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("natsjs: %w", err)
+	}
+	// A connection to a frozen server (no FIN, no RST) is only left after
+	// MaxPingsOut unanswered pings; until then no renewal gets through.
+	if d := nc.Opts.PingInterval * time.Duration(nc.Opts.MaxPingsOut+1); d >= cfg.TTL-cfg.Margin {
+		cfg.Logger.Warn("natsjs: the NATS connection notices a frozen server only after its pings time out, later than a lease can go unrenewed; use nats.PingInterval and nats.MaxPingsOutstanding to bring it below TTL-Margin",
+			"ping_detection", d, "ttl_minus_margin", cfg.TTL-cfg.Margin)
 	}
 	return &Member{
 		cfg:    cfg,
@@ -182,10 +188,19 @@ func (m *Member) Subject(feed string) string {
 // StreamName returns the name of the downstream stream.
 func (m *Member) StreamName() string { return m.cfg.Name }
 
-// setup creates (or finds) the buckets and the stream.
+// setup creates (or finds) the buckets and the stream; after a failure the
+// next call tries again.
 func (m *Member) setup(ctx context.Context) error {
-	m.setupOnce.Do(func() { m.setupErr = m.doSetup(ctx) })
-	return m.setupErr
+	m.setupMu.Lock()
+	defer m.setupMu.Unlock()
+	if m.setupDone {
+		return nil
+	}
+	if err := m.doSetup(ctx); err != nil {
+		return err
+	}
+	m.setupDone = true
+	return nil
 }
 
 func (m *Member) doSetup(ctx context.Context) error {

@@ -132,7 +132,7 @@ func (fr *feedRun) handle(ctx context.Context, msg wspool.Message) error {
 		}
 		// The publish is not cut short when the feed stops: a hand-over
 		// waits for it, so the next owner reads it as the last message.
-		pctx, cancel := context.WithTimeout(context.Background(), m.cfg.TTL/2)
+		pctx, cancel := context.WithTimeout(context.Background(), m.publishTimeout())
 		ack, err := m.js.PublishMsg(pctx, nm, opts...)
 		cancel()
 		if err == nil {
@@ -147,7 +147,7 @@ func (fr *feedRun) handle(ctx context.Context, msg wspool.Message) error {
 		if wrongLastSeq(err) {
 			// Either our own earlier attempt was stored and its ack lost,
 			// or another member appended: the last message tells which.
-			gctx, gcancel := context.WithTimeout(context.Background(), m.cfg.TTL/2)
+			gctx, gcancel := context.WithTimeout(context.Background(), m.publishTimeout())
 			lm, gerr := m.stream.GetLastMsgForSubject(gctx, fr.subj)
 			gcancel()
 			if gerr == nil && lm.Header.Get(jetstream.MsgIDHeader) == id {
@@ -177,6 +177,13 @@ func (fr *feedRun) handle(ctx context.Context, msg wspool.Message) error {
 		}
 		wait = min(2*wait, time.Second)
 	}
+}
+
+// publishTimeout bounds one publish attempt: TTL/4 between 500 ms and 1 s.
+// A publish sent to a server that died unanswered is retried (with the same
+// id) after it, so it bounds the pause a lost NATS leader adds.
+func (m *Member) publishTimeout() time.Duration {
+	return min(max(m.cfg.TTL/4, 500*time.Millisecond), time.Second)
 }
 
 func (fr *feedRun) stored(streamSeq, seq uint64, hasSeq bool) {
