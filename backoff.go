@@ -20,13 +20,14 @@ const (
 // never gives up on its own, reset only after a connection proved stable, and
 // stretched to honour a server's Retry-After.
 type retryPolicy struct {
+	c          *Client
 	cfg        *config
 	bo         *backoff.ExponentialBackOff // created at the first failure
 	failures   int                         // consecutive attempts without a stable connection
 	healthyEnd bool                        // the last event was the end of a healthy connection
 }
 
-func newRetryPolicy(cfg *config) retryPolicy { return retryPolicy{cfg: cfg} }
+func newRetryPolicy(c *Client) retryPolicy { return retryPolicy{c: c, cfg: &c.cfg} }
 
 // backoff returns the exponential backoff, creating it on first use (a feed
 // that never fails never needs one).
@@ -104,10 +105,19 @@ func (r *retryPolicy) next(err error) (time.Duration, bool) {
 			return 0, false
 		}
 	}
-	bo := r.backoff()
-	wait := bo.NextBackOff()
-	if wait == backoff.Stop { // cannot happen with MaxElapsedTime 0; be safe
-		wait = bo.MaxInterval
+	var wait time.Duration
+	if f := r.cfg.retryFunc; f != nil {
+		w, retry, ok := r.c.askRetryFunc(f, r.failures, err)
+		if ok && !retry {
+			return 0, false
+		}
+		if ok {
+			wait = w
+		} else {
+			wait = r.defaultWait(err)
+		}
+	} else {
+		wait = r.defaultWait(err)
 	}
 	var he *HandshakeError
 	if errors.As(err, &he) && he.RetryAfter > 0 {
@@ -115,4 +125,18 @@ func (r *retryPolicy) next(err error) (time.Duration, bool) {
 		wait = max(wait, ra)
 	}
 	return wait, true
+}
+
+// defaultWait is the built-in curve: the jittered exponential backoff, or a
+// short random wait after a 1012 (service restart) close.
+func (r *retryPolicy) defaultWait(err error) time.Duration {
+	if CloseStatus(err) == CloseCodeServiceRestart {
+		return restartWait(r.cfg.initialBO)
+	}
+	bo := r.backoff()
+	wait := bo.NextBackOff()
+	if wait == backoff.Stop { // cannot happen with MaxElapsedTime 0; be safe
+		wait = bo.MaxInterval
+	}
+	return wait
 }

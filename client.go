@@ -172,6 +172,7 @@ type Client struct {
 	failedRun    int                // consecutive attempts that failed before reaching connected
 
 	stats clientCounters
+	admit admitCounters // admission.go
 }
 
 type clientCounters struct {
@@ -326,7 +327,7 @@ func (c *Client) begin(parent context.Context, spawn func(func() error)) (contex
 			return f()
 		})
 	}
-	c.rp = newRetryPolicy(&c.cfg)
+	c.rp = newRetryPolicy(c)
 	if c.inq != nil {
 		// The queue's handler has a context of its own: it ends with the
 		// feed, except that Drain keeps it until the queue is empty or
@@ -562,6 +563,7 @@ func (c *Client) backOff(ctx context.Context, err error) (stop bool, final error
 		return true, nil
 	}
 	c.recordError(err)
+	c.upstreamSaid(err)
 	if c.isPermanent(err) {
 		return true, err
 	}

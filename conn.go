@@ -21,6 +21,7 @@ type Conn struct {
 	lane   *lane // the standby connection it serves; nil for the primary
 
 	wlock chan struct{} // one writer at a time, waitable with a context
+	pacer *pacer        // WithSendPacing (pacing.go); nil without
 	dead  chan struct{} // closed when the connection is torn down
 	once  sync.Once
 	cause error // why it was torn down; written before dead is closed
@@ -47,7 +48,7 @@ type Conn struct {
 }
 
 func newConn(c *Client, ws *websocket.Conn, nc *trackedConn) *Conn {
-	return &Conn{client: c, ws: ws, nc: nc, id: c.stats.connSeq.Add(1), wlock: make(chan struct{}, 1), dead: make(chan struct{})}
+	return &Conn{client: c, ws: ws, nc: nc, id: c.stats.connSeq.Add(1), wlock: make(chan struct{}, 1), dead: make(chan struct{}), pacer: newPacer(c.cfg.pacing)}
 }
 
 // ID returns the connection's number within its feed (Message.ConnID): 1
@@ -70,14 +71,14 @@ func (cn *Conn) Send(ctx context.Context, typ MessageType, data []byte) error {
 	if err := checkType(typ); err != nil {
 		return err
 	}
-	if !cn.lockWriter(ctx.Done()) {
+	if !cn.lockWriterPaced(ctx.Done()) {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		return ErrNotConnected
 	}
 	err := cn.writeLocked(typ, data)
-	cn.unlockWriter()
+	cn.unlockWriterPaced()
 	if err == errNotSent {
 		return ErrNotConnected
 	}
@@ -85,13 +86,18 @@ func (cn *Conn) Send(ctx context.Context, typ MessageType, data []byte) error {
 }
 
 // write writes one message; errNotSent means the connection is closing or
-// gone and nothing was written. Any other error broke the connection.
-func (cn *Conn) write(typ MessageType, data []byte) error {
-	if !cn.lockWriter(nil) {
+// gone and nothing was written, errStopped that stop closed while the
+// message waited for its turn (pacing) or the writer. Any other error broke
+// the connection.
+func (cn *Conn) write(stop <-chan struct{}, typ MessageType, data []byte) error {
+	if !cn.lockWriterPaced(stop) {
+		if stopped(stop) {
+			return errStopped
+		}
 		return errNotSent
 	}
 	err := cn.writeLocked(typ, data)
-	cn.unlockWriter()
+	cn.unlockWriterPaced()
 	return err
 }
 
@@ -164,6 +170,10 @@ func (cn *Conn) writePing(payload []byte) (sent bool, err error) {
 	if cn.closing.Load() {
 		return true, nil // our close frame is out: no more pings
 	}
+	if !cn.pingPaced() {
+		return false, nil // no room in the pacing window: put off
+	}
+	defer cn.pingPacedDone()
 	if err := cn.ws.SetWriteDeadline(time.Now().Add(cn.client.cfg.writeTimeout)); err != nil {
 		return false, err
 	}

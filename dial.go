@@ -52,10 +52,11 @@ func (c *Client) dialFrom(ctx context.Context, base *url.URL) (*Conn, error) {
 	c.mu.Lock()
 	c.dialedHost = u.Host // the wake's key: the host really dialled
 	c.mu.Unlock()
-	if err := c.cfg.dialSem.acquire(ctx); err != nil {
+	ticket, err := c.enterGate(ctx, u.Host, c.admissionKey(&u, h))
+	if err != nil {
 		return nil, err
 	}
-	defer c.cfg.dialSem.release()
+	defer ticket.leave()
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.handshakeTO)
 	defer cancel()
 	slot := &dialSlot{client: c}
@@ -78,6 +79,7 @@ func (c *Client) dialFrom(ctx context.Context, base *url.URL) (*Conn, error) {
 			if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
 				he.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
 			}
+			c.upstreamSaid(he) // a rotation's dial too
 			return nil, he
 		}
 		// The socket's deadline (the context's) may fire just before the

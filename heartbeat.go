@@ -202,6 +202,13 @@ func (h *heartbeat) onPing() {
 			h.ping.Reset(h.coarse(max(h.quantum, time.Millisecond)))
 			return
 		}
+	} else if cn.pacesPings() {
+		// Paced pings never bypass the window: try again at the next tick.
+		var sent bool
+		if sent, err = cn.writePing(h.payload); err == nil && !sent {
+			h.ping.Reset(h.coarse(max(h.quantum, time.Millisecond)))
+			return
+		}
 	} else {
 		// Still busy (a stream of sends): WriteControl slips the ping in
 		// between their frames.

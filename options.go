@@ -90,12 +90,15 @@ type config struct {
 	onConnect     func(ctx context.Context, c *Conn) error
 	onState       func(StateChange)
 	onError       func(feed string, err error)
+	retryFunc     func(attempt int, err error) (time.Duration, bool)
+	pacing        *SendPacing
 
 	// pool only
-	maxDials int
-	failFast bool
-	dialSem  dialLimiter // set by the pool
-	wake     *wakeHub    // set by the pool
+	maxDials  int
+	failFast  bool
+	dialSem   *dialGate // set by the pool
+	admission *Admission
+	wake      *wakeHub // set by the pool
 }
 
 func defaultConfig() config {

@@ -8,7 +8,6 @@ import (
 	"sync"
 
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sync/semaphore"
 )
 
 // Pool supervises many feeds, each an independent Client with its own
@@ -18,7 +17,7 @@ import (
 type Pool struct {
 	defaults []Option
 	cfg      config // pool-level settings (dial limit, fail-fast, logger)
-	sem      dialLimiter
+	sem      *dialGate
 	wake     *wakeHub
 
 	mu       sync.Mutex
@@ -47,7 +46,7 @@ func NewPool(opts ...Option) (*Pool, error) {
 	return &Pool{
 		defaults: append([]Option(nil), opts...),
 		cfg:      cfg,
-		sem:      dialLimiter{semaphore.NewWeighted(int64(cfg.maxDials))},
+		sem:      newDialGate(cfg.maxDials, cfg.admission),
 		wake:     &wakeHub{waiters: map[string]map[*Client]chan struct{}{}},
 		feeds:    make(map[string]*Client),
 		done:     make(chan struct{}),
@@ -269,22 +268,6 @@ func (p *Pool) Stats() PoolStats {
 		ps.add(c.Stats())
 	}
 	return ps
-}
-
-// dialLimiter caps the handshakes in flight across a pool.
-type dialLimiter struct{ sem *semaphore.Weighted }
-
-func (d dialLimiter) acquire(ctx context.Context) error {
-	if d.sem == nil {
-		return nil
-	}
-	return d.sem.Acquire(ctx, 1)
-}
-
-func (d dialLimiter) release() {
-	if d.sem != nil {
-		d.sem.Release(1)
-	}
 }
 
 // wakeHub wakes a pool's feeds that are waiting out a backoff after failed

@@ -77,10 +77,11 @@ type sendReq struct {
 	typ      MessageType
 	data     []byte
 	noReplay bool
-	conn     *Conn // noReplay: the only connection it may go on
-	own      bool  // a Send from one of the library's goroutines: never carried to a later connection
-	async    bool  // SendAsync: nobody waits, so it may wait for a later connection from anywhere
-	buffered bool  // counted against the send buffer (it waited for a connection)
+	ctx      context.Context // Send's: ends a pacing wait (nil: none)
+	conn     *Conn           // noReplay: the only connection it may go on
+	own      bool            // a Send from one of the library's goroutines: never carried to a later connection
+	async    bool            // SendAsync: nobody waits, so it may wait for a later connection from anywhere
+	buffered bool            // counted against the send buffer (it waited for a connection)
 	at       time.Time
 	expiry   *time.Timer
 	done     func(error) // called exactly once, outside c.mu
@@ -119,7 +120,7 @@ func (c *Client) Send(ctx context.Context, typ MessageType, data []byte, opts ..
 		c.writing = true
 		c.mu.Unlock()
 		if len(opts) == 0 {
-			err = c.writeDirect(conn, typ, data)
+			err = c.writeDirect(ctx, conn, typ, data)
 		} else {
 			var sr sendReq
 			sr.typ, sr.data = typ, data
@@ -127,13 +128,14 @@ func (c *Client) Send(ctx context.Context, typ MessageType, data []byte, opts ..
 			if sr.noReplay {
 				sr.conn = conn
 			}
+			sr.ctx = ctx
 			err = c.writeOwn(&sr)
 		}
 		c.releaseWriter()
 		return err
 	}
 	result := make(chan error, 1)
-	r := &sendReq{typ: typ, data: data, done: func(err error) { result <- err }}
+	r := &sendReq{typ: typ, data: data, ctx: ctx, done: func(err error) { result <- err }}
 	applySendOptions(r, opts)
 	err = c.enqueueLocked(r)
 	c.mu.Unlock()
@@ -336,9 +338,12 @@ func (c *Client) withdraw(r *sendReq) bool {
 // writeDirect is the fast path: the caller holds the writer role, nothing is
 // queued, and the message carries no options. It retries on the new
 // connection when a rotation closed the one it picked before it wrote.
-func (c *Client) writeDirect(conn *Conn, typ MessageType, data []byte) error {
+func (c *Client) writeDirect(ctx context.Context, conn *Conn, typ MessageType, data []byte) error {
 	for {
-		err := conn.write(typ, data)
+		err := conn.write(ctx.Done(), typ, data)
+		if err == errStopped {
+			return ctx.Err()
+		}
 		if err != errNotSent {
 			return err
 		}
@@ -362,7 +367,11 @@ func (c *Client) writeOwn(r *sendReq) error {
 		if conn == nil || (r.noReplay && conn != r.conn) {
 			return ErrNotConnected
 		}
-		if err := conn.write(r.typ, r.data); err != errNotSent {
+		err := conn.write(r.stop(), r.typ, r.data)
+		if err == errStopped {
+			return r.ctx.Err()
+		}
+		if err != errNotSent {
 			return err
 		}
 	}
@@ -420,7 +429,10 @@ func (c *Client) flush() {
 		}
 		c.popLocked()
 		c.mu.Unlock()
-		err := conn.write(r.typ, r.data)
+		err := conn.write(r.stop(), r.typ, r.data)
+		if err == errStopped {
+			err = r.ctx.Err() // Send's ctx ended while it waited for its turn
+		}
 		if err == errNotSent {
 			// The connection closed (rotation) or died before a byte was
 			// written: back to the head of the line, for the next connection.
@@ -516,3 +528,12 @@ func (c *Client) callDone(done func(error), err error) {
 // errNotSent is Conn.write's answer when the connection is closing or gone
 // and nothing of the message was written.
 var errNotSent = errors.New("wspool: not sent")
+
+// stop is the channel that ends r's wait for its turn (pacing): its Send's
+// context's; nil for SendAsync.
+func (r *sendReq) stop() <-chan struct{} {
+	if r.ctx == nil {
+		return nil
+	}
+	return r.ctx.Done()
+}

@@ -94,7 +94,7 @@ func (c *Client) startLanes(ctx context.Context) {
 		if len(sb.URLs) > 0 {
 			u, _ = url.Parse(sb.URLs[(i-1)%len(sb.URLs)]) // validated by WithStandby
 		}
-		l := &lane{c: c, idx: i, url: u, rp: newRetryPolicy(&c.cfg)}
+		l := &lane{c: c, idx: i, url: u, rp: newRetryPolicy(c)}
 		c.lanes = append(c.lanes, l)
 		c.laneWG.Add(1)
 		c.spawn(func() error {

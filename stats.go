@@ -51,6 +51,12 @@ type Stats struct {
 	// message and connection counters above are the primary's).
 	Won     int64
 	Standby []StandbyStats
+	// AdmissionWaits counts dials that had to wait for admission or a
+	// handshake slot (WithAdmission, WithMaxConcurrentDials), AdmissionWaited
+	// their total wait; AdmissionWaiting is true while a dial waits.
+	AdmissionWaits   int64
+	AdmissionWaited  time.Duration
+	AdmissionWaiting bool
 }
 
 // Stats returns a snapshot of the feed's counters and state.
@@ -87,6 +93,9 @@ func (c *Client) Stats() Stats {
 	s.ServerPings = st.serverPings.Load()
 	s.Won = st.won.Load()
 	s.Standby = standbyStats(lanes)
+	s.AdmissionWaits = c.admit.waits.Load()
+	s.AdmissionWaited = time.Duration(c.admit.waited.Load())
+	s.AdmissionWaiting = c.admit.waiting.Load()
 	if q := c.inq; q != nil {
 		s.Dropped = q.dropped.Load()
 		s.QueueDepth = int(q.depth.Load())
@@ -105,6 +114,9 @@ type PoolStats struct {
 	Connects, Disconnects, Attempts            int64
 	MessagesIn, BytesIn, MessagesOut, BytesOut int64
 	HandlerErrors, Dropped, SendFailed         int64
+	// AdmissionWaiting counts feeds whose dial waits for admission or a
+	// handshake slot now.
+	AdmissionWaiting int
 }
 
 func (ps *PoolStats) add(s Stats) {
@@ -130,6 +142,9 @@ func (ps *PoolStats) add(s Stats) {
 	ps.HandlerErrors += s.HandlerErrors
 	ps.Dropped += s.Dropped
 	ps.SendFailed += s.SendFailed
+	if s.AdmissionWaiting {
+		ps.AdmissionWaiting++
+	}
 }
 
 // connectedSince is when the current connection reached the connected state;
