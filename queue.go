@@ -42,7 +42,10 @@ type Queue struct {
 	// Bytes is the most payload bytes queued at once; 0 means Messages ×
 	// 64 KiB. A single message larger than Bytes is still accepted when the
 	// queue is empty, so the bound is Bytes plus one message (itself bounded by
-	// the read limit).
+	// the read limit). Beyond the queue, a feed holds the message its handler
+	// is working on and the reader's buffer: under Block the reader waits for
+	// room holding only its buffer, and copies the message into the queue once
+	// it fits.
 	Bytes int
 	// Policy applies when either bound is reached. Default Block.
 	Policy OverflowPolicy
@@ -152,11 +155,17 @@ func (q *inQueue) popLocked() Message {
 	return m
 }
 
-// push adds m (which the queue now owns). Under Block it waits for room until
-// stop is closed (shutdown), and then returns false. It keeps waiting when the
-// connection dies meanwhile: the message was received and must not be lost
-// between messages the reader still finds buffered. It reports whether the feed just
-// started dropping.
+// push adds a copy of m (m.Data is the reader's buffer, borrowed). The copy
+// is made only once the message has room, so a reader waiting under Block
+// holds nothing beyond its own read buffer, and a message DropNewest drops is
+// never copied. Under Block it waits for room until stop is closed (shutdown),
+// and then returns false. It keeps waiting when the connection dies
+// meanwhile: the message was received and must not be lost between messages
+// the reader still finds buffered. It reports whether the feed just started
+// dropping.
+//
+// Only the feed's reader pushes, so room found stays room while the copy is
+// made outside the lock (the handler can only pop).
 func (q *inQueue) push(m Message, stop <-chan struct{}) (ok, startedDropping bool) {
 	size := len(m.Data)
 	for {
@@ -166,9 +175,8 @@ func (q *inQueue) push(m Message, stop <-chan struct{}) (ok, startedDropping boo
 			return false, false
 		}
 		if !q.fullLocked(size) {
-			q.pushLocked(m)
 			q.mu.Unlock()
-			return true, false
+			return q.commit(m), false
 		}
 		switch q.cfg.Policy {
 		case DropNewest:
@@ -184,9 +192,8 @@ func (q *inQueue) push(m Message, stop <-chan struct{}) (ok, startedDropping boo
 			}
 			started := !q.dropping
 			q.dropping = true
-			q.pushLocked(m)
 			q.mu.Unlock()
-			return true, started
+			return q.commit(m), started
 		}
 		q.mu.Unlock()
 		select {
@@ -195,6 +202,19 @@ func (q *inQueue) push(m Message, stop <-chan struct{}) (ok, startedDropping boo
 			return false, false
 		}
 	}
+}
+
+// commit copies m into the queue, which has room for it; false if the queue
+// was closed meanwhile.
+func (q *inQueue) commit(m Message) bool {
+	m.Data = append([]byte(nil), m.Data...)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return false
+	}
+	q.pushLocked(m)
+	return true
 }
 
 // pop waits for a message until ctx ends or the queue is closed and empty.

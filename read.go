@@ -102,10 +102,10 @@ func (c *Client) serve(ctx context.Context, conn *Conn) error {
 	}
 }
 
-// enqueue hands a copy of msg to the queue; under Block it waits for room
-// (TCP then pushes back on the server) until shutdown or the connection dies.
+// enqueue hands msg to the queue, which copies it once it has room; under
+// Block it waits for room (TCP then pushes back on the server) until
+// shutdown or the connection dies.
 func (c *Client) enqueue(ctx context.Context, conn *Conn, msg Message) {
-	msg.Data = append([]byte(nil), msg.Data...)
 	_, started := c.inq.push(msg, ctx.Done())
 	if started {
 		err := fmt.Errorf("%w: queue full (%d messages), dropping (%v)", ErrSlowConsumer, c.inq.cfg.Messages, c.inq.cfg.Policy)
