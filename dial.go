@@ -59,7 +59,7 @@ func (c *Client) dialFrom(ctx context.Context, base *url.URL) (*Conn, error) {
 	defer ticket.leave()
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.handshakeTO)
 	defer cancel()
-	slot := &dialSlot{client: c}
+	slot := &dialSlot{client: c, url: &u, header: h, chk: newRespCheck(c.dialer, h)}
 	dctx = context.WithValue(dctx, dialSlotKey{}, slot)
 	// gorilla bounds the upgrade by the context's deadline but does not watch
 	// its cancellation: on shutdown, cut a stuck handshake at once.
@@ -68,11 +68,17 @@ func (c *Client) dialFrom(ctx context.Context, base *url.URL) (*Conn, error) {
 			_ = nc.SetDeadline(time.Now())
 		}
 	})
-	ws, resp, err := c.dialer.DialContext(dctx, u.String(), h)
+	ws, resp, err := dialRecover(dctx, c.dialer, u.String(), h, slot)
 	stopCut()
 	if err != nil {
+		if slot.chk.err != nil {
+			return nil, slot.chk.err // the response check failed (handshake.go)
+		}
 		if resp != nil && resp.StatusCode == http.StatusSwitchingProtocols {
-			return nil, fmt.Errorf("wspool: handshake: invalid 101 response (Upgrade, Connection or Sec-WebSocket-Accept wrong): %w", err)
+			if errors.Is(err, websocket.ErrBadHandshake) {
+				return nil, fmt.Errorf("wspool: handshake: invalid 101 response (Upgrade, Connection or Sec-WebSocket-Accept wrong): %w", err)
+			}
+			return nil, fmt.Errorf("wspool: handshake: invalid 101 response: %w", err)
 		}
 		if resp != nil && errors.Is(err, websocket.ErrBadHandshake) {
 			he := &HandshakeError{StatusCode: resp.StatusCode, Err: err}
@@ -107,12 +113,32 @@ func (c *Client) dialFrom(ctx context.Context, base *url.URL) (*Conn, error) {
 
 type dialSlotKey struct{}
 
-// dialSlot carries the dialing feed into the dial functions and its tracked
-// socket out of the dialer.
+// dialSlot carries the dialing feed, its request and its response check into
+// the dial functions, and its tracked socket out of the dialer.
 type dialSlot struct {
 	client *Client
+	url    *url.URL    // the feed's URL for this dial (for the Proxy func)
+	header http.Header // the request header (likewise)
+	chk    *respCheck
 	conn   atomic.Pointer[trackedConn]
 }
+
+// dialRecover runs the dialer, turning a panic in it (gorilla's, or a dial
+// function's) into an error: a peer's bytes must never end the process.
+func dialRecover(ctx context.Context, d *websocket.Dialer, u string, h http.Header, slot *dialSlot) (ws *websocket.Conn, resp *http.Response, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			if tc := slot.conn.Load(); tc != nil {
+				_ = tc.Close()
+			}
+			ws, resp, err = nil, nil, fmt.Errorf("%w: %v", errDialPanic, r)
+		}
+	}()
+	return d.DialContext(ctx, u, h)
+}
+
+// errDialPanic wraps a panic recovered during a dial.
+var errDialPanic = errors.New("wspool: dial: panic in the dial (recovered)")
 
 // sharedDialers serve every feed with neither WithDialer nor
 // WithSubprotocols: plain ws:// (pooled reads) and the rest. The dial
@@ -127,38 +153,44 @@ var sharedDialers [2]struct {
 // tracking (and pooled reads for plain ws:// on unix).
 func (c *Client) buildDialer() *websocket.Dialer {
 	c.pooled = pooledReadsSupported && c.url.Scheme == "ws" && (c.cfg.dialer == nil || c.cfg.dialer.ReadBufferSize == 0)
-	if c.cfg.dialer != nil || c.cfg.subprotocols != nil {
-		return newDialer(c.cfg.dialer, c.cfg.subprotocols, c.pooled)
+	if c.cfg.dialer != nil || c.cfg.subprotocols != nil || c.cfg.compression {
+		return newDialer(c.cfg.dialer, c.cfg.subprotocols, c.pooled, c.cfg.compression)
 	}
 	i := 0
 	if c.pooled {
 		i = 1
 	}
 	sd := &sharedDialers[i]
-	sd.once.Do(func() { sd.d = newDialer(nil, nil, c.pooled) })
+	sd.once.Do(func() { sd.d = newDialer(nil, nil, c.pooled, false) })
 	return sd.d
 }
 
-func newDialer(base *websocket.Dialer, subprotocols []string, pooled bool) *websocket.Dialer {
+func newDialer(base *websocket.Dialer, subprotocols []string, pooled, compression bool) *websocket.Dialer {
 	var d websocket.Dialer
 	if base != nil {
 		d = *base
 	} else {
 		d = *websocket.DefaultDialer
 	}
-	dial := d.NetDialContext
-	if dial == nil && d.NetDial != nil {
+	tcp := d.NetDialContext
+	if tcp == nil && d.NetDial != nil {
 		nd := d.NetDial
-		dial = func(_ context.Context, network, addr string) (net.Conn, error) { return nd(network, addr) }
+		tcp = func(_ context.Context, network, addr string) (net.Conn, error) { return nd(network, addr) }
 	}
-	if dial == nil {
+	if tcp == nil {
 		nd := &net.Dialer{KeepAlive: -1} // keepalive is applied by tuneSocket
-		dial = nd.DialContext
+		tcp = nd.DialContext
 	}
+	// Proxy and TLS are done by netDialer (proxy.go), below the response
+	// check; gorilla sees a ready connection either way.
+	nd := &netDialer{tcp: tcp, userTLS: d.NetDialTLSContext, proxy: d.Proxy, tlsConfig: d.TLSClientConfig}
+	d.Proxy = nil
 	d.NetDial = nil
-	d.NetDialContext = wrapDial(dial)
-	if d.NetDialTLSContext != nil {
-		d.NetDialTLSContext = wrapDial(d.NetDialTLSContext)
+	d.NetDialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return nd.dial(ctx, network, addr, false)
+	}
+	d.NetDialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return nd.dial(ctx, network, addr, true)
 	}
 	d.HandshakeTimeout = 0 // bounded by our own context
 	if pooled {
@@ -170,30 +202,10 @@ func newDialer(base *websocket.Dialer, subprotocols []string, pooled bool) *webs
 	if subprotocols != nil {
 		d.Subprotocols = subprotocols
 	}
-	return &d
-}
-
-func wrapDial(base func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		nc, err := base(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		slot, _ := ctx.Value(dialSlotKey{}).(*dialSlot)
-		if slot == nil {
-			return nc, nil // not our dial (cannot happen: dialers are not exported)
-		}
-		c := slot.client
-		if err := tuneSocket(nc, c.cfg.keepAlive); err != nil {
-			c.log.Warn("tcp keepalive not applied", "err", err)
-		}
-		tc := &trackedConn{Conn: nc}
-		if c.pooled {
-			tc.enablePooledReads()
-		}
-		slot.conn.Store(tc)
-		return tc, nil
+	if compression {
+		d.EnableCompression = true
 	}
+	return &d
 }
 
 // sharedWriteBuffers lends write buffers to connections only while they

@@ -134,13 +134,16 @@ func CloseStatus(err error) int {
 }
 
 // DefaultPermanent is the default retry classification. It reports as
-// permanent: a *PermanentError, ErrInvalidURL, and a *HandshakeError with status
-// 401, 403 or 404 (retrying cannot fix credentials or a wrong path). Everything
+// permanent: a *PermanentError, ErrInvalidURL, a *HandshakeError with status
+// 401, 403 or 404 (retrying cannot fix credentials or a wrong path), and a
+// *NegotiationError (a 101 naming an extension or subprotocol that was not
+// offered, or compression parameters the client cannot honour). Everything
 // else — dial errors, TLS errors, other handshake statuses (408, 429, 5xx),
 // abnormal closes, read errors, missed pongs, stale data — is transient.
 func DefaultPermanent(err error) bool {
 	var pe *PermanentError
-	if errors.As(err, &pe) || errors.Is(err, ErrInvalidURL) {
+	var ne *NegotiationError
+	if errors.As(err, &pe) || errors.Is(err, ErrInvalidURL) || errors.As(err, &ne) {
 		return true
 	}
 	var he *HandshakeError

@@ -61,6 +61,8 @@ type config struct {
 	dialer        *websocket.Dialer
 	header        http.Header
 	subprotocols  []string
+	compression   bool
+	noUTF8Check   bool
 	requestFunc   func(ctx context.Context, u *url.URL, h http.Header) error
 	handshakeTO   time.Duration
 	readLimit     int64
@@ -201,9 +203,14 @@ func WithName(name string) Option {
 // dialer is copied; its TLSClientConfig is cloned. The default is a copy of
 // websocket.DefaultDialer (proxy from the environment, TLS verification on).
 // wspool wraps the dialer's NetDialContext (or NetDial) to tune TCP keepalive
-// and to observe inbound bytes for liveness; a NetDialTLSContext is wrapped the
-// same way. Note that a Dialer's nil Proxy means no proxy: set Proxy to
-// http.ProxyFromEnvironment to keep honouring HTTP_PROXY and HTTPS_PROXY.
+// and to observe inbound bytes for liveness, and does the proxy step (HTTP
+// CONNECT, or SOCKS5 for socks5:// and socks5h:// proxy URLs) and the TLS
+// handshake itself, so that the server's 101 response is checked before
+// gorilla parses it (see NegotiationError). A NetDialTLSContext replaces the
+// TCP, proxy and TLS steps of wss:// dials (no Proxy is applied to them); it
+// is wrapped the same way. Note that a Dialer's nil Proxy means no proxy: set
+// Proxy to http.ProxyFromEnvironment to keep honouring HTTP_PROXY and
+// HTTPS_PROXY.
 func WithDialer(d *websocket.Dialer) Option {
 	return func(c *config) {
 		if d == nil {
@@ -227,6 +234,22 @@ func WithHeader(h http.Header) Option {
 // WithSubprotocols sets the subprotocols offered in the handshake.
 func WithSubprotocols(protos ...string) Option {
 	return func(c *config) { c.subprotocols = append([]string(nil), protos...) }
+}
+
+// WithCompression offers permessage-deflate (RFC 7692) in the handshake, as
+// "permessage-deflate; server_no_context_takeover;
+// client_no_context_takeover" (gorilla's implementation; a Dialer with
+// EnableCompression offers the same). The server may accept it with any
+// response RFC 7692 allows for that offer: server_no_context_takeover
+// (required), and optionally client_no_context_takeover and
+// server_max_window_bits. A response the client cannot honour (keeping the
+// server's context across messages, client_max_window_bits, unknown
+// parameters) fails the attempt with a permanent *NegotiationError naming
+// what the server sent. A decompressed message counts against the read limit
+// like any other. Without compression offered, a server that names an
+// extension fails the attempt the same way. Default off.
+func WithCompression(on bool) Option {
+	return func(c *config) { c.compression = on }
 }
 
 // WithRequestFunc sets a function called before every dial with a fresh copy

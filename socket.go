@@ -24,6 +24,8 @@ type trackedConn struct {
 	// readAt is when the latest read(2) returned data: the receive time of
 	// the messages it completed. Written and read by the reader only.
 	readAt time.Time
+
+	chk *respCheck // checks the 101 response of a ws:// dial (handshake.go)
 }
 
 // handshakeBufs hold what a dial writes (the upgrade request, a proxy's
@@ -97,6 +99,21 @@ var errHandshakeTooLarge = errors.New("wspool: handshake response over 1 MiB")
 
 // Read reads from the socket and counts the bytes.
 func (t *trackedConn) Read(p []byte) (int, error) {
+	if t.chk != nil {
+		if !t.chk.done {
+			return t.chk.read((*rawTracked)(t), p)
+		}
+		t.chk = nil
+	}
+	return t.readSocket(p)
+}
+
+// rawTracked reads a trackedConn below its response check.
+type rawTracked trackedConn
+
+func (r *rawTracked) Read(p []byte) (int, error) { return (*trackedConn)(r).readSocket(p) }
+
+func (t *trackedConn) readSocket(p []byte) (int, error) {
 	if t.hsw != nil {
 		if err := t.flushHandshake(); err != nil {
 			return 0, err
