@@ -194,7 +194,7 @@ func (cn *Conn) ReadMessage(ctx context.Context) (Message, error) {
 	// When ctx ends the OnConnect attempt fails anyway, so a read deadline in
 	// the past (which leaves the connection unusable) is the right interrupt.
 	stop := context.AfterFunc(ctx, func() { _ = cn.nc.SetReadDeadline(time.Now()) })
-	typ, data, err := cn.ws.ReadMessage()
+	typ, data, err := cn.readWhole()
 	stop()
 	if err != nil {
 		if ctx.Err() != nil {

@@ -51,6 +51,10 @@ var (
 	// ErrConnectionClosed is the cause recorded when the connection ended
 	// without an error of its own (for example a rotation or a Remove).
 	ErrConnectionClosed = errors.New("wspool: connection closed")
+	// ErrInvalidUTF8 is the cause recorded when a text message was not valid
+	// UTF-8: the connection was closed with 1007 and is redialled (see
+	// WithUTF8Validation).
+	ErrInvalidUTF8 = errors.New("wspool: invalid UTF-8 in a text message")
 )
 
 // HandshakeError is returned when the server answered the WebSocket upgrade

@@ -244,7 +244,7 @@ func (r *respCheck) finish(end int) error {
 		if i > 0 && negHeader(l) == 1 {
 			continue
 		}
-		if i == len(lines)-1 && deflate { // before the empty line
+		if i > 0 && deflate && len(l) > 0 && len(bytes.TrimRight(l, "\r\n")) == 0 { // before the empty line
 			out = append(out, hdrExtensions+": "+deflateForGorilla+"\r\n"...)
 		}
 		out = append(out, l...)

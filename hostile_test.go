@@ -225,45 +225,80 @@ func TestHostileFramesAfterHandshake(t *testing.T) {
 // endpoint MUST fail the connection, but gorilla does not check data
 // messages (only close reasons), so wspool delivers the bytes as they came
 // and the connection stays up. Handlers that need valid text must check it.
-func TestInvalidUTF8TextIsDelivered(t *testing.T) {
+// TestInvalidUTF8TextFails: a text message that is not valid UTF-8 (whole
+// or fragmented) is never delivered: the client closes with 1007 and
+// reports ErrInvalidUTF8, then redials. A valid code point split across
+// fragments is delivered. WithUTF8Validation(false) delivers it as is.
+func TestInvalidUTF8TextFails(t *testing.T) {
 	invalid := []byte("bad \xff\xfe\xc3 text")
-	srv := newRawServer(t, func(ctx context.Context, c *rawws.Conn) {
-		if _, err := c.Handshake(); err != nil {
-			return
+	script := func(closes *clientCloses) rawws.Script {
+		return func(ctx context.Context, c *rawws.Conn) {
+			if _, err := c.Handshake(); err != nil {
+				return
+			}
+			err := c.WriteFrames(
+				rawws.Frame{Opcode: rawws.OpText, Payload: []byte("caf\xc3")},
+				rawws.Frame{Fin: true, Opcode: rawws.OpContinuation, Payload: []byte("\xa9")},
+				rawws.Frame{Fin: true, Opcode: rawws.OpText, Payload: invalid},
+				rawws.Text("after"),
+			)
+			if err != nil {
+				return
+			}
+			closes.wait(c)
 		}
-		// Also a valid multi-byte character split across two fragments.
-		err := c.WriteFrames(
-			rawws.Frame{Fin: true, Opcode: rawws.OpText, Payload: invalid},
-			rawws.Frame{Opcode: rawws.OpText, Payload: []byte("caf\xc3")},
-			rawws.Frame{Fin: true, Opcode: rawws.OpContinuation, Payload: []byte("\xa9")},
-			rawws.Text("after"),
-		)
+	}
+	t.Run("validated", func(t *testing.T) {
+		closes := newClientCloses()
+		srv := newRawServer(t, script(closes))
+		got := make(chan wspool.Message, 10)
+		ev := newEvents()
+		c, err := wspool.NewClient(srv.URL("/"), func(_ context.Context, m wspool.Message) error {
+			got <- m.Clone()
+			return nil
+		}, hostileOptions(ev)...)
 		if err != nil {
-			return
+			t.Fatal(err)
 		}
-		<-ctx.Done()
+		stop := runClient(t, c)
+		if m := recv(t, got, 5*time.Second, "the valid message"); string(m.Data) != "café" {
+			t.Fatalf("first message %q, want café", m.Data)
+		}
+		checkReported(t, c, ev, "closed with 1007", wspool.ErrInvalidUTF8)
+		if cc := recv(t, closes.ch, 5*time.Second, "the client's close"); cc.Code != websocket.CloseInvalidFramePayloadData {
+			t.Errorf("client closed with %d, want 1007", cc.Code)
+		}
+		waitFor(t, 10*time.Second, "a redial", func() bool { return srv.Accepted() >= 2 })
+		stopWithin(t, stop, 3*time.Second)
+		close(got)
+		for m := range got {
+			if string(m.Data) != "café" {
+				t.Errorf("delivered %q", m.Data)
+			}
+		}
 	})
-	got := make(chan wspool.Message, 10)
-	ev := newEvents()
-	c, err := wspool.NewClient(srv.URL("/"), func(_ context.Context, m wspool.Message) error {
-		got <- m.Clone()
-		return nil
-	}, hostileOptions(ev)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stop := runClient(t, c)
-	want := []string{string(invalid), "café", "after"}
-	for i, w := range want {
-		m := recv(t, got, 5*time.Second, "message "+strconv.Itoa(i))
-		if m.Type != wspool.TextMessage || string(m.Data) != w {
-			t.Fatalf("message %d: %v %q, want text %q", i, m.Type, m.Data, w)
+	t.Run("validation off", func(t *testing.T) {
+		srv := newRawServer(t, script(newClientCloses()))
+		got := make(chan wspool.Message, 10)
+		ev := newEvents()
+		c, err := wspool.NewClient(srv.URL("/"), func(_ context.Context, m wspool.Message) error {
+			got <- m.Clone()
+			return nil
+		}, hostileOptions(ev, wspool.WithUTF8Validation(false))...)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	if s := c.Stats(); s.Connects != 1 || s.Disconnects != 0 || s.State != wspool.StateConnected || s.LastError != nil {
-		t.Fatalf("the connection did not survive invalid UTF-8: %+v", s)
-	}
-	stopWithin(t, stop, 3*time.Second)
+		stop := runClient(t, c)
+		for i, w := range []string{"café", string(invalid), "after"} {
+			if m := recv(t, got, 5*time.Second, "message "+strconv.Itoa(i)); string(m.Data) != w {
+				t.Fatalf("message %d: %q, want %q", i, m.Data, w)
+			}
+		}
+		if s := c.Stats(); s.Connects != 1 || s.Disconnects != 0 {
+			t.Fatalf("the connection did not survive: %+v", s)
+		}
+		stopWithin(t, stop, 3*time.Second)
+	})
 }
 
 // TestTruncatedFrameThenSilence: a frame that declares 100 bytes and sends

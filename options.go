@@ -252,6 +252,18 @@ func WithCompression(on bool) Option {
 	return func(c *config) { c.compression = on }
 }
 
+// WithUTF8Validation turns the check of text messages for valid UTF-8 on
+// (the default) or off. With it on, a text message (whole or fragmented)
+// that is not valid UTF-8 — overlong forms, surrogates, code points above
+// U+10FFFF, a sequence cut off at the end of the message — is never
+// delivered: the connection is closed with 1007 (RFC 6455 section 8.1), the
+// cause wraps ErrInvalidUTF8, and the feed redials. The check runs on the
+// bytes as they are read (ASCII 16 bytes at a time). Turn it off for a server
+// known to send text frames that are not UTF-8 and a handler that copes.
+func WithUTF8Validation(on bool) Option {
+	return func(c *config) { c.noUTF8Check = !on }
+}
+
 // WithRequestFunc sets a function called before every dial with a fresh copy
 // of the feed's URL and headers, which it may change: a fresh auth token, a
 // resume cursor in the query. An error from it counts as a failed attempt and

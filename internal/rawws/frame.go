@@ -239,8 +239,9 @@ type Message struct {
 // message whose declared frame lengths add up to more than it (checked
 // frame by frame, as gorilla/websocket does, before the payload is read).
 //
-// Like gorilla/websocket it does not check that text messages are valid
-// UTF-8. The second result says why delivery ended.
+// Like wspool (with its default UTF-8 validation), and unlike gorilla, a
+// text message that is not valid UTF-8 ends delivery (the client closes with
+// 1007). The second result says why delivery ended.
 func DataMessages(stream []byte, readLimit int64) ([]Message, string) {
 	var out []Message
 	var cur *Message  // message being reassembled
@@ -286,6 +287,9 @@ func DataMessages(stream []byte, readLimit int64) ([]Message, string) {
 		}
 		cur.Data = append(cur.Data, f.Payload...)
 		if f.Fin {
+			if cur.Opcode == OpText && !utf8.Valid(cur.Data) {
+				return out, "invalid UTF-8 text" // 1007
+			}
 			out = append(out, *cur)
 			cur, curLen = nil, 0
 		}

@@ -1,0 +1,114 @@
+package wspool
+
+import (
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// msgCheck wraps the reader of one message (gorilla's, which decompresses
+// when permessage-deflate is on). It bounds what is delivered by the read
+// limit — gorilla's own limit counts wire bytes, so a compressed message
+// could otherwise inflate without bound — and checks a text message for
+// valid UTF-8 as its bytes pass, carrying a code point cut by a read (or a
+// frame boundary) over to the next. Either violation closes the connection
+// (1009, 1007) and fails the read with the cause. One msgCheck serves a
+// reader goroutine's messages one after another (reset).
+type msgCheck struct {
+	r     io.Reader
+	cn    *Conn
+	n     int64 // bytes of the message so far
+	utf8  bool  // check UTF-8 (a text message, validation on)
+	carry [4]byte
+	nc    int // carry[:nc] starts a code point not yet complete
+}
+
+// reset prepares the check for the message of type typ read from r.
+func (m *msgCheck) reset(cn *Conn, typ int, r io.Reader) io.Reader {
+	*m = msgCheck{r: r, cn: cn, utf8: typ == websocket.TextMessage && !cn.client.cfg.noUTF8Check}
+	return m
+}
+
+// Read reads from the message, never more than one byte past the limit.
+func (m *msgCheck) Read(p []byte) (int, error) {
+	limit := m.cn.client.cfg.readLimit
+	if room := limit + 1 - m.n; int64(len(p)) > room {
+		p = p[:room]
+	}
+	n, err := m.r.Read(p)
+	m.n += int64(n)
+	if m.n > limit {
+		return 0, m.cn.fail(websocket.CloseMessageTooBig, fmt.Errorf(
+			"wspool: message over read limit (%d bytes after decompression; closed with 1009): %w", limit, websocket.ErrReadLimit))
+	}
+	if m.utf8 {
+		if n > 0 && !m.check(p[:n]) {
+			return 0, m.cn.fail(websocket.CloseInvalidFramePayloadData, fmt.Errorf(
+				"%w (at byte %d of the message; closed with 1007)", ErrInvalidUTF8, m.n-int64(n)))
+		}
+		if err == io.EOF && m.nc > 0 {
+			return 0, m.cn.fail(websocket.CloseInvalidFramePayloadData, fmt.Errorf(
+				"%w (a sequence cut off at the end of the message; closed with 1007)", ErrInvalidUTF8))
+		}
+	}
+	return n, err
+}
+
+// check validates b after what came before; false on invalid UTF-8.
+func (m *msgCheck) check(b []byte) bool {
+	start := 0
+	if m.nc > 0 {
+		// Complete the carried code point with the first bytes of b.
+		var tmp [8]byte
+		k := copy(tmp[:], m.carry[:m.nc])
+		take := min(len(b), 4-m.nc)
+		k += copy(tmp[k:], b[:take])
+		v, ok := utf8Prefix(tmp[:k], 0)
+		if !ok {
+			return false
+		}
+		if v < m.nc || v == 0 {
+			m.nc = copy(m.carry[:], tmp[:k]) // still incomplete
+			return true
+		}
+		start = v - m.nc
+		m.nc = 0
+	}
+	v, ok := utf8Prefix(b, start)
+	if !ok {
+		return false
+	}
+	m.nc = copy(m.carry[:], b[v:])
+	return true
+}
+
+// fail ends the connection for a protocol violation of the peer's: our
+// close frame with code (unless one was sent already), then teardown with
+// cause, which the reader reports. It returns cause.
+func (cn *Conn) fail(code int, cause error) error {
+	cn.closeOnce.Do(func() {
+		cn.closing.Store(true)
+		// The socket is closed right after: a short, bounded try.
+		deadline := time.Now().Add(min(cn.client.cfg.closeTimeout, time.Second))
+		if cn.lockWriterUntil(deadline) {
+			_ = cn.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ""), deadline)
+			cn.unlockWriter()
+		}
+	})
+	cn.kill(cause)
+	return cause
+}
+
+// readWhole reads the next message into a new buffer, checked as the
+// reader's are (for Conn.ReadMessage).
+func (cn *Conn) readWhole() (int, []byte, error) {
+	typ, r, err := cn.ws.NextReader()
+	if err != nil {
+		return typ, nil, err
+	}
+	var m msgCheck
+	data, err := io.ReadAll(m.reset(cn, typ, r))
+	return typ, data, err
+}
