@@ -171,12 +171,20 @@
 // # Security
 //
 // TLS certificates are verified (supply a Dialer with a TLSClientConfig to
-// add a CA). A read limit (16 MiB) is always on: a larger message closes the
-// connection with 1009 and is reported. Proxies come from the environment as
+// add a CA). A read limit (16 MiB) is always on and counts what the handler
+// gets, after decompression: a larger message closes the connection with 1009
+// and is reported. Text messages are checked for valid UTF-8 as they are read
+// (1007, ErrInvalidUTF8; WithUTF8Validation turns it off). The server's 101
+// is checked before gorilla parses it: an extension or subprotocol that was
+// not offered, compression parameters the client cannot honour, or a
+// negotiation header over 4 KiB fail the attempt with a permanent
+// NegotiationError (permessage-deflate is opt-in: WithCompression). Panics
+// inside a dial become errors. Proxies (HTTP CONNECT and SOCKS5) come from the environment as
 // in net/http (HTTP_PROXY for ws://, HTTPS_PROXY for wss://, NO_PROXY; read
 // once per process; loopback targets are never proxied) unless WithDialer
 // supplies a Dialer, whose Proxy field then decides (nil: no proxy). URL
 // userinfo is sent as HTTP Basic authorization. Feed names, logs and errors
-// never contain URL userinfo or secret-looking query values, and headers are
-// never logged.
+// never contain URL userinfo, secret-looking query values or random-looking
+// path segments (listen keys, API keys; see WithName), and headers are never
+// logged.
 package wspool
