@@ -196,12 +196,13 @@ func (l *lane) serve(ctx context.Context, conn *Conn) error {
 	}
 	var rb readBuffer
 	defer rb.release()
+	var mc msgCheck
 	for {
 		typ, r, err := conn.ws.NextReader()
 		if err != nil {
 			return conn.causeOf(err)
 		}
-		buf, err := rb.read(r)
+		buf, err := rb.read(mc.reset(conn, typ, r))
 		if err != nil {
 			return conn.causeOf(err)
 		}
