@@ -49,6 +49,8 @@ type soakMix struct {
 	login       bool          // OnConnect makes a second round trip
 	panics      bool          // handler, Heartbeat.Message and OnStateChange panic now and then
 	churn       bool          // removed and re-added while running
+	pacing      int           // WithSendPacing: messages per 100 ms (pings too when odd); 0: none
+	retryPolicy bool          // WithRetryPolicy (a linear curve that reads the close code)
 }
 
 func drawMix(seed uint64, i int) soakMix {
@@ -85,6 +87,10 @@ func drawMix(seed uint64, i int) soakMix {
 	m.login = rng.IntN(3) == 0
 	m.panics = rng.IntN(3) == 0
 	m.churn = rng.IntN(10) == 0
+	if rng.IntN(3) == 0 {
+		m.pacing = 5 + rng.IntN(30)
+	}
+	m.retryPolicy = rng.IntN(3) == 0
 	return m
 }
 
@@ -110,6 +116,8 @@ func (m soakMix) String() string {
 	add(m.login, "login")
 	add(m.panics, "panics")
 	add(m.churn, "churn")
+	add(m.pacing > 0, fmt.Sprintf("pacing=%d/100ms", m.pacing))
+	add(m.retryPolicy, "retry-policy")
 	return s
 }
 
@@ -133,6 +141,8 @@ func mixSummary(feeds []*soakFeed) string {
 		count(x.heartbeat > 0, "heartbeat")
 		count(x.dropReplies, "drop-replies")
 		count(x.stale > 0, "stale-watchdog")
+		count(x.pacing > 0, "send-pacing")
+		count(x.retryPolicy, "retry-policy")
 		count(x.handlerSend, "handler-sends")
 		count(x.login, "onconnect-login")
 		count(x.panics, "panics")
@@ -506,6 +516,12 @@ func (f *soakFeed) options() []wspool.Option {
 	}
 	if m.panics {
 		opts = append(opts, wspool.WithOnStateChange(f.onStateChange))
+	}
+	if m.pacing > 0 {
+		opts = append(opts, wspool.WithSendPacing(wspool.SendPacing{Messages: m.pacing, Per: 100 * time.Millisecond, Pings: m.pacing%2 == 1}))
+	}
+	if m.retryPolicy {
+		opts = append(opts, wspool.WithRetryPolicy(soakRetryPolicy))
 	}
 	return opts
 }
@@ -1092,4 +1108,13 @@ func checkRotations(feeds []*soakFeed, srv *seqServer, v *violations) rotationSu
 		}
 	}
 	return sum
+}
+
+// soakRetryPolicy is the soak's WithRetryPolicy: linear waits, shorter after
+// a 1012, never giving up.
+func soakRetryPolicy(attempt int, err error) (time.Duration, bool) {
+	if wspool.CloseStatus(err) == 1012 {
+		return 5 * time.Millisecond, true
+	}
+	return min(time.Duration(attempt+1)*20*time.Millisecond, 500*time.Millisecond), true
 }

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"runtime"
 	"slices"
@@ -117,6 +118,10 @@ func TestChaosSoak(t *testing.T) {
 		wspool.WithBackoff(20*time.Millisecond, 500*time.Millisecond),
 		wspool.WithCloseTimeout(soakCloseTimeout),
 		wspool.WithWriteTimeout(soakWriteTimeout),
+		// Admission per proxy (the host dialled), generous enough for the
+		// soak's churn, with every gate and the key func on the dial path.
+		wspool.WithAdmission(wspool.Admission{Rate: 400, Per: 100 * time.Millisecond, Burst: 200, MaxConcurrent: 24,
+			Penalty: 200 * time.Millisecond, Key: func(u *url.URL, _ http.Header) string { return u.Host }}),
 	)
 	if err != nil {
 		t.Fatal(err)

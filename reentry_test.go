@@ -107,6 +107,9 @@ var callbackCases = []callbackCase{
 	{name: "permanent func", setup: func(fire func()) (wspool.Handler, []wspool.Option) {
 		return nil, opts(wspool.WithPermanentFunc(func(error) bool { fire(); return false }))
 	}},
+	{name: "retry policy", setup: func(fire func()) (wspool.Handler, []wspool.Option) {
+		return nil, opts(wspool.WithRetryPolicy(func(int, error) (time.Duration, bool) { fire(); return 10 * time.Millisecond, true }))
+	}},
 }
 
 func hbMessage() (wspool.MessageType, []byte) { return wspool.TextMessage, []byte("hb") }
