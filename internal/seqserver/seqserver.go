@@ -190,7 +190,10 @@ func (s *Server) handle(ws *websocket.Conn, r *http.Request) {
 			}
 		}
 	}()
-	c.wake <- struct{}{}
+	select { // the producer may have woken it already
+	case c.wake <- struct{}{}:
+	default:
+	}
 	for {
 		select {
 		case <-c.done:
