@@ -110,6 +110,27 @@ var callbackCases = []callbackCase{
 	{name: "retry policy", setup: func(fire func()) (wspool.Handler, []wspool.Option) {
 		return nil, opts(wspool.WithRetryPolicy(func(int, error) (time.Duration, bool) { fire(); return 10 * time.Millisecond, true }))
 	}},
+	{name: "Sequence.Extract", setup: func(fire func()) (wspool.Handler, []wspool.Option) {
+		return nil, opts(wspool.WithSequence(wspool.Sequence{Extract: func(wspool.Message) (string, uint64, bool) { fire(); return "", 0, false }}))
+	}},
+	{name: "Sequence.OnGap", setup: func(fire func()) (wspool.Handler, []wspool.Option) {
+		var n atomic.Uint64
+		return nil, opts(wspool.WithSequence(wspool.Sequence{
+			Extract: func(wspool.Message) (string, uint64, bool) { return "", n.Add(2), true }, // every message skips one
+			OnGap:   func(wspool.Gap) error { fire(); return nil },
+		}))
+	}},
+	{name: "ServerPing.Reply", setup: func(fire func()) (wspool.Handler, []wspool.Option) {
+		return nil, opts(wspool.WithServerPing(wspool.ServerPing{Reply: func(wspool.Message) (wspool.MessageType, []byte, bool) {
+			fire()
+			return wspool.TextMessage, []byte("pong"), true
+		}}))
+	}},
+	{name: "standby handler", setup: func(fire func()) (wspool.Handler, []wspool.Option) {
+		return firingHandler(fire, nil), opts(
+			wspool.WithSequence(wspool.Sequence{Extract: func(wspool.Message) (string, uint64, bool) { return "", 0, false }}),
+			wspool.WithStandby(wspool.Standby{Connections: 1}))
+	}},
 }
 
 func hbMessage() (wspool.MessageType, []byte) { return wspool.TextMessage, []byte("hb") }
@@ -161,6 +182,26 @@ var methodCases = []methodCase{
 	{name: "Pool.Close", stopsPool: true, call: func(_ context.Context, p *wspool.Pool, _ *wspool.Client, _ string) error { return p.Close() }},
 	{name: "Pool.Stats+Clients", call: func(_ context.Context, p *wspool.Pool, _ *wspool.Client, _ string) error {
 		_, _ = p.Stats(), p.Clients()
+		return nil
+	}},
+	{name: "Reconnect", call: func(_ context.Context, _ *wspool.Pool, c *wspool.Client, _ string) error {
+		_ = c.Reconnect(errors.New("from a callback"))
+		return nil
+	}},
+	{name: "Rotate", call: func(ctx context.Context, _ *wspool.Pool, c *wspool.Client, _ string) error {
+		_ = c.Rotate(ctx)
+		return nil
+	}},
+	{name: "Drain", call: func(ctx context.Context, _ *wspool.Pool, c *wspool.Client, _ string) error {
+		_ = c.Drain(ctx)
+		return nil
+	}},
+	{name: "Pool.Drain", stopsPool: true, call: func(ctx context.Context, p *wspool.Pool, _ *wspool.Client, _ string) error {
+		_ = p.Drain(ctx)
+		return nil
+	}},
+	{name: "LastSequence", call: func(_ context.Context, _ *wspool.Pool, c *wspool.Client, _ string) error {
+		c.LastSequence("")
 		return nil
 	}},
 	{name: "Pool.Run", call: func(ctx context.Context, p *wspool.Pool, _ *wspool.Client, _ string) error {
@@ -258,7 +299,7 @@ func runReentryPair(t *testing.T, cb callbackCase, m methodCase) {
 // TestCallbackPanicsAreReported: a panic in any callback is recovered,
 // reported as a *HandlerError naming the callback, and the feed goes on.
 func TestCallbackPanicsAreReported(t *testing.T) {
-	want := map[string]string{"handler": "", "queued handler": ""}
+	want := map[string]string{"handler": "", "queued handler": "", "standby handler": ""}
 	for _, cb := range callbackCases {
 		t.Run(cb.name, func(t *testing.T) {
 			t.Parallel()
