@@ -173,6 +173,8 @@ func (fr *feedRun) handle(ctx context.Context, msg wspool.Message) error {
 		case <-ctx.Done():
 			t.Stop()
 			return nil
+		case <-fr.sr.quit: // the next attempt would not be made
+			t.Stop()
 		case <-t.C:
 		}
 		wait = min(2*wait, time.Second)

@@ -35,11 +35,16 @@ type shardRun struct {
 	deadline    atomic.Int64  // member monotonic ns until which the lease is proven
 	stopped     atomic.Bool   // lease lost, fenced or released: publish nothing
 	handing     atomic.Bool   // being handed over: messages are left to the next owner
+	quit        chan struct{} // closed when publishing stops (lost, fenced, handed over)
+	quitOnce    sync.Once
 	releasing   bool          // loop-owned: a hand-over is under way
 
 	mu    sync.Mutex
 	feeds map[string]*feedRun
 }
+
+// halt wakes publishers waiting to retry: publishing has stopped.
+func (s *shardRun) halt() { s.quitOnce.Do(func() { close(s.quit) }) }
 
 // proven reports whether the lease may still be acted on.
 func (s *shardRun) proven(now time.Duration) bool {
@@ -268,12 +273,14 @@ func (r *run) renewOnce(ctx context.Context) {
 			sr.deadline.Store(int64(sent + m.cfg.TTL - m.cfg.Margin))
 		case errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyNotFound):
 			if sr.stopped.CompareAndSwap(false, true) {
+				sr.halt()
 				m.stats.lost.Add(1)
 				m.log.Warn("natsjs: lease lost", "shard", sr.shard, "err", err)
 				kick = true
 			}
 		case int64(now) >= sr.deadline.Load():
 			if sr.stopped.CompareAndSwap(false, true) {
+				sr.halt()
 				m.stats.fenced.Add(1)
 				m.log.Warn("natsjs: lease not proven in time, fencing", "shard", sr.shard, "err", err)
 				kick = true
@@ -506,7 +513,7 @@ func (r *run) claimed(c *claimResult) {
 		m.stats.handovers.Add(1)
 	}
 	m.stats.acquired.Add(1)
-	sr := &shardRun{shard: c.shard, slot: c.slot, key: key, feeds: map[string]*feedRun{}}
+	sr := &shardRun{shard: c.shard, slot: c.slot, key: key, feeds: map[string]*feedRun{}, quit: make(chan struct{})}
 	sr.rev.Store(c.rev)
 	sr.deadline.Store(int64(c.sent + m.cfg.TTL - m.cfg.Margin))
 	r.held[c.shard] = sr
@@ -588,6 +595,7 @@ func (r *run) forget(sr *shardRun) {
 // the feeds are stopped in the background, and the key is left alone.
 func (r *run) drop(sr *shardRun) {
 	sr.stopped.Store(true)
+	sr.halt()
 	r.forget(sr)
 	r.stopFeeds(sr, false)
 }
@@ -611,13 +619,37 @@ func (r *run) handOver(sr *shardRun) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), r.renewEvery)
 	defer cancel()
-	err := r.m.leases.Delete(ctx, sr.key, jetstream.LastRevision(sr.rev.Load()))
+	err := r.deleteLease(ctx, sr)
 	r.stopFeeds(sr, true)
 	if err != nil {
 		r.m.log.Warn("natsjs: lease not released", "shard", sr.shard, "err", err)
 		return
 	}
 	r.m.stats.released.Add(1)
+}
+
+// deleteLease deletes a lease this member holds, guarded by its revision. A
+// renewal that was under way when the lease stopped may have moved the
+// revision on without our knowing: then the key is read back and, if it is
+// still ours, deleted at its current revision.
+func (r *run) deleteLease(ctx context.Context, sr *shardRun) error {
+	rev := sr.rev.Load()
+	var err error
+	for try := 0; try < 4; try++ {
+		err = r.m.leases.Delete(ctx, sr.key, jetstream.LastRevision(rev))
+		if err == nil || !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			return err
+		}
+		g, gerr := r.m.leases.Get(ctx, sr.key)
+		if gerr != nil {
+			return gerr
+		}
+		if string(g.Value()) != r.m.cfg.Member {
+			return err // someone else's now
+		}
+		rev = g.Revision()
+	}
+	return err
 }
 
 // quiesce stops sr's publishing for a hand-over: no publish starts from now
@@ -627,6 +659,7 @@ func (r *run) handOver(sr *shardRun) {
 // meanwhile.
 func (r *run) quiesce(sr *shardRun) bool {
 	sr.handing.Store(true)
+	sr.halt()
 	if !sr.stopped.CompareAndSwap(false, true) {
 		return false
 	}
@@ -703,7 +736,7 @@ func (r *run) shutdown() {
 		go func() {
 			defer wg.Done()
 			if r.quiesce(sr) {
-				if err := m.leases.Delete(ctx, sr.key, jetstream.LastRevision(sr.rev.Load())); err == nil {
+				if err := r.deleteLease(ctx, sr); err == nil {
 					m.stats.released.Add(1)
 				}
 			}
