@@ -37,7 +37,7 @@ type shardRun struct {
 	handing     atomic.Bool   // being handed over: messages are left to the next owner
 	quit        chan struct{} // closed when publishing stops (lost, fenced, handed over)
 	quitOnce    sync.Once
-	releasing   bool          // loop-owned: a hand-over is under way
+	releasing   bool // loop-owned: a hand-over is under way
 
 	mu    sync.Mutex
 	feeds map[string]*feedRun
