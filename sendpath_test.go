@@ -371,7 +371,10 @@ func TestRotationWithConcurrentSends(t *testing.T) {
 					}
 				}
 			}
-			t.Logf("%d rotations, %d disconnects, inbound up to %d, sends per sender %v", st.Rotations, st.Disconnects, last, sent)
+			mu.Lock()
+			upTo := last
+			mu.Unlock()
+			t.Logf("%d rotations, %d disconnects, inbound up to %d, sends per sender %v", st.Rotations, st.Disconnects, upTo, sent)
 		})
 	}
 }
