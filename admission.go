@@ -517,10 +517,3 @@ func (c *Client) upstreamSaid(err error) {
 		c.cfg.dialSem.penalize(*kp, d)
 	}
 }
-
-// Close codes with a meaning for the retry policy.
-const (
-	CloseCodePolicyViolation = 1008 // exchanges: "too many requests"; penalises the key
-	CloseCodeServiceRestart  = 1012 // retried soon (within the initial backoff)
-	CloseCodeTryAgainLater   = 1013 // penalises the key
-)

@@ -8,8 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/gorilla/websocket"
 )
 
 // Sentinel errors, usable with errors.Is.
@@ -125,16 +123,6 @@ func Permanent(err error) error {
 		return nil
 	}
 	return &PermanentError{Err: err}
-}
-
-// CloseStatus returns the close code carried by err (a *websocket.CloseError
-// anywhere in its chain), or -1 if there is none.
-func CloseStatus(err error) int {
-	var ce *websocket.CloseError
-	if errors.As(err, &ce) {
-		return ce.Code
-	}
-	return -1
 }
 
 // DefaultPermanent is the default retry classification. It reports as

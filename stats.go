@@ -121,6 +121,27 @@ type PoolStats struct {
 
 func (ps *PoolStats) add(s Stats) {
 	ps.Feeds = append(ps.Feeds, s)
+	ps.addCounts(&s)
+}
+
+// addTotals counts c without a full snapshot (no allocation).
+func (ps *PoolStats) addTotals(c *Client) {
+	c.mu.Lock()
+	state := c.state
+	c.mu.Unlock()
+	st := &c.stats
+	s := Stats{
+		State: state, Connects: st.connects.Load(), Disconnects: st.disconnects.Load(), Attempts: st.attempts.Load(),
+		MessagesIn: st.msgsIn.Load(), BytesIn: st.bytesIn.Load(), MessagesOut: st.msgsOut.Load(), BytesOut: st.bytesOut.Load(),
+		HandlerErrors: st.handlerErrs.Load(), SendFailed: st.sendFailed.Load(),
+	}
+	if q := c.inq; q != nil {
+		s.Dropped = q.dropped.Load()
+	}
+	ps.addCounts(&s)
+}
+
+func (ps *PoolStats) addCounts(s *Stats) {
 	ps.Total++
 	switch s.State {
 	case StateConnected:
