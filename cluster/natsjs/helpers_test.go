@@ -27,6 +27,7 @@ import (
 	"github.com/wspool/wspool"
 	"github.com/wspool/wspool/cluster/natsjs"
 	"github.com/wspool/wspool/cluster/natsjs/internal/seqfeed"
+	"github.com/wspool/wspool/internal/leakcheck"
 )
 
 // The test binary doubles as a collector process: with NATSJS_CHILD=collector
@@ -38,7 +39,7 @@ func TestMain(m *testing.M) {
 	case "natsserver":
 		os.Exit(natsServerMain())
 	}
-	os.Exit(m.Run())
+	leakcheck.Main(m) // no goroutine of wspool, natsjs or gorilla left after the tests
 }
 
 // parseSeq is the sequenced feed's Config.Seq: the message is the number.

@@ -8,13 +8,15 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/wspool/wspool/internal/leakcheck"
 )
 
 func TestMain(m *testing.M) {
 	if os.Getenv("CLUSTER_EXAMPLE_MEMBER") != "" {
 		os.Exit(collector()) // the test binary is started as a collector
 	}
-	os.Exit(m.Run())
+	leakcheck.Main(m)
 }
 
 // TestExample runs the example with 30 feeds: a collector is killed and its
