@@ -1,8 +1,10 @@
 package wspool_test
 
 import (
+	"context"
 	"fmt"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -58,5 +60,52 @@ func TestCloseStatusTyped(t *testing.T) {
 	}
 	if s := wspool.CloseCode(4000).String(); s != "4000" {
 		t.Fatalf("private code renders %q", s)
+	}
+}
+
+func TestTimings(t *testing.T) {
+	srv := newServer(t, func(c *websocket.Conn, r *http.Request) {
+		for range 5 {
+			_ = c.WriteMessage(websocket.TextMessage, []byte("m"))
+		}
+		wstest.Drain(c, r)
+	})
+	var mu sync.Mutex
+	got := map[wspool.TimingKind][]time.Duration{}
+	c, err := wspool.NewClient(srv.URL("/"), func(context.Context, wspool.Message) error {
+		time.Sleep(10 * time.Millisecond) // a handler that takes a while
+		return nil
+	},
+		wspool.WithQueue(wspool.Queue{Messages: 8}),
+		wspool.WithOnConnect(func(context.Context, *wspool.Conn) error { return nil }),
+		wspool.WithTimings(func(tm wspool.Timing) {
+			mu.Lock()
+			got[tm.Kind] = append(got[tm.Kind], tm.D)
+			mu.Unlock()
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runClient(t, c)
+	waitFor(t, 10*time.Second, "five handler timings", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got[wspool.TimingHandler]) == 5
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	for _, k := range []wspool.TimingKind{wspool.TimingHandshake, wspool.TimingOnConnect, wspool.TimingFirstMessage, wspool.TimingHandler, wspool.TimingQueueWait} {
+		if len(got[k]) == 0 {
+			t.Errorf("no %v timing", k)
+		}
+	}
+	for _, d := range got[wspool.TimingHandler] {
+		if d < 10*time.Millisecond {
+			t.Errorf("handler timing %v, below the handler's own 10 ms", d)
+		}
+	}
+	// The queue wait of the fifth message covers the four handler calls before it.
+	if w := got[wspool.TimingQueueWait]; len(w) != 5 || w[4] < 30*time.Millisecond {
+		t.Errorf("queue waits %v: the last one should cover the handler calls before it", w)
 	}
 }

@@ -726,9 +726,11 @@ func (c *Client) runOnConnect(ctx context.Context, conn *Conn) (err error) {
 			err = fmt.Errorf("wspool: OnConnect: %w", he)
 		}
 	}()
+	start := time.Now()
 	if err := c.cfg.onConnect(octx, conn); err != nil {
 		return fmt.Errorf("wspool: OnConnect: %w", err)
 	}
+	c.timing(TimingOnConnect, time.Since(start))
 	return nil
 }
 

@@ -68,8 +68,12 @@ func (c *Client) dialFrom(ctx context.Context, base *url.URL) (*Conn, error) {
 			_ = nc.SetDeadline(time.Now())
 		}
 	})
+	dialStart := time.Now()
 	ws, resp, err := dialRecover(dctx, c.dialer, u.String(), h, slot)
 	stopCut()
+	if err == nil {
+		c.timing(TimingHandshake, time.Since(dialStart))
+	}
 	if err != nil {
 		if slot.chk.err != nil {
 			return nil, slot.chk.err // the response check failed (handshake.go)

@@ -87,6 +87,7 @@ type config struct {
 	sequence      *Sequence
 	serverPing    *ServerPing
 	standby       *Standby
+	timings       func(Timing)
 	keepAlive     KeepAlive
 	logger        *slog.Logger
 	onConnect     func(ctx context.Context, c *Conn) error

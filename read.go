@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"time"
 )
 
 // serve reads and delivers until the connection ends; it returns the cause.
@@ -81,6 +82,9 @@ func (c *Client) serve(ctx context.Context, conn *Conn) error {
 			}
 			if !conn.gotData.Load() {
 				conn.gotData.Store(true)
+				if c.cfg.timings != nil {
+					c.timing(TimingFirstMessage, time.Since(conn.start))
+				}
 			}
 		}
 		if deliver {
@@ -144,6 +148,13 @@ func (c *Client) deliver(ctx context.Context, msg Message) {
 			c.reportHandlerError(&HandlerError{Feed: c.name, Panic: r, Stack: debug.Stack()})
 		}
 	}()
+	if c.cfg.timings != nil {
+		start := time.Now()
+		if !msg.Received.IsZero() {
+			c.timing(TimingQueueWait, start.Sub(msg.Received))
+		}
+		defer func() { c.timing(TimingHandler, time.Since(start)) }()
+	}
 	if err := c.handler(ctx, msg); err != nil {
 		if errors.Is(err, ErrReconnect) {
 			c.Reconnect(err)

@@ -131,6 +131,9 @@ var callbackCases = []callbackCase{
 			wspool.WithSequence(wspool.Sequence{Extract: func(wspool.Message) (string, uint64, bool) { return "", 0, false }}),
 			wspool.WithStandby(wspool.Standby{Connections: 1}))
 	}},
+	{name: "timings func", setup: func(fire func()) (wspool.Handler, []wspool.Option) {
+		return nil, opts(wspool.WithTimings(func(wspool.Timing) { fire() }))
+	}},
 }
 
 func hbMessage() (wspool.MessageType, []byte) { return wspool.TextMessage, []byte("hb") }
