@@ -149,7 +149,15 @@ func (s *Server) serveConn(c *websocket.Conn, _ *http.Request) {
 				wmu.Lock()
 				_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.ClosePolicyViolation, "too many requests"), time.Now().Add(time.Second))
 				wmu.Unlock()
-				return
+				// A close handshake, not a reset: read (and discard) until
+				// the client answers, so that it reads the 1008 rather than
+				// failing a write first.
+				_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+				for {
+					if _, _, err := c.ReadMessage(); err != nil {
+						return
+					}
+				}
 			}
 		}
 		if topic, ok := strings.CutPrefix(string(data), "sub "); ok {
