@@ -113,7 +113,18 @@ func run(ctx context.Context, cfg config, logw io.Writer, ready func(metricsURL 
 		defer logMu.Unlock()
 		fmt.Fprintf(logw, format+"\n", args...)
 	}
+	// Timings as histograms: handshake, OnConnect, time to first message,
+	// handler time and queue wait per feed. Buckets from 50 µs to 10 s
+	// cover a handler call on one end and a slow TLS handshake on the other.
+	timings := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "wspool_feed_timing_seconds",
+		Help:    "Durations reported by wspool.WithTimings, by feed and kind (handshake, on_connect, first_message, handler, queue_wait).",
+		Buckets: prometheus.ExponentialBucketsRange(50e-6, 10, 18),
+	}, []string{"feed", "kind"})
 	pool, err := wspool.NewPool(
+		wspool.WithTimings(func(t wspool.Timing) {
+			timings.WithLabelValues(t.Feed, t.Kind.String()).Observe(t.D.Seconds())
+		}),
 		wspool.WithPingInterval(cfg.ping),
 		wspool.WithPongTimeout(cfg.ping),
 		wspool.WithBackoff(200*time.Millisecond, 2*time.Second),
@@ -164,6 +175,7 @@ func run(ctx context.Context, cfg config, logw io.Writer, ready func(metricsURL 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		NewCollector(pool),
+		timings,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

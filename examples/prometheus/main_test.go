@@ -159,6 +159,8 @@ func value(m *dto.Metric) float64 {
 	return math.NaN()
 }
 
+const timingFamily = "wspool_feed_timing_seconds"
+
 // series is one scrape's wspool values: family name -> feed (or state, for
 // wspool_feeds; feed/state for wspool_feed_state) -> value.
 type series map[string]map[string]float64
@@ -166,8 +168,8 @@ type series map[string]map[string]float64
 func wspoolSeries(mfs map[string]*dto.MetricFamily) series {
 	s := series{}
 	for name, mf := range mfs {
-		if !strings.HasPrefix(name, "wspool_") {
-			continue
+		if !strings.HasPrefix(name, "wspool_") || name == timingFamily {
+			continue // the timing histogram is checked on its own
 		}
 		s[name] = map[string]float64{}
 		for _, m := range mf.GetMetric() {
@@ -303,6 +305,21 @@ func TestMetrics(t *testing.T) {
 			}
 		case !slices.Equal(got, feedNames):
 			t.Errorf("%s for feeds %v, want %v", name, got, feedNames)
+		}
+	}
+	// Timings (WithTimings) as a histogram by feed and kind: handshakes and
+	// handler calls observed.
+	if mf := mfs[timingFamily]; mf == nil || mf.GetType() != dto.MetricType_HISTOGRAM {
+		t.Errorf("%s: want a histogram: %v", timingFamily, mf)
+	} else {
+		kinds := map[string]uint64{}
+		for _, m := range mf.GetMetric() {
+			kinds[label(m, "kind")] += m.GetHistogram().GetSampleCount()
+		}
+		for _, k := range []string{"handshake", "on_connect", "first_message", "handler", "queue_wait"} {
+			if kinds[k] == 0 {
+				t.Errorf("%s: no %s observations (%v)", timingFamily, k, kinds)
+			}
 		}
 	}
 	if mf := mfs["wspool_feeds"]; mf == nil || mf.GetType() != dto.MetricType_GAUGE || len(mf.GetMetric()) != len(stateNames) {
