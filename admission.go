@@ -79,9 +79,8 @@ type Admission struct {
 // WithAdmission limits new connections per upstream key, pool-wide (see
 // Admission). Pool only. By default there is no admission limit; the pool's
 // handshake slots (WithMaxConcurrentDials) are shared fairly by host either way.
-func WithAdmission(a Admission) Option {
-	return func(c *config) {
-		c.markPoolOnly("WithAdmission")
+func WithAdmission(a Admission) PoolOption {
+	return poolOption(func(c *config) {
 		if a.Rate < 0 || a.Burst < 0 || a.MaxConcurrent < 0 || a.Per < 0 {
 			c.errorf("admission limits must not be negative")
 			return
@@ -98,7 +97,7 @@ func WithAdmission(a Admission) Option {
 			a.Penalty = DefaultPenalty
 		}
 		c.admission = &a
-	}
+	})
 }
 
 // admitCounters are a feed's admission figures (Stats).

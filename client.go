@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"net/url"
 	"runtime/debug"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -198,9 +197,6 @@ func NewClient(rawURL string, h Handler, opts ...Option) (*Client, error) {
 	cfg := defaultConfig()
 	for _, o := range opts {
 		o(&cfg)
-	}
-	if po := cfg.poolOnlyGiven(); len(po) > 0 {
-		cfg.errorf("%s applies only to a Pool", strings.Join(po, ", "))
 	}
 	return newClient(rawURL, h, cfg)
 }

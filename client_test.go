@@ -524,17 +524,16 @@ func TestValidation(t *testing.T) {
 		}
 	}
 	bad := map[string]wspool.Option{
-		"negative ping":       wspool.WithPingInterval(-1),
-		"zero pong":           wspool.WithPongTimeout(0),
-		"zero backoff":        wspool.WithBackoff(0, time.Second),
-		"max below initial":   wspool.WithBackoff(time.Second, time.Millisecond),
-		"empty name":          wspool.WithName(""),
-		"nil dialer":          wspool.WithDialer(nil),
-		"zero read limit":     wspool.WithReadLimit(0),
-		"heartbeat no func":   wspool.WithHeartbeat(wspool.Heartbeat{Interval: time.Second}),
-		"negative stale":      wspool.WithStaleTimeout(-time.Second),
-		"pool-only on client": wspool.WithMaxConcurrentDials(4),
-		"zero write timeout":  wspool.WithWriteTimeout(0),
+		"negative ping":      wspool.WithPingInterval(-1),
+		"zero pong":          wspool.WithPongTimeout(0),
+		"zero backoff":       wspool.WithBackoff(0, time.Second),
+		"max below initial":  wspool.WithBackoff(time.Second, time.Millisecond),
+		"empty name":         wspool.WithName(""),
+		"nil dialer":         wspool.WithDialer(nil),
+		"zero read limit":    wspool.WithReadLimit(0),
+		"heartbeat no func":  wspool.WithHeartbeat(wspool.Heartbeat{Interval: time.Second}),
+		"negative stale":     wspool.WithStaleTimeout(-time.Second),
+		"zero write timeout": wspool.WithWriteTimeout(0),
 	}
 	for name, o := range bad {
 		if _, err := wspool.NewClient("ws://127.0.0.1:1/", nil, o); !errors.Is(err, wspool.ErrInvalidOption) {

@@ -53,6 +53,22 @@ const (
 // for one feed. Options marked "pool only" are rejected by NewClient and Pool.Add.
 type Option func(*config)
 
+// A PoolOption configures a Pool (NewPool): every Option is one (a default
+// for every feed of the pool, which Add may override), and so are the
+// pool-only options (WithMaxConcurrentDials, WithFailFast, WithAdmission),
+// which a Client cannot take: passing one to NewClient or Pool.Add does not
+// compile.
+type PoolOption interface {
+	applyPool(*config)
+}
+
+func (o Option) applyPool(c *config) { o(c) }
+
+// poolOption is a pool-only option.
+type poolOption func(*config)
+
+func (o poolOption) applyPool(c *config) { o(c) }
+
 // config is the resolved configuration of one feed (and, for pool-only fields, of a pool).
 type config struct {
 	diag *optionDiag // problems found while applying options; nil when none
@@ -129,8 +145,7 @@ func defaultConfig() config {
 // optionDiag collects what applying options found wrong; kept out of line
 // since a valid config (every feed's, for its lifetime) needs none.
 type optionDiag struct {
-	errs     []error  // invalid values
-	poolOnly []string // pool-only options given
+	errs []error // invalid values
 }
 
 func (c *config) errorf(format string, args ...any) {
@@ -138,16 +153,6 @@ func (c *config) errorf(format string, args ...any) {
 		c.diag = &optionDiag{}
 	}
 	c.diag.errs = append(c.diag.errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidOption}, args...)...))
-}
-
-// poolOnlyGiven returns the pool-only options applied so far and forgets them.
-func (c *config) poolOnlyGiven() []string {
-	if c.diag == nil {
-		return nil
-	}
-	p := c.diag.poolOnly
-	c.diag.poolOnly = nil
-	return p
 }
 
 func (c *config) validate() error {
@@ -161,14 +166,6 @@ func (c *config) validate() error {
 		return nil
 	}
 	return errors.Join(c.diag.errs...)
-}
-
-// poolOption marks the option name as pool only.
-func (c *config) markPoolOnly(name string) {
-	if c.diag == nil {
-		c.diag = &optionDiag{}
-	}
-	c.diag.poolOnly = append(c.diag.poolOnly, name)
 }
 
 func positive(c *config, name string, d time.Duration) bool {
@@ -413,23 +410,19 @@ func WithOnError(f func(feed string, err error)) Option {
 // WithMaxConcurrentDials caps, pool-wide, the handshakes in flight at once, so
 // that thousands of feeds coming back after an outage reach servers at a
 // bounded rate. Pool only. Default DefaultMaxConcurrentDials.
-func WithMaxConcurrentDials(n int) Option {
-	return func(c *config) {
-		c.markPoolOnly("WithMaxConcurrentDials")
+func WithMaxConcurrentDials(n int) PoolOption {
+	return poolOption(func(c *config) {
 		if n <= 0 {
 			c.errorf("max concurrent dials must be positive, got %d", n)
 			return
 		}
 		c.maxDials = n
-	}
+	})
 }
 
 // WithFailFast makes a feed that fails for good end Pool.Run with its error
 // (cancelling every other feed). Pool only. By default such a feed is reported
 // (state closed with the error, log, Stats) and the other feeds go on.
-func WithFailFast(on bool) Option {
-	return func(c *config) {
-		c.markPoolOnly("WithFailFast")
-		c.failFast = on
-	}
+func WithFailFast(on bool) PoolOption {
+	return poolOption(func(c *config) { c.failFast = on })
 }

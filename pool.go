@@ -32,19 +32,27 @@ type Pool struct {
 	done     chan struct{}
 }
 
-// NewPool returns a Pool. Its options are defaults for every feed (each feed
-// may override them in Add), plus the pool-only options WithMaxConcurrentDials
-// and WithFailFast. Invalid options are reported here.
-func NewPool(opts ...Option) (*Pool, error) {
+// NewPool returns a Pool. Its Options are defaults for every feed (each feed
+// may override them in Add); the pool-only options (WithMaxConcurrentDials,
+// WithFailFast, WithAdmission) configure the pool itself. Invalid options are
+// reported here.
+func NewPool(opts ...PoolOption) (*Pool, error) {
 	cfg := defaultConfig()
+	var defaults []Option
 	for _, o := range opts {
-		o(&cfg)
+		if o == nil {
+			continue
+		}
+		o.applyPool(&cfg)
+		if fo, ok := o.(Option); ok {
+			defaults = append(defaults, fo)
+		}
 	}
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
 	return &Pool{
-		defaults: append([]Option(nil), opts...),
+		defaults: defaults,
 		cfg:      cfg,
 		sem:      newDialGate(cfg.maxDials, cfg.admission),
 		wake:     &wakeHub{waiters: map[string]map[*Client]chan struct{}{}},
@@ -62,15 +70,12 @@ func (p *Pool) Add(rawURL string, h Handler, opts ...Option) (*Client, error) {
 	for _, o := range p.defaults {
 		o(&cfg)
 	}
-	cfg.poolOnlyGiven() // the pool's own are fine
 	for _, o := range opts {
 		o(&cfg)
 	}
-	if po := cfg.poolOnlyGiven(); len(po) > 0 {
-		cfg.errorf("%s applies only to NewPool", strings.Join(po, ", "))
-	}
 	cfg.dialSem = p.sem
 	cfg.wake = p.wake
+	cfg.admission = p.cfg.admission // the feed keys and penalises its dials by it
 	c, err := newClient(rawURL, h, cfg)
 	if err != nil {
 		return nil, err

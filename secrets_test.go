@@ -299,7 +299,7 @@ func TestSecretsNeverReported(t *testing.T) {
 // TestSecretsPoolStats: the pool's view of such a feed holds no secret.
 func TestSecretsPoolStats(t *testing.T) {
 	rec := newSecretRecorder()
-	pool, err := wspool.NewPool(append(rec.options(), wspool.WithBackoff(10*time.Millisecond, 20*time.Millisecond))...)
+	pool, err := wspool.NewPool(poolOpts(append(rec.options(), wspool.WithBackoff(10*time.Millisecond, 20*time.Millisecond))...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -377,4 +377,13 @@ func TestURLUserinfoFeedConnects(t *testing.T) {
 		cause, _, _ := ev.firstCause(wspool.StateBackingOff)
 		t.Fatalf("a feed URL with userinfo never connected in 3s: %d attempts, first cause %v", c.Stats().Attempts, cause)
 	}
+}
+
+// poolOpts turns feed options into pool options (every Option is one).
+func poolOpts(opts ...wspool.Option) []wspool.PoolOption {
+	out := make([]wspool.PoolOption, len(opts))
+	for i, o := range opts {
+		out[i] = o
+	}
+	return out
 }

@@ -132,7 +132,7 @@ func TestAdmissionRateNeverTripsTheUpstream(t *testing.T) {
 	for _, admit := range []bool{true, false} {
 		t.Run(fmt.Sprint("admission=", admit), func(t *testing.T) {
 			ex := startExchange(t, exchange.Config{ConnLimit: 5, ConnWindow: 300 * time.Millisecond, Penalty: 200 * time.Millisecond})
-			opts := []wspool.Option{wspool.WithBackoff(20*time.Millisecond, 100*time.Millisecond)}
+			opts := []wspool.PoolOption{wspool.WithBackoff(20*time.Millisecond, 100*time.Millisecond)}
 			if admit {
 				opts = append(opts, wspool.WithAdmission(wspool.Admission{Rate: 5, Per: 300 * time.Millisecond}))
 			}

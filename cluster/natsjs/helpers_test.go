@@ -70,7 +70,7 @@ func (tc testConfig) config(member string) natsjs.Config {
 	return natsjs.Config{
 		Name: tc.Name, Member: member, Shards: tc.Shards, Slots: tc.Slots, TTL: tc.TTL,
 		Replicas: tc.Replicas, Storage: jetstream.MemoryStorage, Seq: parseSeq, Resume: resumeFrom,
-		PoolOptions: []wspool.Option{wspool.WithMaxConcurrentDials(128)},
+		PoolOptions: []wspool.PoolOption{wspool.WithMaxConcurrentDials(128)},
 		FeedOptions: func(natsjs.Feed) []wspool.Option {
 			return []wspool.Option{wspool.WithBackoff(20*time.Millisecond, 500*time.Millisecond)}
 		},

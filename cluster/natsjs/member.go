@@ -82,7 +82,7 @@ type Config struct {
 	// Resume) or a handler of their own.
 	FeedOptions func(f Feed) []wspool.Option
 	// PoolOptions are passed to wspool.NewPool.
-	PoolOptions []wspool.Option
+	PoolOptions []wspool.PoolOption
 	// Logger receives the member's events (default: discarded).
 	Logger *slog.Logger
 }

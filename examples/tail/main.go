@@ -154,7 +154,7 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 	defer cancel(nil)
 
 	status := &statusLog{w: stderr, cancel: cancel}
-	opts := []wspool.Option{
+	opts := []wspool.PoolOption{
 		wspool.WithPingInterval(cfg.ping),
 		wspool.WithOnStateChange(status.changed),
 	}

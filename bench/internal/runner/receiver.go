@@ -167,7 +167,11 @@ func startWspool(ctx context.Context, url string, feeds int, h wspool.Handler, o
 		r.close = func() { c.Close(); cancel(); wg.Wait() }
 		return r, nil
 	}
-	p, err := wspool.NewPool(opts...)
+	popts := make([]wspool.PoolOption, len(opts))
+	for i, o := range opts {
+		popts[i] = o
+	}
+	p, err := wspool.NewPool(popts...)
 	if err != nil {
 		cancel()
 		return nil, err
