@@ -63,11 +63,19 @@ func (m Message) Clone() Message {
 }
 
 // A Handler receives a feed's messages, one at a time, in arrival order; it
-// is never called concurrently with itself. ctx ends when the feed is closed.
-// An error or a panic is reported (WithOnError, the logger, Stats.HandlerErrors)
-// and the feed goes on with the next message. While the handler runs, the
-// feed's reader waits: a slow handler slows only its own feed (and, through
-// TCP, its server), never another feed, and does not count against liveness.
+// is never called concurrently with itself. ctx ends when the feed is closed
+// (with Drain, once the drain is over).
+//
+// Its error means one of two things. An error wrapping ErrReconnect asks for
+// a resync: the connection is closed and redialled (see Client.Reconnect),
+// and nothing is reported. Any other error (or a panic) is reported — as a
+// *HandlerError through WithOnError, the logger and Stats.HandlerErrors —
+// and the feed goes on with the next message: a handler error never drops
+// the connection by itself.
+//
+// While the handler runs, the feed's reader waits: a slow handler slows only
+// its own feed (and, through TCP, its server), never another feed, and does
+// not count against liveness.
 type Handler func(ctx context.Context, msg Message) error
 
 // State is a feed's connection state.

@@ -49,7 +49,10 @@
 // the feed's own handler holds the reader back is never blamed on the peer. At
 // the defaults (15s interval, 10s timeout) a silently dead peer is detected
 // within 25s, and traffic every 15s keeps intermediaries that drop idle
-// connections after 60s from doing so. WithHeartbeat adds an
+// connections after 60s from doing so. Note: WithPingInterval alone also
+// lowers the pong timeout to the interval when that is shorter than 10s
+// (pings go out every max(interval, pong timeout), so a 2s interval really
+// pings every 2s); give WithPongTimeout to set it yourself. WithHeartbeat adds an
 // application-level heartbeat message; WithStaleTimeout redials when no data
 // message arrives for a while. Every dialed socket gets TCP keepalive, and on
 // Linux TCP_USER_TIMEOUT, so unacknowledged writes cannot hang for the
@@ -153,6 +156,14 @@
 // A panic in any callback is recovered and reported as a [HandlerError]
 // whose Callback field names it (WithOnError, the logger, Stats.HandlerErrors);
 // the feed goes on (a panicking OnConnect or request func fails that attempt).
+//
+// # Observability
+//
+// Client.Stats and Pool.Stats return snapshots (Pool.Totals the sums alone,
+// cheaply); WithTimings reports handshake, OnConnect, time to first message,
+// handler and queue-wait durations to a func, for histograms (see
+// examples/prometheus); CloseStatus reads the close code of an error as a
+// [CloseCode].
 //
 // # Resources
 //
