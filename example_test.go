@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/url"
+	"strings"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -148,4 +150,65 @@ func ExampleJSON() {
 	// BTC 64000.5
 	// error: wspool: feed quotes: handler: wspool: decode text message of 8 bytes: invalid character 'o' in literal null (expecting 'u')
 	// ETH 3100.0
+}
+
+// A sequenced feed that resumes after the last number delivered: a server
+// replaying from the resume point sends some numbers twice; WithSequence
+// drops the copies, and the handler sees each number once.
+func ExampleWithSequence() {
+	// The server numbers its messages and, when the URL says ?from=N,
+	// replays from N. This one starts over at 1 on every connection and
+	// drops the connection after 5 messages.
+	srv, _ := wstest.New(func(c *websocket.Conn, r *http.Request) {
+		from := 1
+		fmt.Sscan(r.URL.Query().Get("from"), &from)
+		for n := max(from-2, 1); n < from+3; n++ { // replays two it had sent
+			c.WriteMessage(websocket.TextMessage, fmt.Append(nil, n))
+		}
+	})
+	defer srv.Close()
+
+	var c *wspool.Client
+	seen := make(chan string, 100)
+	c, _ = wspool.NewClient(srv.URL("/"), func(_ context.Context, m wspool.Message) error {
+		seen <- string(m.Data)
+		return nil
+	},
+		wspool.WithSequence(wspool.Sequence{Extract: func(m wspool.Message) (string, uint64, bool) {
+			var n uint64
+			_, err := fmt.Sscan(string(m.Data), &n)
+			return "", n, err == nil
+		}}),
+		wspool.WithRequestFunc(func(_ context.Context, u *url.URL, _ http.Header) error {
+			if last, ok := c.LastSequence(""); ok {
+				u.RawQuery = fmt.Sprint("from=", last+1)
+			}
+			return nil
+		}),
+		wspool.WithBackoff(10*time.Millisecond, 20*time.Millisecond),
+	)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- c.Run(ctx) }()
+	var got []string
+	for range 9 {
+		got = append(got, <-seen)
+	}
+	cancel()
+	<-done
+	fmt.Println(strings.Join(got, " "))
+	fmt.Println("duplicates dropped:", c.Stats().Duplicates > 0)
+	// Output:
+	// 1 2 3 4 5 6 7 8 9
+	// duplicates dropped: true
+}
+
+// CloseStatus reads the close code anywhere in an error chain.
+func ExampleCloseStatus() {
+	err := fmt.Errorf("feed ended: %w", &websocket.CloseError{Code: 1013, Text: "try later"})
+	fmt.Println(wspool.CloseStatus(err))
+	fmt.Println(wspool.CloseStatus(err) == wspool.CloseCodeTryAgainLater)
+	// Output:
+	// 1013 (try again later)
+	// true
 }
