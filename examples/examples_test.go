@@ -27,7 +27,7 @@ import (
 	"time"
 )
 
-var programs = []string{"demo", "resume", "heartbeats", "tail", "backpressure", "standby"}
+var programs = []string{"demo", "resume", "heartbeats", "tail", "backpressure", "standby", "topics"}
 
 var (
 	binDir   string
@@ -336,6 +336,22 @@ func TestResumeCatchesGaps(t *testing.T) {
 	out := p.output()
 	if !regexp.MustCompile(`FAIL: \d+ gaps`).MatchString(out) || !strings.Contains(out, "gap: after seq") {
 		t.Errorf("want gaps reported")
+	}
+}
+
+// TestTopics runs the topic-set example: 5,000 topics over a cap of 1,024,
+// spread over five feeds, every topic delivering after the first subscribe,
+// after every connection was dropped, and after a live change.
+func TestTopics(t *testing.T) {
+	t.Parallel()
+	p := start(t, 2*time.Minute, "topics")
+	p.mustExit(90*time.Second, 0)
+	out := p.output()
+	if !strings.Contains(out, "5000 topics at a cap of 1024 over 5 feeds") || !strings.Contains(out, "md-5: 904 topics") {
+		t.Errorf("no spread of 5000 topics over 5 feeds in output")
+	}
+	if !strings.Contains(out, "OK: every one of 5000 topics delivered, at most 1024 per connection, 0 rejected") {
+		t.Errorf("no verdict in output")
 	}
 }
 

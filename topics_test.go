@@ -1,0 +1,462 @@
+package wspool_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/wspool/wspool"
+	"github.com/wspool/wspool/wspooltest"
+)
+
+// topicServer is an upstream with a per-connection topic cap. Requests are
+// {"op":"sub"|"unsub","id":N,"topics":[...]}; answers {"id":N} or
+// {"id":N,"error":"..."}. A subscription that would take a connection over
+// the cap, or names a topic starting with "bad", is rejected whole; after
+// each accepted subscription the server sends one {"topic":T} data message
+// per topic. A request naming a topic in silent (the first time only) is
+// not answered.
+type topicServer struct {
+	*wspooltest.Server
+	cap int
+
+	mu       sync.Mutex
+	conns    map[*wspooltest.Conn]map[string]bool
+	rejected int
+	silent   map[string]bool
+}
+
+type topicReq struct {
+	Op     string   `json:"op"`
+	ID     uint64   `json:"id"`
+	Topics []string `json:"topics"`
+}
+
+type topicAnswer struct {
+	ID    uint64 `json:"id"`
+	Error string `json:"error,omitempty"`
+	Topic string `json:"topic,omitempty"`
+}
+
+func newTopicServer(t *testing.T, cap int) *topicServer {
+	ts := &topicServer{cap: cap, conns: map[*wspooltest.Conn]map[string]bool{}, silent: map[string]bool{}}
+	srv, err := wspooltest.NewServer(ts.serve)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	ts.Server = srv
+	return ts
+}
+
+func (ts *topicServer) serve(c *wspooltest.Conn) {
+	set := map[string]bool{}
+	ts.mu.Lock()
+	ts.conns[c] = set
+	ts.mu.Unlock()
+	defer func() {
+		ts.mu.Lock()
+		delete(ts.conns, c)
+		ts.mu.Unlock()
+	}()
+	for {
+		_, data, err := c.Read(context.Background())
+		if err != nil {
+			return
+		}
+		var req topicReq
+		if json.Unmarshal(data, &req) != nil {
+			continue
+		}
+		ts.mu.Lock()
+		quiet := false
+		for _, tp := range req.Topics {
+			if ts.silent[tp] {
+				delete(ts.silent, tp)
+				quiet = true
+			}
+		}
+		ans := topicAnswer{ID: req.ID}
+		var data2 []string
+		switch {
+		case quiet:
+		case req.Op == "unsub":
+			for _, tp := range req.Topics {
+				delete(set, tp)
+			}
+		default:
+			n := len(set)
+			for _, tp := range req.Topics {
+				if !set[tp] {
+					n++
+				}
+				if len(tp) >= 3 && tp[:3] == "bad" {
+					ans.Error = "invalid topic " + tp
+				}
+			}
+			if n > ts.cap {
+				ans.Error = fmt.Sprintf("too many topics: %d over %d", n, ts.cap)
+			}
+			if ans.Error != "" {
+				ts.rejected++
+				break
+			}
+			for _, tp := range req.Topics {
+				set[tp] = true
+			}
+			data2 = req.Topics
+		}
+		ts.mu.Unlock()
+		if quiet {
+			continue
+		}
+		b, _ := json.Marshal(ans)
+		if c.SendText(string(b)) != nil {
+			return
+		}
+		for _, tp := range data2 {
+			b, _ := json.Marshal(topicAnswer{Topic: tp})
+			if c.SendText(string(b)) != nil {
+				return
+			}
+		}
+	}
+}
+
+// subscribed returns every topic subscribed on an open connection, and the
+// most on one connection.
+func (ts *topicServer) subscribed() (all map[string]int, most int) {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	all = map[string]int{}
+	for _, set := range ts.conns {
+		most = max(most, len(set))
+		for tp := range set {
+			all[tp]++
+		}
+	}
+	return all, most
+}
+
+// connOf returns the open connection subscribed to topic.
+func (ts *topicServer) connOf(topic string) *wspooltest.Conn {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	for c, set := range ts.conns {
+		if set[topic] {
+			return c
+		}
+	}
+	return nil
+}
+
+// topicRig is a running pool with a Topics set against a topicServer; it
+// counts the data messages of each topic and collects reported errors.
+type topicRig struct {
+	ts     *topicServer
+	topics *wspool.Topics
+	pool   *wspool.Pool
+
+	mu   sync.Mutex
+	data map[string]int
+	errs []error
+}
+
+func newTopicRig(t *testing.T, serverCap int, cfg wspool.TopicsConfig) *topicRig {
+	t.Helper()
+	r := &topicRig{ts: newTopicServer(t, serverCap), data: map[string]int{}}
+	pool, err := wspool.NewPool(wspool.WithBackoff(10*time.Millisecond, 50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.pool = pool
+	cfg.URL = r.ts.URL("/stream")
+	cfg.Subscribe = func(id uint64, topics []string) (wspool.MessageType, []byte) {
+		b, _ := json.Marshal(topicReq{Op: "sub", ID: id, Topics: topics})
+		return wspool.TextMessage, b
+	}
+	cfg.Unsubscribe = func(id uint64, topics []string) (wspool.MessageType, []byte) {
+		b, _ := json.Marshal(topicReq{Op: "unsub", ID: id, Topics: topics})
+		return wspool.TextMessage, b
+	}
+	cfg.Ack = func(m wspool.Message) (uint64, bool, error) {
+		var a topicAnswer
+		if json.Unmarshal(m.Data, &a) != nil || a.ID == 0 {
+			return 0, false, nil
+		}
+		if a.Error != "" {
+			return a.ID, true, errors.New(a.Error)
+		}
+		return a.ID, true, nil
+	}
+	cfg.Handler = func(_ context.Context, m wspool.Message) error {
+		var a topicAnswer
+		if err := json.Unmarshal(m.Data, &a); err != nil || a.Topic == "" {
+			return fmt.Errorf("not a data message: %q", m.Data)
+		}
+		r.mu.Lock()
+		r.data[a.Topic]++
+		r.mu.Unlock()
+		return nil
+	}
+	cfg.OnError = func(err error) {
+		r.mu.Lock()
+		r.errs = append(r.errs, err)
+		r.mu.Unlock()
+	}
+	r.topics, err = wspool.NewTopics(pool, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func (r *topicRig) run(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.pool.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+}
+
+func (r *topicRig) count(topic string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.data[topic]
+}
+
+func (r *topicRig) errors() []error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.errs)
+}
+
+// settled waits until every topic in want is subscribed exactly once
+// upstream, nothing else is, the set reports nothing unconfirmed, and every
+// topic has delivered at least min[topic] (default 1) data messages.
+func (r *topicRig) settled(t *testing.T, want []string, atLeast map[string]int) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		all, _ := r.ts.subscribed()
+		ok := len(all) == len(want) && r.topics.Unconfirmed() == 0
+		for _, tp := range want {
+			if all[tp] != 1 || r.count(tp) < max(atLeast[tp], 1) {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			missing := 0
+			for _, tp := range want {
+				if all[tp] != 1 || r.count(tp) < max(atLeast[tp], 1) {
+					missing++
+				}
+			}
+			t.Fatalf("not settled within 15s: %d upstream subscriptions for %d topics, %d unconfirmed, %d topics missing; errors %v",
+				len(all), len(want), r.topics.Unconfirmed(), missing, r.errors())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func names(prefix string, from, to int) []string {
+	var out []string
+	for i := from; i < to; i++ {
+		out = append(out, fmt.Sprintf("%s%03d", prefix, i))
+	}
+	return out
+}
+
+// 35 topics at a cap of 10 take four feeds (10, 10, 10, 5), each within the
+// server's cap (which rejects nothing), and every topic delivers; after the
+// server drops every connection each feed subscribes its topics again.
+func TestTopicsSpreadUnderCap(t *testing.T) {
+	r := newTopicRig(t, 10, wspool.TopicsConfig{Name: "md", Cap: 10, Batch: 4})
+	all := names("t", 0, 35)
+	if err := r.topics.Add(all...); err != nil { // before Run: replayed in OnConnect
+		t.Fatal(err)
+	}
+	r.run(t)
+	r.settled(t, all, nil)
+	a := r.topics.Assignment()
+	sizes := []int{len(a["md-1"]), len(a["md-2"]), len(a["md-3"]), len(a["md-4"])}
+	if len(a) != 4 || !slices.Equal(sizes, []int{10, 10, 10, 5}) {
+		t.Fatalf("assignment %v", a)
+	}
+	if _, most := r.ts.subscribed(); most > 10 || r.ts.rejected != 0 {
+		t.Fatalf("most %d topics on a connection, %d rejected", most, r.ts.rejected)
+	}
+	for _, c := range r.ts.Conns() {
+		c.Drop()
+	}
+	again := map[string]int{}
+	for _, tp := range all {
+		again[tp] = 2
+	}
+	r.settled(t, all, again)
+	if errs := r.errors(); len(errs) != 0 {
+		t.Fatalf("errors: %v", errs)
+	}
+}
+
+// Topics added and removed while running are subscribed and unsubscribed at
+// once, with their acknowledgements: a removed topic frees room on its feed
+// for the next one added.
+func TestTopicsLiveAddRemove(t *testing.T) {
+	r := newTopicRig(t, 10, wspool.TopicsConfig{Name: "md", Cap: 10})
+	r.run(t)
+	first := names("a", 0, 15)
+	if err := r.topics.Add(first...); err != nil {
+		t.Fatal(err)
+	}
+	r.settled(t, first, nil)
+	r.topics.Remove(first[:4]...) // all on md-1
+	left := first[4:]
+	r.settled(t, left, nil)
+	more := names("b", 0, 6)
+	if err := r.topics.Add(more...); err != nil {
+		t.Fatal(err)
+	}
+	want := append(slices.Clone(left), more...)
+	r.settled(t, want, nil)
+	a := r.topics.Assignment()
+	if len(a) != 2 || len(a["md-1"]) != 10 || len(a["md-2"]) != 7 {
+		t.Fatalf("assignment %v: the removed topics' room should have been reused", a)
+	}
+	if !slices.Contains(a["md-1"], "b000") || !slices.Contains(a["md-1"], "b003") || !slices.Contains(a["md-2"], "b004") {
+		t.Fatalf("assignment %v", a)
+	}
+	if errs := r.errors(); len(errs) != 0 {
+		t.Fatalf("errors: %v", errs)
+	}
+}
+
+// A cap above the server's: the server rejects the topics over its cap; the
+// set reports them, lowers the feed's cap to what it holds, and moves them to
+// another feed, so that every topic ends up subscribed. A topic the server
+// rejects everywhere is reported with ErrTopicRejected and leaves the set.
+func TestTopicsRejectedOverServerCap(t *testing.T) {
+	r := newTopicRig(t, 10, wspool.TopicsConfig{Name: "md", Cap: 12, Batch: 1})
+	r.run(t)
+	all := names("t", 0, 30)
+	if err := r.topics.Add(all...); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.topics.Add("bad-topic"); err != nil {
+		t.Fatal(err)
+	}
+	r.settled(t, all, nil)
+	if _, most := r.ts.subscribed(); most > 10 {
+		t.Fatalf("%d topics on one connection", most)
+	}
+	if r.ts.rejected == 0 {
+		t.Fatal("the server rejected nothing: the test proves nothing")
+	}
+	var gaveUp bool
+	for _, err := range r.errors() {
+		var te *wspool.TopicError
+		if !errors.As(err, &te) {
+			t.Fatalf("not a TopicError: %v", err)
+		}
+		if errors.Is(err, wspool.ErrTopicRejected) {
+			if !slices.Equal(te.Topics, []string{"bad-topic"}) {
+				t.Fatalf("gave up on %v", te.Topics)
+			}
+			gaveUp = true
+		}
+	}
+	if !gaveUp {
+		t.Fatalf("bad-topic not reported as rejected: %v", r.errors())
+	}
+	for _, tps := range r.topics.Assignment() {
+		if slices.Contains(tps, "bad-topic") {
+			t.Fatal("bad-topic still in the set")
+		}
+	}
+}
+
+// A request whose answer never comes is reported with ErrAckTimeout and its
+// feed reconnects, which subscribes its topics afresh.
+func TestTopicsAckTimeout(t *testing.T) {
+	r := newTopicRig(t, 10, wspool.TopicsConfig{Name: "md", Cap: 10, AckTimeout: 300 * time.Millisecond})
+	r.run(t)
+	first := names("a", 0, 5)
+	if err := r.topics.Add(first...); err != nil {
+		t.Fatal(err)
+	}
+	r.settled(t, first, nil)
+	r.ts.mu.Lock()
+	r.ts.silent["quiet"] = true
+	r.ts.mu.Unlock()
+	if err := r.topics.Add("quiet"); err != nil {
+		t.Fatal(err)
+	}
+	want := append(slices.Clone(first), "quiet")
+	again := map[string]int{}
+	for _, tp := range first {
+		again[tp] = 2 // subscribed again on the new connection
+	}
+	r.settled(t, want, again)
+	errs := r.errors()
+	if len(errs) != 1 || !errors.Is(errs[0], wspool.ErrAckTimeout) {
+		t.Fatalf("errors %v, want one ErrAckTimeout", errs)
+	}
+	var te *wspool.TopicError
+	if !errors.As(errs[0], &te) || !slices.Equal(te.Topics, []string{"quiet"}) || te.Feed != "md-1" {
+		t.Fatalf("reported %+v", te)
+	}
+}
+
+// A feed that ends for good (here a failure its permanent func rejects)
+// leaves the pool, and its topics move to the other feeds and a new one.
+func TestTopicsFeedEndsForGood(t *testing.T) {
+	var kill atomic.Bool
+	r := newTopicRig(t, 10, wspool.TopicsConfig{Name: "md", Cap: 10,
+		Options: []wspool.Option{wspool.WithPermanentFunc(func(err error) bool {
+			return kill.CompareAndSwap(true, false) || wspool.DefaultPermanent(err)
+		})},
+	})
+	r.run(t)
+	all := names("t", 0, 25)
+	if err := r.topics.Add(all...); err != nil {
+		t.Fatal(err)
+	}
+	r.settled(t, all, nil)
+	victim := r.topics.Assignment()["md-2"]
+	kill.Store(true)
+	r.ts.connOf(victim[0]).Drop()
+	again := map[string]int{}
+	for _, tp := range victim {
+		again[tp] = 2
+	}
+	r.settled(t, all, again)
+	a := r.topics.Assignment()
+	if _, ok := a["md-2"]; ok {
+		t.Fatalf("md-2 still in the set: %v", a)
+	}
+	for _, c := range r.pool.Clients() {
+		if c.Name() == "md-2" {
+			t.Fatal("md-2 still in the pool")
+		}
+	}
+	if len(a) != 3 || len(a["md-1"]) != 10 || len(a["md-3"]) != 10 || len(a["md-4"]) != 5 {
+		t.Fatalf("assignment %v", a)
+	}
+	if errs := r.errors(); len(errs) != 0 {
+		t.Fatalf("errors: %v", errs)
+	}
+}
