@@ -17,6 +17,8 @@ import (
 
 	"github.com/wspool/wspool"
 	"github.com/wspool/wspool/internal/exchange"
+	"github.com/wspool/wspool/internal/faultproxy"
+	"github.com/wspool/wspool/internal/wstest"
 )
 
 // runPoolBG runs p in the background until the test ends.
@@ -558,4 +560,59 @@ func TestAdmissionThroughRestart(t *testing.T) {
 	if long && ratio > 1.2 {
 		t.Fatalf("back in %v, %.2fx the minimum %v (want <= 1.2x)", again, ratio, minimum)
 	}
+}
+
+// Paced pings must not starve behind a window that sends keep full: a dead
+// peer (blackholed) is noticed by the pong timeout, not by TCP's own
+// timeout much later. (Found by the all-features soak: a feed took 33 s to
+// come back.)
+func TestPacedPingsNotStarvedBySends(t *testing.T) {
+	srv := newServer(t, wstest.Drain)
+	proxy := newProxy(t, srv.Addr())
+	ev := newEvents()
+	c, err := wspool.NewClient("ws://"+proxy.Addr()+"/", nil, ev.option(),
+		wspool.WithSendPacing(wspool.SendPacing{Messages: 1, Per: 50 * time.Millisecond, Pings: true}),
+		wspool.WithPingInterval(100*time.Millisecond), wspool.WithPongTimeout(200*time.Millisecond),
+		wspool.WithWriteTimeout(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runClient(t, c)
+	ev.waitCount(t, wspool.StateConnected, 1, 10*time.Second)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 8 { // senders waiting for every room the window frees
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				c.Send(ctx, wspool.TextMessage, []byte("x"))
+				cancel()
+			}
+		}()
+	}
+	defer func() {
+		close(stop)
+		wg.Wait()
+	}()
+	waitFor(t, 10*time.Second, "sends filling the window", func() bool { return c.Stats().MessagesOut > 10 })
+	proxy.SetMode(faultproxy.Blackhole)
+	start := time.Now()
+	ev.waitCount(t, wspool.StateBackingOff, 1, 10*time.Second)
+	var cause error
+	for _, sc := range ev.snapshot() {
+		if sc.To == wspool.StateBackingOff {
+			cause = sc.Err
+		}
+	}
+	if !errors.Is(cause, wspool.ErrPongTimeout) {
+		t.Fatalf("the dead peer was noticed after %v by %v, want the pong timeout", time.Since(start), cause)
+	}
+	proxy.SetMode(faultproxy.PassThrough)
 }
