@@ -51,6 +51,16 @@ type soakMix struct {
 	churn       bool          // removed and re-added while running
 	pacing      int           // WithSendPacing: messages per 100 ms (pings too when odd); 0: none
 	retryPolicy bool          // WithRetryPolicy (a linear curve that reads the close code)
+
+	// Continuity (see chaos_continuity_test.go).
+	seq         bool // WithSequence (the feed sequence, one key) with OnGap
+	resume      bool // ... and a request func resuming from LastSequence (the server replays); OnGap resyncs
+	skips       bool // ... and the server skips numbers on live connections now and then (resync fills them)
+	standby     bool // WithStandby: one standby connection through another fault proxy
+	serverPing  bool // the server sends JSON pings and cuts the connection when a pong is late (WithServerPing)
+	pingDeliver bool // ... ServerPing.Deliver
+	poke        bool // Reconnect and Rotate (from the test and the handler) and ErrReconnect from the handler
+	drain       bool // Client.Drain at the end (the rest: Pool.Drain or Pool.Run's cancel)
 }
 
 func drawMix(seed uint64, i int) soakMix {
@@ -91,10 +101,24 @@ func drawMix(seed uint64, i int) soakMix {
 		m.pacing = 5 + rng.IntN(30)
 	}
 	m.retryPolicy = rng.IntN(3) == 0
+	// Drawn after the older options so that a seed keeps drawing the same
+	// older mix.
+	m.seq = rng.IntN(2) == 0
+	m.resume = m.seq && rng.IntN(4) != 0
+	m.skips = m.resume && rng.IntN(3) == 0
+	m.standby = m.seq && rng.IntN(4) == 0
+	m.serverPing = rng.IntN(3) == 0
+	m.pingDeliver = m.serverPing && rng.IntN(3) == 0
+	m.poke = rng.IntN(4) == 0
+	m.drain = rng.IntN(3) == 0
 	return m
 }
 
 func (m soakMix) lossless() bool { return m.queue != qDropOldest && m.queue != qDropNewest }
+
+// exact: every number exactly once, in order, across every reset (a
+// sequenced, resumed feed without a drop policy).
+func (m soakMix) exact() bool { return m.seq && m.resume && m.lossless() }
 
 func (m soakMix) String() string {
 	s := "queue=" + queueNames[m.queue]
@@ -118,6 +142,14 @@ func (m soakMix) String() string {
 	add(m.churn, "churn")
 	add(m.pacing > 0, fmt.Sprintf("pacing=%d/100ms", m.pacing))
 	add(m.retryPolicy, "retry-policy")
+	add(m.seq, "sequence")
+	add(m.resume, "resume")
+	add(m.skips, "server-skips")
+	add(m.standby, "standby")
+	add(m.serverPing, "server-ping")
+	add(m.pingDeliver, "ping-deliver")
+	add(m.poke, "reconnect+rotate")
+	add(m.drain, "drain")
 	return s
 }
 
@@ -147,6 +179,15 @@ func mixSummary(feeds []*soakFeed) string {
 		count(x.login, "onconnect-login")
 		count(x.panics, "panics")
 		count(x.churn, "remove+re-add")
+		count(x.seq, "sequence")
+		count(x.resume, "sequence-resume")
+		count(x.exact(), "sequence-exact")
+		count(x.skips, "server-skips")
+		count(x.standby, "standby")
+		count(x.serverPing, "server-ping")
+		count(x.pingDeliver, "server-ping-deliver")
+		count(x.poke, "reconnect+rotate")
+		count(x.drain, "client-drain")
 	}
 	return formatCounts(m)
 }
@@ -173,6 +214,26 @@ type seqServer struct {
 
 	mu    sync.Mutex
 	conns map[int64]*seqConn
+
+	// Continuity: per feed, whether the server skips numbers and sends
+	// pings (set before the pool runs); what the pings saw.
+	feedCfg   []serverFeedCfg
+	skipped   atomic.Int64
+	replayed  atomic.Int64 // data messages sent again from a resume point
+	pongMax   atomic.Int64 // slowest pong, ns
+	pongsSlow atomic.Int64 // pongs later than a second
+	cutMu     sync.Mutex
+	cuts      []pongCut // connections cut for a late pong
+}
+
+type serverFeedCfg struct{ skips, ping bool }
+
+// pongCut is a connection the server cut because a pong was late.
+type pongCut struct {
+	feed, proxy int
+	conn        int64
+	sent, at    time.Time
+	code        int // 1008, or 0: the TCP connection was just closed
 }
 
 type serverFeed struct {
@@ -182,6 +243,8 @@ type serverFeed struct {
 	open   map[int64]*seqConn
 	recv   map[string][]sendRecord // per stream ("s", "h")
 	hbRecv int64
+
+	pingsSent, pongsRecv int64
 }
 
 type sendRecord struct{ seq, conn int64 }
@@ -189,8 +252,10 @@ type sendRecord struct{ seq, conn int64 }
 type seqConn struct {
 	id      int64
 	feed    int
-	regHead int64   // the feed's head when it subscribed: it gets every fseq after it
+	regHead int64   // the fseq it starts after: the feed's head when it subscribed, or the resume point
+	live    int64   // the feed's head when it subscribed: fseq after it are live, not replayed
 	overlap []int64 // the feed's connections open when it subscribed
+	proxy   int     // the fault proxy it came through (the URL's p)
 
 	// Final once the server's handler for it returned.
 	graceful atomic.Bool  // the client's close frame arrived: everything it wrote before did too
@@ -252,6 +317,15 @@ func (s *seqServer) handle(c *websocket.Conn, r *http.Request) {
 	}
 	sf := s.feeds[feed]
 	sc := &seqConn{id: s.nextConn.Add(1), feed: feed}
+	q := r.URL.Query()
+	sc.proxy, _ = strconv.Atoi(q.Get("p"))
+	from := int64(-1)
+	if f := q.Get("from"); f != "" {
+		if from, err = strconv.ParseInt(f, 10, 64); err != nil || from < 0 {
+			s.v.add("server: feed %d: bad resume point %q", feed, f)
+			return
+		}
+	}
 	s.mu.Lock()
 	s.conns[sc.id] = sc
 	s.mu.Unlock()
@@ -268,7 +342,12 @@ func (s *seqServer) handle(c *websocket.Conn, r *http.Request) {
 	}
 	// From here on every fseq published goes to this connection too.
 	sf.mu.Lock()
-	sc.regHead = sf.head
+	sc.regHead, sc.live = sf.head, sf.head
+	if from > sf.head {
+		s.v.add("server: conn %d of feed %d resumes from %d, past the head %d", sc.id, feed, from, sf.head)
+	} else if from >= 0 {
+		sc.regHead = from // replay what came after the resume point
+	}
 	for id := range sf.open {
 		sc.overlap = append(sc.overlap, id)
 	}
@@ -301,6 +380,12 @@ func (s *seqServer) handle(c *websocket.Conn, r *http.Request) {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); s.publish(c, &wmu, sf, sc, done) }()
+	var pongs chan int64
+	if s.feedCfg != nil && s.feedCfg[feed].ping {
+		pongs = make(chan int64, 4)
+		wg.Add(1)
+		go func() { defer wg.Done(); s.pinger(c, &wmu, sf, sc, done, pongs) }()
+	}
 	defer func() {
 		close(done)
 		c.NetConn().Close() // unblocks a publisher stuck on a full socket
@@ -317,6 +402,22 @@ func (s *seqServer) handle(c *websocket.Conn, r *http.Request) {
 				sc.graceful.Store(true)
 			}
 			return
+		}
+		if k, ok := strings.CutPrefix(string(data), `{"pong":`); ok && pongs != nil {
+			n, err := strconv.ParseInt(strings.TrimSuffix(k, "}"), 10, 64)
+			if err != nil {
+				s.v.add("server: conn %d of feed %d: bad pong %q", sc.id, feed, data)
+				continue
+			}
+			sf.mu.Lock()
+			sf.pongsRecv++
+			sf.mu.Unlock()
+			select {
+			case pongs <- n:
+			default:
+				s.v.add("server: conn %d of feed %d: pongs piling up (%d)", sc.id, feed, n)
+			}
+			continue
 		}
 		if k, ok := strings.CutPrefix(string(data), "hb "); ok {
 			sf.mu.Lock()
@@ -351,6 +452,8 @@ func (s *seqServer) publish(c *websocket.Conn, wmu *sync.Mutex, sf *serverFeed, 
 	buf := make([]byte, 0, 48)
 	next := sc.regHead + 1
 	var cseq int64
+	skips := s.feedCfg != nil && s.feedCfg[sc.feed].skips
+	rng := rand.New(rand.NewPCG(s.seed, uint64(sc.id)<<8|5))
 	for {
 		sf.mu.Lock()
 		head, ch := sf.head, sf.notify
@@ -368,6 +471,16 @@ func (s *seqServer) publish(c *websocket.Conn, wmu *sync.Mutex, sf *serverFeed, 
 			return
 		default:
 		}
+		// Now and then a live number is not sent on this connection (a
+		// resync from a resume point fills it).
+		if skips && cseq > 0 && next > sc.live && rng.IntN(150) == 0 {
+			s.skipped.Add(1)
+			next++
+			continue
+		}
+		if next <= sc.live {
+			s.replayed.Add(1)
+		}
 		buf = strconv.AppendInt(append(buf[:0], prefix...), cseq+1, 10)
 		buf = strconv.AppendInt(append(buf, ' '), next, 10)
 		wmu.Lock()
@@ -381,6 +494,78 @@ func (s *seqServer) publish(c *websocket.Conn, wmu *sync.Mutex, sf *serverFeed, 
 		sc.lastF.Store(next)
 		next++
 		s.dataSent.Add(1)
+	}
+}
+
+// The server's data-level pings: one outstanding per connection, the next a
+// while after the pong; no pong within soakPongDeadline cuts the connection.
+const (
+	soakPingEvery    = 700 * time.Millisecond
+	soakPongDeadline = 4 * time.Second
+)
+
+// pinger sends {"ping":n} and waits for {"pong":n}; a late pong cuts the
+// connection (with 1008, or just the TCP connection), and is recorded.
+func (s *seqServer) pinger(c *websocket.Conn, wmu *sync.Mutex, sf *serverFeed, sc *seqConn, done <-chan struct{}, pongs <-chan int64) {
+	rng := rand.New(rand.NewPCG(s.seed, uint64(sc.id)<<8|6))
+	tm := time.NewTimer(soakPingEvery)
+	defer tm.Stop()
+	for n := int64(1); ; n++ {
+		select {
+		case <-done:
+			return
+		case <-tm.C:
+		}
+		if s.paused.Load() {
+			tm.Reset(soakPingEvery)
+			n--
+			continue
+		}
+		wmu.Lock()
+		err := c.WriteMessage(websocket.TextMessage, []byte(`{"ping":`+strconv.FormatInt(n, 10)+`}`))
+		wmu.Unlock()
+		if err != nil {
+			return
+		}
+		sent := time.Now()
+		sf.mu.Lock()
+		sf.pingsSent++
+		sf.mu.Unlock()
+		late := time.NewTimer(soakPongDeadline)
+	wait:
+		for {
+			select {
+			case <-done:
+				late.Stop()
+				return
+			case k := <-pongs:
+				if k > n {
+					s.v.add("server: conn %d of feed %d: pong %d for ping %d not sent yet", sc.id, sc.feed, k, n)
+				}
+				if k == n {
+					d := int64(time.Since(sent))
+					for old := s.pongMax.Load(); d > old && !s.pongMax.CompareAndSwap(old, d); old = s.pongMax.Load() {
+					}
+					if d > int64(time.Second) {
+						s.pongsSlow.Add(1)
+					}
+					late.Stop()
+					break wait
+				}
+			case <-late.C:
+				cut := pongCut{feed: sc.feed, proxy: sc.proxy, conn: sc.id, sent: sent, at: time.Now()}
+				if rng.IntN(2) == 0 {
+					cut.code = websocket.ClosePolicyViolation
+					_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(cut.code, "pong late"), time.Now().Add(100*time.Millisecond))
+				}
+				c.NetConn().Close()
+				s.cutMu.Lock()
+				s.cuts = append(s.cuts, cut)
+				s.cutMu.Unlock()
+				return
+			}
+		}
+		tm.Reset(soakPingEvery)
 	}
 }
 
@@ -453,6 +638,8 @@ type soakFeed struct {
 	send, hsend sendStream // the sender's stream ("s") and the handler's ("h")
 
 	handlerSendMax atomic.Int64 // longest handler Send, ns
+
+	ct contFeed // continuity (chaos_continuity_test.go)
 }
 
 // soakClient is one Client of a feed and the counters that pair with its Stats.
@@ -462,6 +649,8 @@ type soakClient struct {
 	lastHandledAt                            atomic.Int64 // UnixNano of the latest data message handled
 	removeStart                              time.Time
 	removedFromHandler, removedFromHandlerOK bool
+
+	ct contClient // continuity (chaos_continuity_test.go)
 }
 
 // segment is what the handler delivered from one connection.
@@ -477,6 +666,7 @@ func newSoakFeed(i int, seed uint64, v *violations, tally *sendTally, pool *wspo
 		rng:      rand.New(rand.NewPCG(seed, uint64(i)<<32|1)),
 		filtered: map[int64]int64{}, onErrors: map[string]int64{}, removedInHandler: make(chan struct{}, 1)}
 	f.send.name, f.hsend.name = "s", "h"
+	f.ct.init()
 	return f
 }
 
@@ -523,12 +713,13 @@ func (f *soakFeed) options() []wspool.Option {
 	if m.retryPolicy {
 		opts = append(opts, wspool.WithRetryPolicy(soakRetryPolicy))
 	}
-	return opts
+	return append(opts, f.continuityOptions()...)
 }
 
 // add creates the feed's next Client in the pool.
 func (f *soakFeed) add() error {
 	sc := &soakClient{}
+	sc.ct.init()
 	f.cur.Store(sc) // before Add: OnConnect may run before Add returns
 	c, err := f.pool.Add(f.url, f.handle, f.options()...)
 	if err != nil {
@@ -596,9 +787,14 @@ func (f *soakFeed) onConnect(ctx context.Context, cn *wspool.Conn) error {
 	}
 	f.mu.Lock()
 	if n := len(f.helloConns); n > 0 && f.helloConns[n-1] >= id {
-		f.v.add("%s: connection %d after %d", f.name, id, f.helloConns[n-1])
+		if !f.mix.standby { // standby connections subscribe beside the primary ones
+			f.v.add("%s: connection %d after %d", f.name, id, f.helloConns[n-1])
+		}
+		i, _ := slices.BinarySearch(f.helloConns, id)
+		f.helloConns = slices.Insert(f.helloConns, i, id)
+	} else {
+		f.helloConns = append(f.helloConns, id)
 	}
-	f.helloConns = append(f.helloConns, id)
 	f.mu.Unlock()
 	return nil
 }
@@ -654,6 +850,13 @@ var errSoakHandler = errors.New("soak: handler error")
 func (f *soakFeed) handle(ctx context.Context, m wspool.Message) error {
 	sc := f.cur.Load()
 	sc.handled.Add(1)
+	f.checkMessageFacts(sc, m)
+	if strings.HasPrefix(string(m.Data), `{"ping":`) {
+		if !f.mix.pingDeliver {
+			f.v.add("%s (%s): handler got server ping %q", f.name, f.mix, m.Data)
+		}
+		return nil
+	}
 	if strings.HasPrefix(string(m.Data), "hbr ") {
 		if f.mix.heartbeat == 0 || f.mix.dropReplies {
 			f.v.add("%s (%s): handler got heartbeat reply %q", f.name, f.mix, m.Data)
@@ -664,6 +867,13 @@ func (f *soakFeed) handle(ctx context.Context, m wspool.Message) error {
 	if !ok {
 		f.v.add("%s: unexpected message %q", f.name, m.Data)
 		return nil
+	}
+	sc.ct.handledData.Add(1)
+	if f.mix.seq {
+		if !f.checkSequenced(sc, m, conn, fseq) {
+			return nil
+		}
+		return f.handleData(ctx, sc, m)
 	}
 	lossless := f.mix.lossless()
 	switch {
@@ -710,6 +920,12 @@ func (f *soakFeed) handle(ctx context.Context, m wspool.Message) error {
 		f.seg.firstNew = fseq
 	}
 	f.seg.lastF = fseq
+	return f.handleData(ctx, sc, m)
+}
+
+// handleData is the handler's part after the ordering checks: removes,
+// sends, pokes, failures and slowness.
+func (f *soakFeed) handleData(ctx context.Context, sc *soakClient, m wspool.Message) error {
 	sc.lastHandledAt.Store(time.Now().UnixNano())
 
 	if f.removeInHandler.Load() == 1 && f.removeInHandler.CompareAndSwap(1, 0) {
@@ -724,6 +940,11 @@ func (f *soakFeed) handle(ctx context.Context, m wspool.Message) error {
 
 	if f.mix.handlerSend && f.rng.IntN(25) == 0 {
 		f.handlerSend(ctx, sc)
+	}
+	if f.mix.poke && f.rng.IntN(300) == 0 {
+		if err := f.pokeFromHandler(ctx, sc); err != nil {
+			return err
+		}
 	}
 
 	// Now and then the handler is slow (holding the reader or filling the
@@ -930,11 +1151,22 @@ func feedAccounting(f *soakFeed) (problem string, blockDiscarded int64) {
 	if f.mix.dropReplies {
 		notDelivered += s.HeartbeatReplies
 	}
+	if f.mix.serverPing && !f.mix.pingDeliver {
+		notDelivered += s.ServerPings
+	}
 	bad := s.QueueDepth != 0 || s.Delivered != handled
-	switch f.mix.queue {
-	case qNone:
+	switch {
+	case f.mix.standby || f.mix.skips:
+		// Standby connections count their reads apart (and not their
+		// heartbeat replies); a resync drops, uncounted, what its
+		// connection reads after the gap.
+		for _, l := range s.Standby {
+			read += l.MessagesIn
+		}
+		bad = bad || read < s.Delivered+s.Dropped+s.Duplicates
+	case f.mix.queue == qNone:
 		bad = bad || read != s.Delivered+notDelivered || s.Dropped != 0
-	case qBlock, qBlockSmall:
+	case f.mix.queue == qBlock || f.mix.queue == qBlockSmall:
 		// Block never drops by policy, but a message read while the queue was
 		// full is given up when the connection dies under it (tail loss).
 		bad = bad || read < s.Delivered+s.Dropped+notDelivered

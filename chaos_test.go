@@ -43,6 +43,9 @@ const (
 	// A Send from a handler never waits for a connection: it returns within
 	// the write timeout of the message ahead of it and its own, plus slack.
 	soakHandlerSendBound = 2*soakWriteTimeout + 2*time.Second
+	// Client.Drain and Pool.Drain get this long: far more than a queue of
+	// 16 behind the soak's slowest handler needs.
+	soakDrainDeadline = 10 * time.Second
 )
 
 // TestChaosSoak is the all-features soak. Each feed runs a combination of
@@ -129,10 +132,22 @@ func TestChaosSoak(t *testing.T) {
 	sends := &sendTally{}
 	feeds := make([]*soakFeed, cfg.feeds)
 	var churnFeeds []*soakFeed
+	srv.feedCfg = make([]serverFeedCfg, cfg.feeds)
+	var pokeFeeds []*soakFeed
 	for i := range feeds {
-		url := fmt.Sprintf("ws://%s/feed/%d", proxies[i/soakFeedsPerProxy].Addr(), i)
+		pi := i / soakFeedsPerProxy
+		url := fmt.Sprintf("ws://%s/feed/%d?p=%d", proxies[pi].Addr(), i, pi)
 		f := newSoakFeed(i, cfg.seed, v, sends, pool, url)
 		f.sendGap = 20 * time.Millisecond * stretch
+		if len(proxies) < 2 {
+			f.mix.standby = false // standby goes through another proxy than the primary
+		}
+		so := otherProxy(proxies, pi)
+		f.ct.standbyURL = fmt.Sprintf("ws://%s/feed/%d?p=%d", proxies[so].Addr(), i, so)
+		srv.feedCfg[i] = serverFeedCfg{skips: f.mix.skips, ping: f.mix.serverPing}
+		if f.mix.poke {
+			pokeFeeds = append(pokeFeeds, f)
+		}
 		feeds[i] = f
 		if err := f.add(); err != nil {
 			t.Fatal(err)
@@ -157,6 +172,9 @@ func TestChaosSoak(t *testing.T) {
 	chaosStop := make(chan struct{})
 	chaosDone := make(chan struct{})
 	go func() { defer close(chaosDone); chaos.run(chaosStop) }()
+	pk := &poker{feeds: pokeFeeds, rng: rand.New(rand.NewPCG(cfg.seed, 0x9b0e))}
+	pokeDone := make(chan struct{})
+	go func() { defer close(pokeDone); pk.run(chaosStop) }()
 	churn := &churner{feeds: churnFeeds, pool: pool, v: v, rng: rand.New(rand.NewPCG(cfg.seed, 0xc4a2))}
 	churnDone := make(chan struct{})
 	go func() { defer close(churnDone); churn.run(chaosStop) }()
@@ -196,6 +214,7 @@ func TestChaosSoak(t *testing.T) {
 		}
 		<-chaosDone
 		<-churnDone
+		<-pokeDone
 		stopPool()
 		close(senderStop)
 		senders.Wait()
@@ -215,6 +234,7 @@ func TestChaosSoak(t *testing.T) {
 	close(chaosStop)
 	<-chaosDone
 	<-churnDone
+	<-pokeDone
 	cleared := time.Now()
 	chaosTime := cleared.Sub(start)
 
@@ -289,10 +309,61 @@ func TestChaosSoak(t *testing.T) {
 	})
 	srv.paused.Store(false)
 
-	// Shut down under traffic, then check every send.
+	// Shut down under traffic: Client.Drain on some feeds (with time to
+	// spare, everything queued is delivered), then the rest by Pool.Drain
+	// or Pool.Run's cancel. Then check every send.
 	time.Sleep(100 * time.Millisecond)
+	drainRng := rand.New(rand.NewPCG(cfg.seed, 0xd7a1))
+	var drained []drainResult
+	var drainWG sync.WaitGroup
+	var drainMu sync.Mutex
+	drainStart := time.Now()
+	for _, f := range feeds {
+		if !f.mix.drain {
+			continue
+		}
+		drainWG.Add(1)
+		go func() {
+			defer drainWG.Done()
+			c := f.cur.Load().c.Load()
+			r := drainResult{f: f, droppedBefore: c.Stats().Dropped}
+			ctx, cancel := context.WithTimeout(context.Background(), soakDrainDeadline)
+			start := time.Now()
+			r.err = c.Drain(ctx)
+			r.took = time.Since(start)
+			cancel()
+			drainMu.Lock()
+			drained = append(drained, r)
+			drainMu.Unlock()
+		}()
+	}
+	drainWG.Wait()
+	clientDrains := time.Since(drainStart)
+	for _, r := range drained {
+		checkDrained(r, v)
+	}
+	poolDrain := drainRng.IntN(2) == 0
+	var poolDrainTook time.Duration
+	if poolDrain {
+		var rest []drainResult
+		for _, f := range feeds {
+			if !f.mix.drain {
+				rest = append(rest, drainResult{f: f, droppedBefore: f.cur.Load().c.Load().Stats().Dropped})
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), soakDrainDeadline)
+		start := time.Now()
+		err := pool.Drain(ctx)
+		poolDrainTook = time.Since(start)
+		cancel()
+		for _, r := range rest {
+			r.err = err
+			checkDrained(r, v)
+		}
+	}
 	stopPool()
 	teardown()
+	contSum := checkContinuity(feeds, srv, chaos.faults, v)
 
 	sendSum := checkSends(feeds, srv, v)
 	rotSum := checkRotations(feeds, srv, v)
@@ -302,7 +373,7 @@ func TestChaosSoak(t *testing.T) {
 		handlerSendMax                                                                                       time.Duration
 	}
 	for _, f := range feeds {
-		var msgsOut, onConnSends int64
+		var msgsOut, onConnSends, pingsAnswered int64
 		for _, sc := range f.clients {
 			s := sc.c.Load().Stats()
 			tot.clients++
@@ -318,6 +389,7 @@ func TestChaosSoak(t *testing.T) {
 			tot.policyDropped += s.Dropped
 			msgsOut += s.MessagesOut
 			onConnSends += sc.onConnSends.Load()
+			pingsAnswered += s.ServerPings
 		}
 		he, hp, hbp, sp := f.handlerErrs.Load(), f.handlerPanics.Load(), f.hbPanics.Load(), f.statePanics.Load()
 		tot.injected += he + hp + hbp + sp
@@ -332,17 +404,17 @@ func TestChaosSoak(t *testing.T) {
 		if byCb["handler"] != he+hp || byCb["Heartbeat.Message"] != hbp || byCb["OnStateChange"] != sp || len(byCb) > 3 {
 			v.add("%s: OnError got HandlerErrors %v, injected handler %d errors + %d panics, Heartbeat.Message %d panics, OnStateChange %d panics", f.name, byCb, he, hp, hbp, sp)
 		}
-		// Every write counted: the sends written, OnConnect's, and heartbeats
-		// (at least those the server got, at most those made).
+		// Every write counted: the sends written, OnConnect's, heartbeats
+		// and pongs (at least those the server got, at most those made).
 		sf := srv.feeds[f.idx]
 		sf.mu.Lock()
-		hbRecv := sf.hbRecv
+		hbRecv, pongsRecv := sf.hbRecv, sf.pongsRecv
 		sf.mu.Unlock()
 		hbMade := f.hbCalls.Load() - hbp
 		tot.hbSent += hbRecv
-		if hb := msgsOut - sendSum.perFeedWritten[f] - onConnSends; hb < hbRecv || hb > hbMade {
-			v.add("%s (%s): Stats.MessagesOut %d - %d sends written - %d OnConnect sends = %d heartbeats written, but the server got %d and %d were made",
-				f.name, f.mix, msgsOut, sendSum.perFeedWritten[f], onConnSends, hb, hbRecv, hbMade)
+		if hb := msgsOut - sendSum.perFeedWritten[f] - onConnSends; hb < hbRecv+pongsRecv || hb > hbMade+pingsAnswered {
+			v.add("%s (%s): Stats.MessagesOut %d - %d sends written - %d OnConnect sends = %d heartbeats and pongs written, but the server got %d + %d and %d + %d were made",
+				f.name, f.mix, msgsOut, sendSum.perFeedWritten[f], onConnSends, hb, hbRecv, pongsRecv, hbMade, pingsAnswered)
 		}
 	}
 	if tot.sendFailed != sendSum.failed {
@@ -379,6 +451,10 @@ func TestChaosSoak(t *testing.T) {
 	t.Logf("server: %d connections, %d data messages published, %d heartbeats answered; pool: %d attempts, %d Clients over the run (%d removes, %d of them from the handler, slowest %v); queues dropped %d (policy and shutdown); Block queues gave up %d read messages when their connection died; faults cleared after %v",
 		srv.nextConn.Load(), srv.dataSent.Load(), tot.hbSent, ps.Attempts, tot.clients, churn.removes, churn.inHandler, churn.slowest.Round(time.Millisecond),
 		tot.policyDropped, blockDiscarded, chaosTime.Round(time.Millisecond))
+	t.Logf("SUMMARY continuity: %s drain=client %d feeds in %v, then %s",
+		contSum, len(drained), clientDrains.Round(time.Millisecond), map[bool]string{true: fmt.Sprintf("Pool.Drain in %v", poolDrainTook.Round(time.Millisecond)), false: "Pool.Run's cancel"}[poolDrain])
+	t.Logf("server continuity: %d numbers replayed from resume points, %d skipped, slowest pong %v, %d pongs over 1s",
+		srv.replayed.Load(), srv.skipped.Load(), time.Duration(srv.pongMax.Load()).Round(time.Millisecond), srv.pongsSlow.Load())
 	t.Logf("SUMMARY chaos soak: feeds=%d duration=%v seed=%d mix={%s} faults={%s} clients=%d removes=%d(handler %d, max %v) rotations=%d rotation-switches-checked=%d tail-cut=%d dup-filtered=%d dup-past-filter(queued)=%d messages handled=%d sends=%d written=%d failed=%d no-replay=%d written-but-lost-with-reset-conn=%d handler-errors=%d (panics: handler %d, heartbeat %d, state %d) handler-send max=%v recovered=%v fresh=%v run-return=%v violations=%d heap peak=%.1f MiB (base %.1f MiB) goroutines peak=%d",
 		cfg.feeds, cfg.dur, cfg.seed, mixSummary(feeds), chaos.summary(), tot.clients, churn.removes, churn.inHandler, churn.slowest.Round(time.Millisecond),
 		tot.rotations, rotSum.checked, rotSum.tailCut, tot.duplicates, tot.dupPast, tot.handled, sendSum.total, sendSum.written, sendSum.failed, sendSum.noReplay, sendSum.lostWithReset,
@@ -623,6 +699,7 @@ type soakChaos struct {
 	srvDown    bool
 	lastRst    time.Time
 	startFails int
+	faults     *faultLog
 }
 
 type chaosUndo struct {
@@ -631,7 +708,7 @@ type chaosUndo struct {
 }
 
 func newChaos(seed uint64, proxies []*faultproxy.Proxy, srv *wstest.Server, v *violations) *soakChaos {
-	c := &soakChaos{rng: rand.New(rand.NewPCG(seed, 0xc4a05)), proxies: proxies, srv: srv, v: v, counts: map[string]int{}}
+	c := &soakChaos{rng: rand.New(rand.NewPCG(seed, 0xc4a05)), proxies: proxies, srv: srv, v: v, counts: map[string]int{}, faults: newFaultLog(len(proxies))}
 	for range proxies {
 		c.active = append(c.active, map[string]bool{})
 	}
@@ -698,8 +775,9 @@ func (c *soakChaos) timed(i int, kind string, d time.Duration, on, off func()) {
 	}
 	c.active[i][kind] = true
 	c.counts[kind]++
+	c.faults.on(i, kind)
 	on()
-	c.later(d, func() { off(); c.active[i][kind] = false })
+	c.later(d, func() { off(); c.active[i][kind] = false; c.faults.off(i, kind) })
 }
 
 func (c *soakChaos) inject() {
@@ -712,9 +790,11 @@ func (c *soakChaos) inject() {
 	switch r := c.rng.IntN(16); {
 	case r < 3:
 		c.counts["reset"]++
+		c.faults.instant(i)
 		p.ResetAll()
 	case r < 5:
 		c.counts["close"]++
+		c.faults.instant(i)
 		p.CloseAll()
 	case r < 7:
 		c.timed(i, "blackhole", c.between(500*time.Millisecond, 3*time.Second),
@@ -736,6 +816,7 @@ func (c *soakChaos) inject() {
 
 func (c *soakChaos) restartServer() {
 	c.srvDown = true
+	c.faults.serverDown()
 	down := c.between(200*time.Millisecond, time.Second)
 	if c.rng.IntN(2) == 0 {
 		c.counts["server-goingaway"]++
@@ -761,6 +842,7 @@ func (c *soakChaos) startServer() {
 	}
 	c.srvDown = false
 	c.lastRst = time.Now()
+	c.faults.serverUp()
 }
 
 // clearAll ends every fault: pending undos run at once, and every knob is reset.
