@@ -54,10 +54,15 @@ const (
 // blocking or async sends, rotation at a 300 ms-2 s max age with a duplicate
 // filter, app heartbeats with IsReply and DropReplies, the stale watchdog,
 // sends from the handler, a two-step OnConnect login, panics in the handler,
-// Heartbeat.Message and OnStateChange, and Remove + re-Add while running),
-// against a sequenced server behind fault proxies that reset, blackhole,
-// delay, throttle, slice, close and refuse at random while the server
-// restarts now and then. Then the faults stop and the invariants are checked:
+// Heartbeat.Message and OnStateChange, Remove + re-Add while running, send
+// pacing, retry policy; and the continuity options of chaos_continuity_test.go:
+// WithSequence with OnGap, a request func resuming from LastSequence, server
+// skips resynced by OnGap, WithStandby through a second proxy, WithServerPing,
+// Rotate/Reconnect from the test and the handler and ErrReconnect from the
+// handler, Client.Drain at the end), against a sequenced server behind fault
+// proxies that reset, blackhole, delay, throttle, slice, close and refuse at
+// random while the server restarts now and then. Then the faults stop and
+// the invariants are checked:
 //
 //   - no gap or duplicate per connection on lossless feeds (no drop policy),
 //     none across rotations (the duplicate filter), and the feed sequence
@@ -79,6 +84,31 @@ const (
 //     (heartbeats bounded by those the server got and those made),
 //     HandlerErrors equal to the errors and panics injected, and OnError
 //     told of each by callback;
+//
+//   - sequenced feeds: the handler never gets a number at or below one it
+//     got; resumed lossless feeds get every number exactly once, in order,
+//     across resets, rotations, standby connections, resyncs, Reconnect,
+//     ErrReconnect and re-adds (no gap at all unless the server skipped one);
+//     other lossless feeds skip numbers only after OnGap accepted the gap,
+//     never one a connection read before the number after it; Stats.Gaps and
+//     GapMessages equal what OnGap saw;
+//
+//   - standby: every data message handled was won by exactly one connection
+//     (Stats.Won + Standby[].Won), the standby connection connects;
+//
+//   - server pings: Stats.ServerPings between the pongs the server got and
+//     the pings it sent, pings kept from the handler unless Deliver, no
+//     connection cut for a late pong unless a fault was on its proxy (or the
+//     server down) from a second before the ping to the cut;
+//
+//   - Message.ConnID one per connection and growing on the primary,
+//     Message.Received between the Client's creation and the handler's call,
+//     in order per connection;
+//
+//   - Client.Drain (and Pool.Drain, or Pool.Run's cancel, for the rest) with
+//     a 10 s deadline: nil, nothing left queued, nothing dropped from a
+//     lossless queue, a sequenced lossless feed's handler got the last number
+//     its reader accepted;
 //
 //   - bounded heap, no goroutine left.
 //
