@@ -481,8 +481,8 @@ func TestChaosSoak(t *testing.T) {
 	t.Logf("server: %d connections, %d data messages published, %d heartbeats answered; pool: %d attempts, %d Clients over the run (%d removes, %d of them from the handler, slowest %v); queues dropped %d (policy and shutdown); Block queues gave up %d read messages when their connection died; faults cleared after %v",
 		srv.nextConn.Load(), srv.dataSent.Load(), tot.hbSent, ps.Attempts, tot.clients, churn.removes, churn.inHandler, churn.slowest.Round(time.Millisecond),
 		tot.policyDropped, blockDiscarded, chaosTime.Round(time.Millisecond))
-	t.Logf("SUMMARY continuity: %s drain=client %d feeds in %v, then %s",
-		contSum, len(drained), clientDrains.Round(time.Millisecond), map[bool]string{true: fmt.Sprintf("Pool.Drain in %v", poolDrainTook.Round(time.Millisecond)), false: "Pool.Run's cancel"}[poolDrain])
+	t.Logf("SUMMARY continuity: %s drain=client %d feeds in %v (lost at push %d), then %s",
+		contSum, len(drained), clientDrains.Round(time.Millisecond), drainLostAtPush.Load(), map[bool]string{true: fmt.Sprintf("Pool.Drain in %v", poolDrainTook.Round(time.Millisecond)), false: "Pool.Run's cancel"}[poolDrain])
 	t.Logf("server continuity: %d numbers replayed from resume points, %d skipped, slowest pong %v, %d pongs over 1s",
 		srv.replayed.Load(), srv.skipped.Load(), time.Duration(srv.pongMax.Load()).Round(time.Millisecond), srv.pongsSlow.Load())
 	t.Logf("SUMMARY chaos soak: feeds=%d duration=%v seed=%d mix={%s} faults={%s} clients=%d removes=%d(handler %d, max %v) rotations=%d rotation-switches-checked=%d tail-cut=%d dup-filtered=%d dup-past-filter(queued)=%d messages handled=%d sends=%d written=%d failed=%d no-replay=%d written-but-lost-with-reset-conn=%d handler-errors=%d (panics: handler %d, heartbeat %d, state %d) handler-send max=%v recovered=%v fresh=%v run-return=%v violations=%d heap peak=%.1f MiB (base %.1f MiB) goroutines peak=%d",
