@@ -15,14 +15,16 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/wspool/wspool"
+	"github.com/wspool/wspool/internal/rawws"
 )
 
 // BenchmarkCompressionTrades: one wspool feed reads a stream of trades (the
 // peers' trade(), ~93 bytes each) from a local gorilla server with
 // EnableCompression, with WithCompression off and on, one trade per message
-// and ten per message. The server sends prepared messages (gorilla compresses
-// each distinct message once), so the process CPU is mostly the client's read
-// path: inflate, UTF-8 check, delivery to a handler that only counts.
+// and ten per message. The server writes frames encoded up front (deflated
+// at level 1 like gorilla's default, each message on its own) in large
+// writes, so the process CPU is mostly the client's read path: inflate,
+// UTF-8 check, delivery to a handler that only counts.
 // Reported per message: wire-B/msg (bytes the server wrote, frame headers
 // included) and cpu-ns/msg (user+system CPU of the whole process, from
 // getrusage). Quote medians of several runs (-count 6) and the on/off
@@ -47,7 +49,11 @@ func benchTrades(b *testing.B, srv *tradeServer, compress bool) {
 	var got atomic.Int64
 	done := make(chan struct{})
 	want := int64(b.N)
-	c, err := wspool.NewClient(srv.url+"?n="+strconv.Itoa(b.N), func(context.Context, wspool.Message) error {
+	q := "?c=0&n=" + strconv.Itoa(b.N)
+	if compress {
+		q = "?c=1&n=" + strconv.Itoa(b.N)
+	}
+	c, err := wspool.NewClient(srv.url+q, func(context.Context, wspool.Message) error {
 		if got.Add(1) == want {
 			close(done)
 		}
@@ -97,24 +103,53 @@ func cpuTime() int64 {
 	return ru.Utime.Nano() + ru.Stime.Nano()
 }
 
-// tradeServer is a gorilla server with compression enabled: on a client's
-// first message it sends n (from ?n=) of its prepared messages, cycling.
+// tradeServer is a gorilla server with compression enabled. On a client's
+// first message it writes n (from ?n=) messages of its stream, cycling,
+// compressed if the client offered compression (?c=1 says so). The frames
+// are encoded once up front and written in large writes, so that the
+// server's share of the process CPU is small and the rest is the client's.
 type tradeServer struct {
 	url     string
 	written atomic.Int64 // bytes written to all connections, handshakes included
 	wg      sync.WaitGroup
 }
 
+// encodedStream is a stream's frames back to back and where each ends.
+type encodedStream struct {
+	b    []byte
+	ends []int
+}
+
+func encodeStream(msgs []string, compress bool) encodedStream {
+	var s encodedStream
+	for _, m := range msgs {
+		f := rawws.Text(m)
+		if compress {
+			f.RSV, f.Payload = rawws.RSV1, rawws.Deflate(f.Payload)
+		}
+		s.b = f.Append(s.b)
+		s.ends = append(s.ends, len(s.b))
+	}
+	return s
+}
+
+// write writes n messages of the stream to w, cycling.
+func (s encodedStream) write(w net.Conn, n int) error {
+	for ; n >= len(s.ends); n -= len(s.ends) {
+		if _, err := w.Write(s.b); err != nil {
+			return err
+		}
+	}
+	if n > 0 {
+		_, err := w.Write(s.b[:s.ends[n-1]])
+		return err
+	}
+	return nil
+}
+
 func newTradeServer(tb testing.TB, msgs []string) *tradeServer {
 	tb.Helper()
-	prepared := make([]*websocket.PreparedMessage, len(msgs))
-	for i, m := range msgs {
-		pm, err := websocket.NewPreparedMessage(websocket.TextMessage, []byte(m))
-		if err != nil {
-			tb.Fatal(err)
-		}
-		prepared[i] = pm
-	}
+	plain, deflated := encodeStream(msgs, false), encodeStream(msgs, true)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
@@ -127,6 +162,10 @@ func newTradeServer(tb testing.TB, msgs []string) *tradeServer {
 			s.wg.Add(1)
 			defer s.wg.Done()
 			n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+			stream := plain
+			if r.URL.Query().Get("c") == "1" {
+				stream = deflated
+			}
 			c, err := up.Upgrade(w, r, nil)
 			if err != nil {
 				return
@@ -135,10 +174,8 @@ func newTradeServer(tb testing.TB, msgs []string) *tradeServer {
 			if _, _, err := c.ReadMessage(); err != nil {
 				return
 			}
-			for i := range n {
-				if c.WritePreparedMessage(prepared[i%len(prepared)]) != nil {
-					return
-				}
+			if stream.write(c.NetConn(), n) != nil {
+				return
 			}
 			// Wait for the client's close.
 			for {
