@@ -174,6 +174,7 @@ type Client struct {
 	rp           retryPolicy
 	delivered    chan struct{}      // closed when deliverQueued returns (WithQueue)
 	qcancel      context.CancelFunc // ends the queue handler's context
+	qdone        <-chan struct{}    // its Done: ends a reader's wait for queue room
 	draining     bool               // Drain was called (under mu)
 	dropsAtDrain int64              // queue drops counted when Drain began
 	failedRun    int                // consecutive attempts that failed before reaching connected
@@ -338,6 +339,7 @@ func (c *Client) begin(parent context.Context, spawn func(func() error)) (contex
 		// Drain's context ends.
 		qctx, qcancel := context.WithCancel(context.WithoutCancel(ctx))
 		c.qcancel = qcancel
+		c.qdone = qctx.Done()
 		context.AfterFunc(ctx, func() {
 			c.mu.Lock()
 			draining := c.draining

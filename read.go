@@ -91,7 +91,7 @@ func (c *Client) serve(ctx context.Context, conn *Conn) error {
 			switch {
 			case c.lanes != nil:
 				// Standby connections deliver too: take turns, first copy wins.
-				if c.deliverMerged(ctx, conn, msg, data) {
+				if c.deliverMerged(ctx, conn, msg, data) && data {
 					c.stats.won.Add(1)
 				}
 			case c.inq != nil:
@@ -111,7 +111,13 @@ func (c *Client) serve(ctx context.Context, conn *Conn) error {
 // Block it waits for room (TCP then pushes back on the server) until
 // shutdown or the connection dies.
 func (c *Client) enqueue(ctx context.Context, conn *Conn, msg Message) {
-	_, started := c.inq.push(msg, ctx.Done())
+	// The wait for room ends with the queue handler's context: at shutdown,
+	// or with Drain at its deadline (a drain keeps the message the reader
+	// holds: it was received).
+	ok, started := c.inq.push(msg, c.qdone)
+	if !ok {
+		c.inq.dropped.Add(1) // given up at shutdown: counted like the queue's leftovers
+	}
 	if started {
 		err := fmt.Errorf("%w: queue full (%d messages), dropping (%v)", ErrSlowConsumer, c.inq.cfg.Messages, c.inq.cfg.Policy)
 		c.recordError(err)

@@ -3,7 +3,6 @@ package wspool_test
 import (
 	"context"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -25,12 +24,7 @@ import (
 // with ServerPing.Deliver. A standby connection counts only data (standby.go).
 // Here the server sends no data at all, only heartbeat replies: Won must
 // stay 0.
-//
-// Skipped until the library is fixed (WSPOOL_SOAKFOUND=1 runs it).
 func TestSoakFound2WonCountsReplies(t *testing.T) {
-	if os.Getenv("WSPOOL_SOAKFOUND") == "" {
-		t.Skip("library bug pending a fix: Stats.Won counts heartbeat replies and delivered pings (WSPOOL_SOAKFOUND=1 runs it)")
-	}
 	srv := newServer(t, func(c *websocket.Conn, _ *http.Request) {
 		for {
 			_, m, err := c.ReadMessage()
@@ -84,12 +78,7 @@ func TestSoakFound2WonCountsReplies(t *testing.T) {
 // LastSequence is past it, so a resume from LastSequence (e.g. by the next
 // process) skips it. Drain's doc: "what arrives after [our close frame] is
 // read but not delivered" — this message arrived before it.
-//
-// Skipped until the library is fixed (WSPOOL_SOAKFOUND=1 runs it).
 func TestSoakFound2DrainLosesPendingPush(t *testing.T) {
-	if os.Getenv("WSPOOL_SOAKFOUND") == "" {
-		t.Skip("library bug pending a fix: Drain gives up the message a full Block queue's reader holds (WSPOOL_SOAKFOUND=1 runs it)")
-	}
 	closed := make(chan struct{}, 4)
 	srv := newServer(t, func(c *websocket.Conn, _ *http.Request) {
 		for i := 1; i <= 3; i++ {
