@@ -16,7 +16,8 @@ var (
 	// TopicsConfig.AckTimeout.
 	ErrAckTimeout = errors.New("wspool: topic request not acknowledged in time")
 	// ErrTopicRejected is reported (in a *TopicError) for a topic the
-	// upstream rejected on two feeds: it is taken out of the set.
+	// upstream rejected twice in a request of its own: it is taken out of
+	// the set.
 	ErrTopicRejected = errors.New("wspool: topic rejected")
 	// ErrFeedEnded is reported (in a *TopicError, with the feed's own error)
 	// for topics of a feed that ended for good without ever connecting: they
@@ -105,16 +106,20 @@ type TopicsConfig struct {
 //     reconnected, which subscribes the feed's topics afresh. A rejected
 //     subscription is reported; the feed's cap is lowered to the topics it
 //     holds acknowledged (the upstream's limit may be lower than Cap), and
-//     the rejected topics move to another feed; a topic rejected twice is
-//     taken out of the set (ErrTopicRejected).
+//     the rejected topics move to another feed, each in a request of its
+//     own; a topic rejected twice on its own is taken out of the set
+//     (ErrTopicRejected).
 //   - When a feed ends for good (StateClosed with an error) it is removed
 //     from the pool and its topics move to the other feeds (new ones as
 //     needed); if it never connected, its topics are reported (ErrFeedEnded)
 //     and taken out of the set instead.
 //
-// A rotation (WithMaxConnectionAge) replays the topics on the new connection;
-// a topic added in the instant between that replay and the switch is
-// subscribed on the old connection only, until the next reconnect.
+// Topics removed while a new connection subscribes its snapshot are
+// unsubscribed once it is connected. A rotation (WithMaxConnectionAge)
+// replays the topics on the new connection; a topic added in the instant
+// between that replay and the switch is subscribed on the old connection
+// only, and one removed during that replay stays subscribed on the new one,
+// until the next reconnect.
 // All methods are safe for concurrent use, from callbacks too.
 type Topics struct {
 	pool *Pool
@@ -137,6 +142,7 @@ type topicFeed struct {
 	live      bool            // connected and replayed: changes go out at once
 	replaying bool            // OnConnect is subscribing a snapshot
 	late      []string        // added while replaying
+	lateGone  []string        // removed while replaying (maybe in the replay)
 	connected bool            // ever connected
 	gone      bool
 }
@@ -183,7 +189,7 @@ func NewTopics(p *Pool, cfg TopicsConfig) (*Topics, error) {
 func (t *Topics) Add(topics ...string) error {
 	t.mu.Lock()
 	var reqs []*topicReq
-	err := t.placeLocked(topics, nil, &reqs)
+	err := t.placeLocked(topics, nil, t.cfg.Batch, &reqs)
 	t.mu.Unlock()
 	t.send(reqs)
 	return err
@@ -202,13 +208,16 @@ func (t *Topics) Remove(topics ...string) {
 		delete(t.where, tp)
 		delete(f.topics, tp)
 		delete(t.rejects, tp)
+		if f.replaying && t.cfg.Unsubscribe != nil {
+			f.lateGone = append(f.lateGone, tp)
+		}
 		if f.live && t.cfg.Unsubscribe != nil {
 			byFeed[f] = append(byFeed[f], tp)
 		}
 	}
 	var reqs []*topicReq
 	for f, tps := range byFeed {
-		reqs = append(reqs, t.requestsLocked(f, false, tps)...)
+		reqs = append(reqs, t.requestsLocked(f, false, tps, t.cfg.Batch)...)
 	}
 	t.mu.Unlock()
 	t.send(reqs)
@@ -250,7 +259,7 @@ func (t *Topics) Unconfirmed() int {
 // placeLocked puts each topic not yet in the set on the first feed with room
 // other than exclude, adding feeds as needed; requests for live feeds are
 // appended to reqs.
-func (t *Topics) placeLocked(topics []string, exclude *topicFeed, reqs *[]*topicReq) error {
+func (t *Topics) placeLocked(topics []string, exclude *topicFeed, batch int, reqs *[]*topicReq) error {
 	byFeed := map[*topicFeed][]string{}
 	var order []*topicFeed
 	var err error
@@ -283,7 +292,7 @@ func (t *Topics) placeLocked(topics []string, exclude *topicFeed, reqs *[]*topic
 		}
 	}
 	for _, f := range order {
-		*reqs = append(*reqs, t.requestsLocked(f, true, byFeed[f])...)
+		*reqs = append(*reqs, t.requestsLocked(f, true, byFeed[f], batch)...)
 	}
 	return err
 }
@@ -306,10 +315,10 @@ func (t *Topics) newFeedLocked() (*topicFeed, error) {
 
 // requestsLocked splits topics into requests of at most Batch and, with an
 // Ack func, registers them as pending with their timeout running.
-func (t *Topics) requestsLocked(f *topicFeed, sub bool, topics []string) []*topicReq {
+func (t *Topics) requestsLocked(f *topicFeed, sub bool, topics []string, batch int) []*topicReq {
 	var out []*topicReq
 	for len(topics) > 0 {
-		n := min(len(topics), t.cfg.Batch)
+		n := min(len(topics), batch)
 		t.nextID++
 		r := &topicReq{id: t.nextID, feed: f, sub: sub, topics: topics[:n:n]}
 		topics = topics[n:]
@@ -426,7 +435,9 @@ func (t *Topics) answer(f *topicFeed, id uint64, ackErr error) {
 		return
 	}
 	// A rejected subscription: the upstream's cap may be below ours, so the
-	// feed keeps what it holds acknowledged, and the topics move once.
+	// feed keeps what it holds acknowledged, and the topics move, each in a
+	// request of its own (one bad topic must not sink its batch). Only a
+	// topic rejected alone counts against it.
 	var move, giveUp []string
 	for _, tp := range r.topics {
 		if t.where[tp] != f {
@@ -434,7 +445,9 @@ func (t *Topics) answer(f *topicFeed, id uint64, ackErr error) {
 		}
 		delete(t.where, tp)
 		delete(f.topics, tp)
-		t.rejects[tp]++
+		if len(r.topics) == 1 {
+			t.rejects[tp]++
+		}
 		if t.rejects[tp] >= 2 {
 			delete(t.rejects, tp)
 			giveUp = append(giveUp, tp)
@@ -450,7 +463,7 @@ func (t *Topics) answer(f *topicFeed, id uint64, ackErr error) {
 	}
 	f.cap = max(min(f.cap, acked), 1)
 	var reqs []*topicReq
-	err := t.placeLocked(move, f, &reqs)
+	err := t.placeLocked(move, f, 1, &reqs)
 	t.mu.Unlock()
 	t.report(f.name, move, fmt.Errorf("moved to another feed: %w", ackErr))
 	t.report(f.name, giveUp, fmt.Errorf("%w: %w", ErrTopicRejected, ackErr))
@@ -469,7 +482,7 @@ func (t *Topics) onConnect(ctx context.Context, f *topicFeed, c *Conn) error {
 	}
 	t.mu.Lock()
 	rotation := f.live // the current connection stays up meanwhile
-	f.replaying, f.late = true, nil
+	f.replaying, f.late, f.lateGone = true, nil, nil
 	snap := make([]string, 0, len(f.topics))
 	for tp := range f.topics {
 		snap = append(snap, tp)
@@ -484,7 +497,7 @@ func (t *Topics) onConnect(ctx context.Context, f *topicFeed, c *Conn) error {
 		t.mu.Lock()
 		snap, f.late = f.late, nil
 		if len(snap) == 0 {
-			f.replaying = false
+			f.replaying, f.lateGone = false, nil
 		}
 		t.mu.Unlock()
 		if len(snap) == 0 {
@@ -505,7 +518,7 @@ func (t *Topics) replay(ctx context.Context, f *topicFeed, c *Conn, topics []str
 			live = append(live, tp)
 		}
 	}
-	reqs := t.requestsLocked(f, true, live)
+	reqs := t.requestsLocked(f, true, live, t.cfg.Batch)
 	t.mu.Unlock()
 	for _, r := range reqs {
 		typ, data := t.build(r)
@@ -536,12 +549,20 @@ func (t *Topics) onStateChange(f *topicFeed, sc StateChange) {
 				still = append(still, tp)
 			}
 		}
-		reqs = t.requestsLocked(f, true, still)
+		reqs = t.requestsLocked(f, true, still, t.cfg.Batch)
+		var gone []string // removed while the replay may have subscribed them
+		for _, tp := range f.lateGone {
+			if t.where[tp] != f {
+				gone = append(gone, tp)
+			}
+		}
+		f.lateGone = nil
+		reqs = append(reqs, t.requestsLocked(f, false, gone, t.cfg.Batch)...)
 		t.mu.Unlock()
 		t.send(reqs)
 		return
 	}
-	f.live, f.replaying, f.late = false, false, nil
+	f.live, f.replaying, f.late, f.lateGone = false, false, nil, nil
 	for _, r := range t.pending { // the next connection subscribes afresh
 		if r.feed == f {
 			t.dropLocked(r)
@@ -566,7 +587,7 @@ func (t *Topics) onStateChange(f *topicFeed, sc StateChange) {
 	var err error
 	connected := f.connected
 	if connected {
-		err = t.placeLocked(orphans, f, &reqs)
+		err = t.placeLocked(orphans, f, t.cfg.Batch, &reqs)
 	}
 	t.mu.Unlock()
 	t.pool.Remove(f.name)

@@ -166,6 +166,13 @@ type topicRig struct {
 	mu   sync.Mutex
 	data map[string]int
 	errs []error
+	hook atomic.Pointer[func(callback string)] // called first in every callback
+}
+
+func (r *topicRig) fire(callback string) {
+	if h := r.hook.Load(); h != nil {
+		(*h)(callback)
+	}
 }
 
 func newTopicRig(t *testing.T, serverCap int, cfg wspool.TopicsConfig) *topicRig {
@@ -178,14 +185,17 @@ func newTopicRig(t *testing.T, serverCap int, cfg wspool.TopicsConfig) *topicRig
 	r.pool = pool
 	cfg.URL = r.ts.URL("/stream")
 	cfg.Subscribe = func(id uint64, topics []string) (wspool.MessageType, []byte) {
+		r.fire("Subscribe")
 		b, _ := json.Marshal(topicReq{Op: "sub", ID: id, Topics: topics})
 		return wspool.TextMessage, b
 	}
 	cfg.Unsubscribe = func(id uint64, topics []string) (wspool.MessageType, []byte) {
+		r.fire("Unsubscribe")
 		b, _ := json.Marshal(topicReq{Op: "unsub", ID: id, Topics: topics})
 		return wspool.TextMessage, b
 	}
 	cfg.Ack = func(m wspool.Message) (uint64, bool, error) {
+		r.fire("Ack")
 		var a topicAnswer
 		if json.Unmarshal(m.Data, &a) != nil || a.ID == 0 {
 			return 0, false, nil
@@ -196,6 +206,7 @@ func newTopicRig(t *testing.T, serverCap int, cfg wspool.TopicsConfig) *topicRig
 		return a.ID, true, nil
 	}
 	cfg.Handler = func(_ context.Context, m wspool.Message) error {
+		r.fire("Handler")
 		var a topicAnswer
 		if err := json.Unmarshal(m.Data, &a); err != nil || a.Topic == "" {
 			return fmt.Errorf("not a data message: %q", m.Data)
@@ -205,7 +216,10 @@ func newTopicRig(t *testing.T, serverCap int, cfg wspool.TopicsConfig) *topicRig
 		r.mu.Unlock()
 		return nil
 	}
+	cfg.OnConnect = func(context.Context, *wspool.Conn) error { r.fire("OnConnect"); return nil }
+	cfg.OnStateChange = func(wspool.StateChange) { r.fire("OnStateChange") }
 	cfg.OnError = func(err error) {
+		r.fire("OnError")
 		r.mu.Lock()
 		r.errs = append(r.errs, err)
 		r.mu.Unlock()
@@ -458,5 +472,54 @@ func TestTopicsFeedEndsForGood(t *testing.T) {
 	}
 	if errs := r.errors(); len(errs) != 0 {
 		t.Fatalf("errors: %v", errs)
+	}
+}
+
+// Every callback of a Topics set may call the set's methods (and the pool's)
+// without deadlock: from each, Add and Remove a topic, read Assignment,
+// Unconfirmed and the pool's Stats; the change then reaches the upstream.
+func TestTopicsCallbacksReenter(t *testing.T) {
+	for _, cb := range []string{"Subscribe", "Unsubscribe", "Ack", "Handler", "OnConnect", "OnStateChange", "OnError"} {
+		t.Run(cb, func(t *testing.T) {
+			t.Parallel()
+			r := newTopicRig(t, 10, wspool.TopicsConfig{Name: "md", Cap: 10})
+			first := names("t", 0, 5)
+			var fired atomic.Bool
+			returned := make(chan struct{})
+			hook := func(name string) {
+				if name != cb || !fired.CompareAndSwap(false, true) {
+					return // the calls below run the callback again: once only
+				}
+				func() {
+					if err := r.topics.Add("re-" + cb); err != nil {
+						t.Errorf("Add from %s: %v", cb, err)
+					}
+					r.topics.Remove("t000")
+					_ = r.topics.Assignment()
+					_ = r.topics.Unconfirmed()
+					_ = r.pool.Stats()
+					close(returned)
+				}()
+			}
+			r.hook.Store(&hook)
+			if err := r.topics.Add(first...); err != nil {
+				t.Fatal(err)
+			}
+			r.run(t)
+			switch cb {
+			case "Unsubscribe":
+				r.settled(t, first, nil)
+				r.topics.Remove("t004")
+				first = first[:4]
+			case "OnError":
+				r.topics.Add("bad-1") // rejected: reported
+			}
+			select {
+			case <-returned:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("%s never ran the calls, or they did not return", cb)
+			}
+			r.settled(t, append(slices.Clone(first[1:]), "re-"+cb), nil)
+		})
 	}
 }
