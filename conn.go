@@ -19,6 +19,9 @@ type Conn struct {
 	nc     *trackedConn
 	id     uint64
 	lane   *lane // the standby connection it serves; nil for the primary
+	// mayInflate: permessage-deflate was offered, so messages may arrive
+	// compressed and the read limit must count decompressed bytes.
+	mayInflate bool
 
 	wlock chan struct{} // one writer at a time, waitable with a context
 	pacer *pacer        // WithSendPacing (pacing.go); nil without

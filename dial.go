@@ -112,7 +112,11 @@ func (c *Client) dialFrom(ctx context.Context, base *url.URL) (*Conn, error) {
 	}
 	tc.handshook.Store(true)
 	ws.SetReadLimit(c.cfg.readLimit)
-	return newConn(c, ws, tc), nil
+	cn := newConn(c, ws, tc)
+	// Without our offer of permessage-deflate the response check refused
+	// any extension, so gorilla's (wire) read limit bounds every message.
+	cn.mayInflate = slot.chk.deflate
+	return cn, nil
 }
 
 type dialSlotKey struct{}

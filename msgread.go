@@ -20,26 +20,37 @@ type msgCheck struct {
 	r     io.Reader
 	cn    *Conn
 	n     int64 // bytes of the message so far
+	count bool  // count against the read limit (compression negotiable: gorilla's limit counts wire bytes)
 	utf8  bool  // check UTF-8 (a text message, validation on)
 	carry [4]byte
 	nc    int // carry[:nc] starts a code point not yet complete
 }
 
-// reset prepares the check for the message of type typ read from r.
+// reset prepares the check for the message of type typ read from r. With
+// nothing to check it returns r itself: without compression offered (an
+// extension not offered fails the handshake) gorilla's read limit already
+// bounds the message, and a binary message (or validation off) needs no
+// UTF-8 check.
 func (m *msgCheck) reset(cn *Conn, typ int, r io.Reader) io.Reader {
-	*m = msgCheck{r: r, cn: cn, utf8: typ == websocket.TextMessage && !cn.client.cfg.noUTF8Check}
+	cfg := &cn.client.cfg
+	*m = msgCheck{r: r, cn: cn, count: cn.mayInflate, utf8: typ == websocket.TextMessage && !cfg.noUTF8Check}
+	if !m.count && !m.utf8 {
+		return r
+	}
 	return m
 }
 
 // Read reads from the message, never more than one byte past the limit.
 func (m *msgCheck) Read(p []byte) (int, error) {
 	limit := m.cn.client.cfg.readLimit
-	if room := limit + 1 - m.n; int64(len(p)) > room {
-		p = p[:room]
+	if m.count {
+		if room := limit + 1 - m.n; int64(len(p)) > room {
+			p = p[:room]
+		}
 	}
 	n, err := m.r.Read(p)
 	m.n += int64(n)
-	if m.n > limit {
+	if m.count && m.n > limit {
 		return 0, m.cn.fail(websocket.CloseMessageTooBig, fmt.Errorf(
 			"wspool: message over read limit (%d bytes after decompression; closed with 1009): %w", limit, websocket.ErrReadLimit))
 	}
