@@ -2,6 +2,7 @@ package wspool_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"sync"
@@ -107,5 +108,31 @@ func TestTimings(t *testing.T) {
 	// The queue wait of the fifth message covers the four handler calls before it.
 	if w := got[wspool.TimingQueueWait]; len(w) != 5 || w[4] < 30*time.Millisecond {
 		t.Errorf("queue waits %v: the last one should cover the handler calls before it", w)
+	}
+}
+
+// Drain on a feed that never ran (or a pool that never ran) is Close: it
+// returns at once and fails buffered sends.
+func TestDrainBeforeRun(t *testing.T) {
+	c, err := wspool.NewClient("ws://127.0.0.1:1/", nil, wspool.WithSendBuffer(wspool.SendBuffer{Messages: 2}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	c.SendAsync(wspool.TextMessage, []byte("x"), func(err error) { done <- err })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := callWithin(t, 5*time.Second, "Drain before Run", func() error { return c.Drain(ctx) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := recv(t, done, 5*time.Second, "the buffered send's outcome"); !errors.Is(err, wspool.ErrClosed) {
+		t.Fatalf("buffered send: %v", err)
+	}
+	p, _ := wspool.NewPool()
+	if _, err := p.Add("ws://127.0.0.1:1/", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := callWithin(t, 5*time.Second, "Pool.Drain before Run", func() error { return p.Drain(ctx) }); err != nil {
+		t.Fatal(err)
 	}
 }

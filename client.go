@@ -413,7 +413,11 @@ func (c *Client) bgLeave() { c.bg.Done() }
 // ran, or has already stopped, it is Close.
 func (c *Client) Drain(ctx context.Context) error {
 	c.mu.Lock()
-	if !c.started || c.finished || c.draining {
+	if !c.started {
+		c.mu.Unlock()
+		return c.Close() // never ran: nothing received, nothing to wait for
+	}
+	if c.finished || c.draining {
 		c.mu.Unlock()
 		if err := c.Close(); err != nil {
 			return err
