@@ -32,24 +32,14 @@ func (c *Client) serve(ctx context.Context, conn *Conn) error {
 	}()
 	filterDups := conn.afterRotation.Load() && c.cfg.dupFilter != nil
 
-	var isReply func(Message) bool
-	dropReplies := false
-	if hbc := c.cfg.heartbeat; hbc != nil {
-		isReply, dropReplies = hbc.IsReply, hbc.DropReplies
-	}
-	var rb readBuffer
-	defer rb.release()
-	var mc msgCheck
+	isReply, dropReplies := c.replyFilter()
+	mr := msgReader{conn: conn}
+	defer mr.rb.release()
 	for {
-		typ, r, err := conn.ws.NextReader()
+		msg, err := mr.next()
 		if err != nil {
-			return conn.causeOf(err)
+			return err
 		}
-		buf, err := rb.read(mc.reset(conn, typ, r))
-		if err != nil {
-			return conn.causeOf(err)
-		}
-		msg := Message{Type: MessageType(typ), Data: buf, Feed: c.name, Received: conn.nc.readAt, ConnID: conn.id}
 		deliver := !conn.stopping.Load() // shutting down: drain until the close frame
 		// From here user code may hold the reader back (IsReply, the
 		// duplicate filter, the handler): the liveness checks must not blame
@@ -100,10 +90,10 @@ func (c *Client) serve(ctx context.Context, conn *Conn) error {
 				c.deliver(ctx, msg)
 			}
 		}
-		c.stats.bytesIn.Add(int64(len(buf)))
+		c.stats.bytesIn.Add(int64(len(msg.Data)))
 		c.stats.msgsIn.Add(1)
 		conn.held.Add(1) // even again: a check since the first Add sees a change
-		rb.release()     // a big message's buffer goes back to its pool
+		mr.rb.release()  // a big message's buffer goes back to its pool
 	}
 }
 
@@ -182,4 +172,34 @@ func (c *Client) isReply(f func(Message) bool, msg Message) (reply bool) {
 func (c *Client) isDup(msg Message) (dup bool) {
 	defer c.recoverCallback("duplicate filter")
 	return c.cfg.dupFilter(msg)
+}
+
+// msgReader reads one connection's messages, checked (msgread.go), into the
+// reader's buffer (readmsg.go); the message's Data is valid until next.
+type msgReader struct {
+	conn *Conn
+	rb   readBuffer
+	mc   msgCheck
+}
+
+// next reads the next message; the error is the connection's end cause.
+func (m *msgReader) next() (Message, error) {
+	cn := m.conn
+	typ, r, err := cn.ws.NextReader()
+	if err != nil {
+		return Message{}, cn.causeOf(err)
+	}
+	buf, err := m.rb.read(m.mc.reset(cn, typ, r))
+	if err != nil {
+		return Message{}, cn.causeOf(err)
+	}
+	return Message{Type: MessageType(typ), Data: buf, Feed: cn.client.name, Received: cn.nc.readAt, ConnID: cn.id}, nil
+}
+
+// replyFilter returns Heartbeat.IsReply and DropReplies, if set.
+func (c *Client) replyFilter() (isReply func(Message) bool, drop bool) {
+	if hbc := c.cfg.heartbeat; hbc != nil {
+		return hbc.IsReply, hbc.DropReplies
+	}
+	return nil, false
 }

@@ -189,25 +189,15 @@ func (l *lane) serve(ctx context.Context, conn *Conn) error {
 		conn.close()
 		hb.stop()
 	}()
-	var isReply func(Message) bool
-	dropReplies := false
-	if hbc := c.cfg.heartbeat; hbc != nil {
-		isReply, dropReplies = hbc.IsReply, hbc.DropReplies
-	}
-	var rb readBuffer
-	defer rb.release()
-	var mc msgCheck
+	isReply, dropReplies := c.replyFilter()
+	mr := msgReader{conn: conn}
+	defer mr.rb.release()
 	for {
-		typ, r, err := conn.ws.NextReader()
+		msg, err := mr.next()
 		if err != nil {
-			return conn.causeOf(err)
-		}
-		buf, err := rb.read(mc.reset(conn, typ, r))
-		if err != nil {
-			return conn.causeOf(err)
+			return err
 		}
 		l.msgs.Add(1)
-		msg := Message{Type: MessageType(typ), Data: buf, Feed: c.name, Received: conn.nc.readAt, ConnID: conn.id}
 		if conn.stopping.Load() {
 			continue
 		}
@@ -229,6 +219,7 @@ func (l *lane) serve(ctx context.Context, conn *Conn) error {
 			}
 		}
 		conn.held.Add(1)
+		mr.rb.release() // a big message's buffer goes back to its pool
 	}
 }
 
