@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 )
@@ -31,12 +32,13 @@ type msgCheck struct {
 // extension not offered fails the handshake) gorilla's read limit already
 // bounds the message, and a binary message (or validation off) needs no
 // UTF-8 check.
-func (m *msgCheck) reset(cn *Conn, typ int, r io.Reader) io.Reader {
-	cfg := &cn.client.cfg
-	*m = msgCheck{r: r, cn: cn, count: cn.mayInflate, utf8: typ == websocket.TextMessage && !cfg.noUTF8Check}
-	if !m.count && !m.utf8 {
+func (m *msgCheck) reset(cn *Conn, typ int, r io.Reader, checkUTF8 bool) io.Reader {
+	text := typ == websocket.TextMessage && checkUTF8
+	if !cn.mayInflate && !text {
 		return r
 	}
+	// Field by field: this runs for every message.
+	m.r, m.cn, m.n, m.count, m.utf8, m.nc = r, cn, 0, cn.mayInflate, text, 0
 	return m
 }
 
@@ -69,6 +71,9 @@ func (m *msgCheck) Read(p []byte) (int, error) {
 
 // check validates b after what came before; false on invalid UTF-8.
 func (m *msgCheck) check(b []byte) bool {
+	if m.nc == 0 && utf8.Valid(b) {
+		return true // the common case: whole code points only
+	}
 	start := 0
 	if m.nc > 0 {
 		// Complete the carried code point with the first bytes of b.
@@ -120,6 +125,6 @@ func (cn *Conn) readWhole() (int, []byte, error) {
 		return typ, nil, err
 	}
 	var m msgCheck
-	data, err := io.ReadAll(m.reset(cn, typ, r))
+	data, err := io.ReadAll(m.reset(cn, typ, r, !cn.client.cfg.noUTF8Check))
 	return typ, data, err
 }

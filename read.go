@@ -33,7 +33,7 @@ func (c *Client) serve(ctx context.Context, conn *Conn) error {
 	filterDups := conn.afterRotation.Load() && c.cfg.dupFilter != nil
 
 	isReply, dropReplies := c.replyFilter()
-	mr := msgReader{conn: conn}
+	mr := newMsgReader(conn)
 	defer mr.rb.release()
 	for {
 		msg, err := mr.next()
@@ -177,9 +177,14 @@ func (c *Client) isDup(msg Message) (dup bool) {
 // msgReader reads one connection's messages, checked (msgread.go), into the
 // reader's buffer (readmsg.go); the message's Data is valid until next.
 type msgReader struct {
-	conn *Conn
-	rb   readBuffer
-	mc   msgCheck
+	conn      *Conn
+	checkUTF8 bool // WithUTF8Validation (on by default)
+	rb        readBuffer
+	mc        msgCheck
+}
+
+func newMsgReader(conn *Conn) msgReader {
+	return msgReader{conn: conn, checkUTF8: !conn.client.cfg.noUTF8Check}
 }
 
 // next reads the next message; the error is the connection's end cause.
@@ -189,7 +194,7 @@ func (m *msgReader) next() (Message, error) {
 	if err != nil {
 		return Message{}, cn.causeOf(err)
 	}
-	buf, err := m.rb.read(m.mc.reset(cn, typ, r))
+	buf, err := m.rb.read(m.mc.reset(cn, typ, r, m.checkUTF8))
 	if err != nil {
 		return Message{}, cn.causeOf(err)
 	}

@@ -190,7 +190,7 @@ func (l *lane) serve(ctx context.Context, conn *Conn) error {
 		hb.stop()
 	}()
 	isReply, dropReplies := c.replyFilter()
-	mr := msgReader{conn: conn}
+	mr := newMsgReader(conn)
 	defer mr.rb.release()
 	for {
 		msg, err := mr.next()
