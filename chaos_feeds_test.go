@@ -61,6 +61,11 @@ type soakMix struct {
 	pingDeliver bool // ... ServerPing.Deliver
 	poke        bool // Reconnect and Rotate (from the test and the handler) and ErrReconnect from the handler
 	drain       bool // Client.Drain at the end (the rest: Pool.Drain or Pool.Run's cancel)
+
+	// Drawn last, so that older seeds keep their mix.
+	timings     bool // WithTimings: one handler timing per handler call, none negative
+	compression bool // WithCompression (offered; the soak server does not accept it)
+	noUTF8      bool // WithUTF8Validation(false)
 }
 
 func drawMix(seed uint64, i int) soakMix {
@@ -111,6 +116,9 @@ func drawMix(seed uint64, i int) soakMix {
 	m.pingDeliver = m.serverPing && rng.IntN(3) == 0
 	m.poke = rng.IntN(4) == 0
 	m.drain = rng.IntN(3) == 0
+	m.timings = rng.IntN(3) == 0
+	m.compression = rng.IntN(4) == 0
+	m.noUTF8 = rng.IntN(5) == 0
 	return m
 }
 
@@ -142,6 +150,9 @@ func (m soakMix) String() string {
 	add(m.churn, "churn")
 	add(m.pacing > 0, fmt.Sprintf("pacing=%d/100ms", m.pacing))
 	add(m.retryPolicy, "retry-policy")
+	add(m.timings, "timings")
+	add(m.compression, "compression")
+	add(m.noUTF8, "no-utf8-check")
 	add(m.seq, "sequence")
 	add(m.resume, "resume")
 	add(m.skips, "server-skips")
@@ -175,6 +186,9 @@ func mixSummary(feeds []*soakFeed) string {
 		count(x.stale > 0, "stale-watchdog")
 		count(x.pacing > 0, "send-pacing")
 		count(x.retryPolicy, "retry-policy")
+		count(x.timings, "timings")
+		count(x.compression, "compression")
+		count(x.noUTF8, "no-utf8-check")
 		count(x.handlerSend, "handler-sends")
 		count(x.login, "onconnect-login")
 		count(x.panics, "panics")
@@ -626,6 +640,7 @@ type soakFeed struct {
 	handlerErrs, handlerPanics, hbPanics, statePanics atomic.Int64
 	hbCalls                                           atomic.Int64
 	dupPastFilter                                     atomic.Int64 // queued feeds: duplicates the filter could not see (see handle)
+	handlerTimings, negTimings                        atomic.Int64 // WithTimings: handler timings seen, negative durations seen
 	removeInHandler                                   atomic.Int32 // 1: the churner asks the handler to Remove the feed
 	removedInHandler                                  chan struct{}
 
@@ -712,6 +727,22 @@ func (f *soakFeed) options() []wspool.Option {
 	}
 	if m.retryPolicy {
 		opts = append(opts, wspool.WithRetryPolicy(soakRetryPolicy))
+	}
+	if m.timings {
+		opts = append(opts, wspool.WithTimings(func(t wspool.Timing) {
+			if t.Kind == wspool.TimingHandler {
+				f.handlerTimings.Add(1)
+			}
+			if t.D < 0 {
+				f.negTimings.Add(1)
+			}
+		}))
+	}
+	if m.compression {
+		opts = append(opts, wspool.WithCompression(true))
+	}
+	if m.noUTF8 {
+		opts = append(opts, wspool.WithUTF8Validation(false))
 	}
 	return append(opts, f.continuityOptions()...)
 }

@@ -403,9 +403,10 @@ func TestChaosSoak(t *testing.T) {
 		handlerSendMax                                                                                       time.Duration
 	}
 	for _, f := range feeds {
-		var msgsOut, onConnSends, pingsAnswered int64
+		var msgsOut, onConnSends, pingsAnswered, delivered int64
 		for _, sc := range f.clients {
 			s := sc.c.Load().Stats()
+			delivered += s.Delivered
 			tot.clients++
 			if s.State != wspool.StateClosed {
 				v.add("%s: a Client in state %v after Pool.Run returned", f.name, s.State)
@@ -420,6 +421,9 @@ func TestChaosSoak(t *testing.T) {
 			msgsOut += s.MessagesOut
 			onConnSends += sc.onConnSends.Load()
 			pingsAnswered += s.ServerPings
+		}
+		if f.mix.timings && (f.handlerTimings.Load() != delivered || f.negTimings.Load() > 0) {
+			v.add("%s (%s): WithTimings reported %d handler timings for %d handler calls, %d negative", f.name, f.mix, f.handlerTimings.Load(), delivered, f.negTimings.Load())
 		}
 		he, hp, hbp, sp := f.handlerErrs.Load(), f.handlerPanics.Load(), f.hbPanics.Load(), f.statePanics.Load()
 		tot.injected += he + hp + hbp + sp
