@@ -627,19 +627,9 @@ func (c *Client) isPermanent(err error) (perm bool) {
 // connect makes one connection ready to serve: dial, OnConnect, published to
 // Send (buffered sends are flushed in the background), state connected.
 func (c *Client) connect(ctx context.Context) (*Conn, error) {
-	conn, err := c.dial(ctx)
+	conn, err := c.open(ctx, c.url, nil)
 	if err != nil {
 		return nil, err
-	}
-	if err := c.runOnConnect(ctx, conn); err != nil {
-		if ctx.Err() != nil {
-			conn.closeHandshake(true)
-		}
-		conn.close()
-		return nil, err
-	}
-	if err := conn.deadCause(); err != nil {
-		return nil, err // OnConnect's read or send broke it, or a liveness check did
 	}
 	c.stats.connects.Add(1)
 	c.mu.Lock()
@@ -657,6 +647,27 @@ func (c *Client) connect(ctx context.Context) (*Conn, error) {
 		c.cfg.wake.wake(host)
 	}
 	c.failedRun = 0
+	return conn, nil
+}
+
+// open dials base and runs OnConnect: a connection ready to serve (the
+// feed's, a rotation's replacement, or standby connection l's).
+func (c *Client) open(ctx context.Context, base *url.URL, l *lane) (*Conn, error) {
+	conn, err := c.dial(ctx, base)
+	if err != nil {
+		return nil, err
+	}
+	conn.lane = l
+	if err := c.runOnConnect(ctx, conn); err != nil {
+		if ctx.Err() != nil {
+			conn.closeHandshake(true)
+		}
+		conn.close()
+		return nil, err
+	}
+	if err := conn.deadCause(); err != nil {
+		return nil, err // OnConnect's read or send broke it, or a liveness check did
+	}
 	return conn, nil
 }
 

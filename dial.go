@@ -16,12 +16,9 @@ import (
 	"github.com/gorilla/websocket"
 )
 
-// dial makes one connection attempt, bounded by the handshake timeout and the
-// pool's dial limit.
-func (c *Client) dial(ctx context.Context) (*Conn, error) { return c.dialFrom(ctx, c.url) }
-
-// dialFrom dials base (the feed's URL, or a standby connection's).
-func (c *Client) dialFrom(ctx context.Context, base *url.URL) (*Conn, error) {
+// dial makes one connection attempt to base (the feed's URL, or a standby
+// connection's), bounded by the handshake timeout and the pool's admission.
+func (c *Client) dial(ctx context.Context, base *url.URL) (*Conn, error) {
 	u := *base
 	h := c.cfg.header.Clone()
 	if h == nil {

@@ -11,19 +11,10 @@ import (
 // serve reads and delivers until the connection ends; it returns the cause.
 func (c *Client) serve(ctx context.Context, conn *Conn) error {
 	hb := startHeartbeat(conn)
-	// On shutdown: send our close frame and give the server closeTimeout to
-	// answer; the reader below sees the answer (or the deadline) and returns.
-	closerDone := make(chan struct{})
-	stopCloser := context.AfterFunc(ctx, func() {
-		defer close(closerDone)
-		conn.stopping.Store(true)
-		conn.closeHandshake(false)
-	})
+	stopCloser := closeOnShutdown(ctx, conn)
 	c.startRotator(ctx, conn)
 	defer func() {
-		if !stopCloser() {
-			<-closerDone
-		}
+		stopCloser()
 		c.stopRotation(conn)
 		if conn.next.Load() == nil {
 			conn.close() // unblocks heartbeat writes before stop waits for them
@@ -207,4 +198,22 @@ func (c *Client) replyFilter() (isReply func(Message) bool, drop bool) {
 		return hbc.IsReply, hbc.DropReplies
 	}
 	return nil, false
+}
+
+// closeOnShutdown sends conn's close frame when ctx ends (shutdown) and gives
+// the server the close timeout to answer; the reader sees the answer (or the
+// deadline) and returns. The returned func cancels that, or waits for a close
+// frame already being sent.
+func closeOnShutdown(ctx context.Context, conn *Conn) (stop func()) {
+	done := make(chan struct{})
+	stopAF := context.AfterFunc(ctx, func() {
+		defer close(done)
+		conn.stopping.Store(true)
+		conn.closeHandshake(false)
+	})
+	return func() {
+		if !stopAF() {
+			<-done
+		}
+	}
 }

@@ -133,13 +133,7 @@ func (r *rotator) run() {
 		if r.err = r.ctx.Err(); r.err != nil {
 			return
 		}
-		next, err := c.dial(r.ctx)
-		if err == nil {
-			err = c.runOnConnect(r.ctx, next)
-			if err != nil {
-				next.close()
-			}
-		}
+		next, err := c.open(r.ctx, c.url, nil)
 		if err == nil && r.ctx.Err() != nil {
 			// The old connection ended or the feed is stopping meanwhile:
 			// the feed's loop takes it from here.
@@ -147,9 +141,6 @@ func (r *rotator) run() {
 			next.close()
 			r.err = r.ctx.Err()
 			return
-		}
-		if err == nil {
-			err = next.deadCause()
 		}
 		if err == nil {
 			next.afterRotation.Store(true)

@@ -82,7 +82,6 @@ type sendReq struct {
 	own      bool            // a Send from one of the library's goroutines: never carried to a later connection
 	async    bool            // SendAsync: nobody waits, so it may wait for a later connection from anywhere
 	buffered bool            // counted against the send buffer (it waited for a connection)
-	at       time.Time
 	expiry   *time.Timer
 	done     func(error) // called exactly once, outside c.mu
 	userDone bool        // done is the user's (SendAsync): the writer gives up its role around it
@@ -112,32 +111,32 @@ type sendReq struct {
 // data is not retained after Send returns.
 func (c *Client) Send(ctx context.Context, typ MessageType, data []byte, opts ...SendOption) (err error) {
 	defer func() { c.countFailed(err) }()
+	return c.send(ctx, typ, data, opts)
+}
+
+// send is Send without the failure count (SendAsync's done counts its own).
+func (c *Client) send(ctx context.Context, typ MessageType, data []byte, opts []SendOption) error {
 	if err := checkType(typ); err != nil {
 		return err
 	}
 	c.mu.Lock()
 	if conn := c.liveConnLocked(); conn != nil && !c.writing && len(c.sendQ) == 0 {
+		// The fast path: nobody writes and nothing waits, so write on this
+		// goroutine.
 		c.writing = true
 		c.mu.Unlock()
-		if len(opts) == 0 {
-			err = c.writeDirect(ctx, conn, typ, data)
-		} else {
-			var sr sendReq
-			sr.typ, sr.data = typ, data
-			applySendOptions(&sr, opts)
-			if sr.noReplay {
-				sr.conn = conn
-			}
-			sr.ctx = ctx
-			err = c.writeOwn(&sr)
+		sr := sendReq{typ: typ, data: data, ctx: ctx} // on the stack: options go through a copy
+		if len(opts) > 0 && sendOptions(opts).noReplay {
+			sr.noReplay, sr.conn = true, conn
 		}
+		err := c.writeOwn(conn, &sr)
 		c.releaseWriter()
 		return err
 	}
 	result := make(chan error, 1)
 	r := &sendReq{typ: typ, data: data, ctx: ctx, done: func(err error) { result <- err }}
 	applySendOptions(r, opts)
-	err = c.enqueueLocked(r)
+	err := c.enqueueLocked(r)
 	c.mu.Unlock()
 	if err != nil {
 		return err
@@ -178,7 +177,7 @@ func (c *Client) SendAsync(typ MessageType, data []byte, done func(error), opts 
 		// Connected: block like Send (bounded by the write timeout of the
 		// messages ahead), so that a loop of SendAsync cannot queue without limit.
 		c.mu.Unlock()
-		done(c.sendBlocking(typ, data, opts))
+		done(c.send(context.Background(), typ, data, opts))
 		return
 	}
 	r := &sendReq{typ: typ, data: data, done: done, async: true, userDone: userDone != nil}
@@ -190,32 +189,11 @@ func (c *Client) SendAsync(typ MessageType, data []byte, done func(error), opts 
 	}
 }
 
-// sendBlocking is Send without the failure count (the caller counts).
-func (c *Client) sendBlocking(typ MessageType, data []byte, opts []SendOption) error {
-	var err error
-	c.mu.Lock()
-	if conn := c.liveConnLocked(); conn != nil && !c.writing && len(c.sendQ) == 0 {
-		c.writing = true
-		c.mu.Unlock()
-		var sr sendReq
-		sr.typ, sr.data = typ, data
-		applySendOptions(&sr, opts)
-		if sr.noReplay {
-			sr.conn = conn
-		}
-		err = c.writeOwn(&sr)
-		c.releaseWriter()
-		return err
-	}
-	result := make(chan error, 1)
-	r := &sendReq{typ: typ, data: data, done: func(err error) { result <- err }}
-	applySendOptions(r, opts)
-	err = c.enqueueLocked(r)
-	c.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	return <-result
+// sendOptions returns what opts set.
+func sendOptions(opts []SendOption) *sendReq {
+	var r sendReq
+	applySendOptions(&r, opts)
+	return &r
 }
 
 func applySendOptions(r *sendReq, opts []SendOption) {
@@ -291,7 +269,6 @@ func (c *Client) bufferLocked(r *sendReq) {
 		return
 	}
 	r.buffered = true
-	r.at = time.Now()
 	c.sendQBuffered++
 	c.sendQBytes += len(r.data)
 	if sb := c.cfg.sendBuffer; sb != nil && sb.MaxAge > 0 {
@@ -335,14 +312,17 @@ func (c *Client) withdraw(r *sendReq) bool {
 	return true
 }
 
-// writeDirect is the fast path: the caller holds the writer role, nothing is
-// queued, and the message carries no options. It retries on the new
-// connection when a rotation closed the one it picked before it wrote.
-func (c *Client) writeDirect(ctx context.Context, conn *Conn, typ MessageType, data []byte) error {
+// writeOwn writes r while holding the writer role (Send and SendAsync's
+// synchronous path), starting on conn: if a rotation closed it before a byte
+// was written, on the connection that replaced it.
+func (c *Client) writeOwn(conn *Conn, r *sendReq) error {
 	for {
-		err := conn.write(ctx.Done(), typ, data)
+		if r.noReplay && conn != r.conn {
+			return ErrNotConnected
+		}
+		err := conn.write(r.stop(), r.typ, r.data)
 		if err == errStopped {
-			return ctx.Err()
+			return r.ctx.Err()
 		}
 		if err != errNotSent {
 			return err
@@ -352,27 +332,6 @@ func (c *Client) writeDirect(ctx context.Context, conn *Conn, typ MessageType, d
 		c.mu.Unlock()
 		if conn == nil {
 			return ErrNotConnected
-		}
-	}
-}
-
-// writeOwn writes r while holding the writer role (Send and SendAsync's
-// synchronous path): on the current connection, retried on the next one if
-// a rotation closed it first.
-func (c *Client) writeOwn(r *sendReq) error {
-	for {
-		c.mu.Lock()
-		conn := c.liveConnLocked()
-		c.mu.Unlock()
-		if conn == nil || (r.noReplay && conn != r.conn) {
-			return ErrNotConnected
-		}
-		err := conn.write(r.stop(), r.typ, r.data)
-		if err == errStopped {
-			return r.ctx.Err()
-		}
-		if err != errNotSent {
-			return err
 		}
 	}
 }
@@ -415,7 +374,10 @@ func (c *Client) flush() {
 		conn := c.liveConnLocked()
 		if conn == nil || len(c.sendQ) == 0 {
 			c.writing = false
-			failed := c.dropUncarriedIfIdleLocked(conn)
+			var failed []*sendReq
+			if conn == nil {
+				failed = c.dropUncarriedLocked()
+			}
 			c.mu.Unlock()
 			finishAll(failed, ErrNotConnected)
 			return
@@ -467,15 +429,6 @@ func (c *Client) popLocked() {
 	c.sendQ[0] = nil
 	c.sendQ = c.sendQ[1:]
 	c.unbufferLocked(r)
-}
-
-// dropUncarriedIfIdleLocked, for a flusher about to stop, takes the messages
-// that cannot wait for a later connection when there is no live one.
-func (c *Client) dropUncarriedIfIdleLocked(conn *Conn) []*sendReq {
-	if conn != nil {
-		return nil
-	}
-	return c.dropUncarriedLocked()
 }
 
 // dropUncarriedLocked removes, with no live connection, the queued messages

@@ -119,7 +119,7 @@ func (c *Client) stopLanes() {
 func (l *lane) run(ctx context.Context) {
 	c := l.c
 	for ctx.Err() == nil {
-		conn, err := l.connect(ctx)
+		conn, err := l.c.open(ctx, l.url, l)
 		if err == nil {
 			start := time.Now()
 			l.connects.Add(1)
@@ -151,41 +151,14 @@ func (l *lane) run(ctx context.Context) {
 	}
 }
 
-func (l *lane) connect(ctx context.Context) (*Conn, error) {
-	c := l.c
-	conn, err := c.dialFrom(ctx, l.url)
-	if err != nil {
-		return nil, err
-	}
-	conn.lane = l
-	if err := c.runOnConnect(ctx, conn); err != nil {
-		if ctx.Err() != nil {
-			conn.closeHandshake(true)
-		}
-		conn.close()
-		return nil, err
-	}
-	if err := conn.deadCause(); err != nil {
-		return nil, err
-	}
-	return conn, nil
-}
-
 // serve reads a standby connection until it ends, delivering the messages
 // it has first.
 func (l *lane) serve(ctx context.Context, conn *Conn) error {
 	c := l.c
 	hb := startHeartbeat(conn)
-	closerDone := make(chan struct{})
-	stopCloser := context.AfterFunc(ctx, func() {
-		defer close(closerDone)
-		conn.stopping.Store(true)
-		conn.closeHandshake(false)
-	})
+	stopCloser := closeOnShutdown(ctx, conn)
 	defer func() {
-		if !stopCloser() {
-			<-closerDone
-		}
+		stopCloser()
 		conn.close()
 		hb.stop()
 	}()
