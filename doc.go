@@ -37,8 +37,23 @@
 // handshake, an invalid URL from a request func, and errors wrapped with
 // [Permanent]. [DefaultPermanent] documents the rule; WithPermanentFunc
 // replaces it. Retrying forever is the default; WithMaxAttempts bounds it.
-// A pool caps concurrent handshakes (WithMaxConcurrentDials) so that feeds
-// coming back together after an outage reach servers at a bounded rate.
+// A pool caps concurrent handshakes (WithMaxConcurrentDials), shared fairly
+// by host, so that feeds coming back together after an outage reach servers
+// at a bounded rate and a stalled host cannot hold every slot.
+// WithRetryPolicy replaces the backoff curve with a func of the attempt and
+// the error.
+//
+// # Upstream limits
+//
+// WithAdmission (pool only) admits new connections per upstream key (the
+// host dialled, or a key func) at a rate with a burst and a concurrency cap:
+// every dial waits its turn, first connects, reconnects, rotations, standby
+// connections and woken feeds alike, in order. A 429 without Retry-After, a
+// 418, or a close with 1008 or 1013 holds the whole key for a penalty time;
+// 1012 is retried soon. WithSendPacing bounds the messages written per
+// interval on one connection, the library's own writes included (OnConnect,
+// the send-buffer flush, heartbeats, server-ping replies and, optionally,
+// pings). See the README's "Upstream limits" for a worked example.
 //
 // # Liveness
 //
@@ -66,7 +81,10 @@
 // While the handler runs the feed's reader waits, so a slow handler slows only
 // its own feed (TCP pushes back on its server) and never another feed. A
 // handler's error or panic is reported as a [HandlerError] (WithOnError, the
-// logger, Stats.HandlerErrors) and the feed goes on with the next message.
+// logger, Stats.HandlerErrors) and the feed goes on with the next message;
+// an error wrapping [ErrReconnect] instead asks for a reconnect (a resync).
+// Text messages are checked for valid UTF-8 (1007 and a redial otherwise;
+// WithUTF8Validation(false) turns it off).
 //
 // With WithQueue a bounded queue sits between reader and handler (the reader
 // keeps reading while the handler works through a burst) with a stated
@@ -186,7 +204,10 @@
 // only a 128-byte read buffer while idle: they wait for data holding no other
 // and borrow a shared 16 KiB buffer while reading (a Dialer with ReadBufferSize set, or wss://,
 // keeps gorilla's own per-connection buffering). Write buffers are lent from a
-// shared pool while writing. WithQueue adds one goroutine per feed. At 10,000
+// shared pool while writing. WithQueue adds one goroutine per feed, and
+// WithStandby one per standby connection; the send-buffer flush, a rotation
+// and a requested close run on goroutines of their own only while they
+// work. At 10,000
 // idle feeds this is about 11-12 KiB resident per feed (bench/BENCHMARKS.md).
 //
 // # Security
