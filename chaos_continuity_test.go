@@ -440,8 +440,8 @@ func checkContinuity(feeds []*soakFeed, srv *seqServer, faults *faultLog, v *vio
 				// delivers too, against its doc: TestSoakFound2WonCountsReplies.
 				// Until that is fixed the bound is every message handled.)
 				if won < data || won > all+s.Dropped {
-					v.add("%s (%s): the connections won %d (primary %d, standby %d), %d data messages handled (%d in all), %d dropped",
-						f.name, f.mix, won, s.Won, laneWon, data, all, s.Dropped)
+					v.add("%s (%s): the connections won %d (primary %d, standby %d), %d data messages handled (%d in all), %d dropped; Stats: delivered %d, queue depth %d, duplicates %d, state %v",
+						f.name, f.mix, won, s.Won, laneWon, data, all, s.Dropped, s.Delivered, s.QueueDepth, s.Duplicates, s.State)
 				}
 				sum.standbyWon += laneWon
 				sum.primaryWon += s.Won

@@ -110,7 +110,10 @@ func (c *Client) enqueue(ctx context.Context, conn *Conn, msg Message) {
 }
 
 // deliverQueued runs the handler on queued messages until the queue is
-// closed or ctx ends; what is left then is counted as dropped.
+// closed or ctx ends; what is left then is counted as dropped. Leaving, it
+// closes the queue: a reader may still be between its shutdown check and
+// its push, and what it pushes now is refused and counted as dropped, not
+// left in a queue nobody pops.
 func (c *Client) deliverQueued(ctx context.Context, done chan<- struct{}) {
 	defer close(done)
 	for {
@@ -120,6 +123,7 @@ func (c *Client) deliverQueued(ctx context.Context, done chan<- struct{}) {
 			m, ok = c.inq.pop(ctx)
 		}
 		if !ok {
+			c.inq.close()
 			c.inq.discardAll()
 			return
 		}
