@@ -411,6 +411,9 @@ func TestChaosSoak(t *testing.T) {
 			if s.State != wspool.StateClosed {
 				v.add("%s: a Client in state %v after Pool.Run returned", f.name, s.State)
 			}
+			if s.QueueDepth != 0 { // what was left was discarded and counted in Dropped
+				v.add("%s (%s): queue depth %d after the Client closed", f.name, f.mix, s.QueueDepth)
+			}
 			tot.handled += sc.handled.Load()
 			tot.delivered += s.Delivered
 			tot.sendFailed += s.SendFailed
