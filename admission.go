@@ -120,6 +120,7 @@ type dialGate struct {
 	seq          uint64
 	hosts        map[string]*hostSlots
 	keys         map[string]*keyGate
+	sweepAt      int // len(keys) at which the next new key sweeps idle ones
 	maxRetryWait time.Duration
 }
 
@@ -222,18 +223,7 @@ func (t *dialTicket) leaveKey() {
 // admit waits in key's line until the key lets the dial through.
 func (g *dialGate) admit(ctx context.Context, key string, note func(string, time.Duration)) (*keyGate, *gateWaiter, error) {
 	g.mu.Lock()
-	k := g.keys[key]
-	if k == nil {
-		k = &keyGate{}
-		if g.adm.Rate > 0 {
-			k.window = make([]time.Time, g.adm.Rate)
-		}
-		if g.adm.Burst > 0 && g.adm.Burst < g.adm.Rate {
-			k.tokens = float64(g.adm.Burst)
-			k.refilled = time.Now()
-		}
-		g.keys[key] = k
-	}
+	k := g.keyLocked(key)
 	w := &gateWaiter{ch: make(chan struct{})}
 	k.queue = append(k.queue, w)
 	g.pumpLocked(k)
@@ -265,6 +255,55 @@ func (g *dialGate) admit(ctx context.Context, key string, note func(string, time
 	g.pumpLocked(k)
 	g.mu.Unlock()
 	return nil, nil, ctx.Err()
+}
+
+// keyLocked returns key's state, new if the key has none. Before it adds
+// one it now and then (each time the map has doubled since the last sweep)
+// forgets the keys that have nothing left to remember, so that a pool whose
+// keys come and go (hosts, API keys, local addresses) holds state only for
+// the keys dialled within the last window, however long it runs.
+func (g *dialGate) keyLocked(key string) *keyGate {
+	if k := g.keys[key]; k != nil {
+		return k
+	}
+	if len(g.keys) >= g.sweepAt {
+		now := time.Now()
+		for kk, k := range g.keys {
+			if g.idleLocked(k, now) {
+				delete(g.keys, kk)
+			}
+		}
+		g.sweepAt = max(64, 2*len(g.keys))
+	}
+	k := &keyGate{}
+	if g.adm.Rate > 0 {
+		k.window = make([]time.Time, g.adm.Rate)
+	}
+	if g.adm.Burst > 0 && g.adm.Burst < g.adm.Rate {
+		k.tokens = float64(g.adm.Burst)
+		k.refilled = time.Now()
+	}
+	g.keys[key] = k
+	return k
+}
+
+// idleLocked reports whether k is as good as new: nobody waits or dials,
+// no penalty holds it, every dial it counts has left the window and its
+// burst has refilled.
+func (g *dialGate) idleLocked(k *keyGate, now time.Time) bool {
+	if len(k.queue) > 0 || k.inflight > 0 || k.timer != nil || now.Before(k.penalty) {
+		return false
+	}
+	if !k.lastEnd.IsZero() && now.Before(k.lastEnd.Add(g.adm.Per)) {
+		return false // lastEnd is the latest end in the window
+	}
+	if g.adm.Burst > 0 && g.adm.Burst < g.adm.Rate {
+		g.refillLocked(k, now)
+		if k.tokens < float64(g.adm.Burst) {
+			return false
+		}
+	}
+	return true
 }
 
 // delayLocked returns how long the head of k's line must still wait (-1:
@@ -361,10 +400,7 @@ func (g *dialGate) penalize(key string, d time.Duration) {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	k := g.keys[key]
-	if k == nil {
-		return
-	}
+	k := g.keyLocked(key)
 	if until := time.Now().Add(d); until.After(k.penalty) {
 		k.penalty = until
 	}
