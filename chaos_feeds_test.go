@@ -614,6 +614,7 @@ func parseData(data []byte) (conn, cseq, fseq int64, ok bool) {
 
 // soakFeed is one feed of the soak, across the Clients it is re-added as.
 type soakFeed struct {
+	hist    stateRing // the latest state changes, for a feed slow to recover
 	idx     int
 	name    string
 	mix     soakMix
@@ -844,7 +845,8 @@ func (f *soakFeed) onError(_ string, err error) {
 	f.mu.Unlock()
 }
 
-func (f *soakFeed) onStateChange(wspool.StateChange) {
+func (f *soakFeed) onStateChange(sc wspool.StateChange) {
+	f.hist.add(sc)
 	// Runs on the feed's goroutines (not the handler's rng's owner).
 	if rand.IntN(30) == 0 {
 		f.statePanics.Add(1)
@@ -1380,4 +1382,30 @@ func soakRetryPolicy(attempt int, err error) (time.Duration, bool) {
 		return 5 * time.Millisecond, true
 	}
 	return min(time.Duration(attempt+1)*20*time.Millisecond, 500*time.Millisecond), true
+}
+
+// stateRing keeps a feed's latest state changes.
+type stateRing struct {
+	mu  sync.Mutex
+	buf [12]wspool.StateChange
+	n   int
+}
+
+func (r *stateRing) add(sc wspool.StateChange) {
+	r.mu.Lock()
+	r.buf[r.n%len(r.buf)] = sc
+	r.n++
+	r.mu.Unlock()
+}
+
+// String lists the changes kept, oldest first, with times relative to since.
+func (r *stateRing) since(since time.Time) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var b strings.Builder
+	for i := max(0, r.n-len(r.buf)); i < r.n; i++ {
+		sc := r.buf[i%len(r.buf)]
+		fmt.Fprintf(&b, "\n      %+.3fs %v->%v attempt %d wait %v err %v", sc.At.Sub(since).Seconds(), sc.From, sc.To, sc.Attempt, sc.Wait, sc.Err)
+	}
+	return b.String()
 }

@@ -268,9 +268,21 @@ func TestChaosSoak(t *testing.T) {
 	cleared := time.Now()
 	chaosTime := cleared.Sub(start)
 
-	// Every feed connected again, all at once.
+	// Every feed connected again, all at once. The feeds still not
+	// connected at the bound are described, for the violation.
+	var late []string
 	waitSoak(t, v, 120*time.Second, func() bool {
 		ps := pool.Stats()
+		if late == nil && time.Since(cleared) > soakRecoverBound {
+			late = []string{}
+			for _, s := range ps.Feeds {
+				if s.State != wspool.StateConnected && len(late) < 6 {
+					f := feedByName(feeds, s.Name)
+					late = append(late, fmt.Sprintf("%s (%s): %v, attempts %d, admission waiting %v (waited %v in all), send buffered %d, queue %d, last error %v; state changes since the faults ended:%s",
+						s.Name, f.mix, s.State, s.Attempts, s.AdmissionWaiting, s.AdmissionWaited, s.SendBuffered, s.QueueDepth, s.LastError, f.hist.since(cleared)))
+				}
+			}
+		}
 		return ps.Total == cfg.feeds && ps.Connected == cfg.feeds
 	}, func() string {
 		var b strings.Builder
@@ -285,7 +297,7 @@ func TestChaosSoak(t *testing.T) {
 	})
 	recovered := time.Since(cleared)
 	if recovered > soakRecoverBound {
-		v.add("all feeds connected %v after the faults ended, over the bound of %v", recovered, soakRecoverBound)
+		v.add("all feeds connected %v after the faults ended, over the bound of %v; not connected at the bound:\n    %s", recovered, soakRecoverBound, strings.Join(late, "\n    "))
 	}
 	time.Sleep(time.Until(start.Add(cfg.dur)))
 
