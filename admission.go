@@ -72,7 +72,9 @@ type Admission struct {
 	// Key, if set, maps a dial (its URL and headers after the request func)
 	// to its key: host plus local address, an API key, an account. It runs
 	// before every dial and must be fast; a panic is reported and the host is
-	// used.
+	// used. Keys may come and go: the pool forgets a key once nothing about
+	// it is left to enforce (no dial waiting or in flight, none within Per,
+	// no penalty), so its memory follows the keys in recent use.
 	Key func(u *url.URL, h http.Header) string
 }
 
