@@ -268,28 +268,37 @@ func TestChaosSoak(t *testing.T) {
 	cleared := time.Now()
 	chaosTime := cleared.Sub(start)
 
-	// Every feed connected again, all at once. The feeds still not
-	// connected at the bound are described, for the violation.
+	// Every feed connected again. Not all at once: a feed whose server
+	// skips numbers resyncs (reconnects) on every gap by design, so with
+	// dozens of them some feed is always between two connections. The
+	// fresh-message check below shows every connected feed is live. The
+	// feeds not seen connected by the bound are described, for the violation.
 	var late []string
+	seen := map[string]bool{}
 	waitSoak(t, v, 120*time.Second, func() bool {
 		ps := pool.Stats()
+		for _, s := range ps.Feeds {
+			if s.State == wspool.StateConnected {
+				seen[s.Name] = true
+			}
+		}
 		if late == nil && time.Since(cleared) > soakRecoverBound {
 			late = []string{}
 			for _, s := range ps.Feeds {
-				if s.State != wspool.StateConnected && len(late) < 6 {
+				if !seen[s.Name] && len(late) < 6 {
 					f := feedByName(feeds, s.Name)
 					late = append(late, fmt.Sprintf("%s (%s): %v, attempts %d, admission waiting %v (waited %v in all), send buffered %d, queue %d, last error %v; state changes since the faults ended:%s",
 						s.Name, f.mix, s.State, s.Attempts, s.AdmissionWaiting, s.AdmissionWaited, s.SendBuffered, s.QueueDepth, s.LastError, f.hist.since(cleared)))
 				}
 			}
 		}
-		return ps.Total == cfg.feeds && ps.Connected == cfg.feeds
+		return ps.Total == cfg.feeds && len(seen) == cfg.feeds
 	}, func() string {
 		var b strings.Builder
 		ps := pool.Stats()
-		fmt.Fprintf(&b, "%d of %d feeds connected; %s", ps.Connected, cfg.feeds, soakDiagnostics(t, cfg, proxies, ws))
+		fmt.Fprintf(&b, "%d of %d feeds seen connected since the faults ended; %s", len(seen), cfg.feeds, soakDiagnostics(t, cfg, proxies, ws))
 		for _, s := range ps.Feeds {
-			if s.State != wspool.StateConnected {
+			if !seen[s.Name] {
 				fmt.Fprintf(&b, "\n  %s (%s): %v, last error %v", s.Name, feedByName(feeds, s.Name).mix, s.State, s.LastError)
 			}
 		}
@@ -297,7 +306,7 @@ func TestChaosSoak(t *testing.T) {
 	})
 	recovered := time.Since(cleared)
 	if recovered > soakRecoverBound {
-		v.add("all feeds connected %v after the faults ended, over the bound of %v; not connected at the bound:\n    %s", recovered, soakRecoverBound, strings.Join(late, "\n    "))
+		v.add("every feed connected again %v after the faults ended, over the bound of %v; not seen connected by the bound:\n    %s", recovered, soakRecoverBound, strings.Join(late, "\n    "))
 	}
 	time.Sleep(time.Until(start.Add(cfg.dur)))
 
