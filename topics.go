@@ -115,11 +115,10 @@ type TopicsConfig struct {
 //     and taken out of the set instead.
 //
 // Topics removed while a new connection subscribes its snapshot are
-// unsubscribed once it is connected. A rotation (WithMaxConnectionAge)
-// replays the topics on the new connection; a topic added in the instant
-// between that replay and the switch is subscribed on the old connection
-// only, and one removed during that replay stays subscribed on the new one,
-// until the next reconnect.
+// unsubscribed once it is connected. A rotation (WithMaxConnectionAge,
+// Client.Rotate) replays the topics on the new connection while the old one
+// keeps getting changes live; the changes made after the replay's snapshot
+// are applied to the new connection too once Send has switched to it.
 // All methods are safe for concurrent use, from callbacks too.
 type Topics struct {
 	pool *Pool
@@ -145,10 +144,15 @@ type topicFeed struct {
 	lateGone  []string        // removed while replaying (maybe in the replay)
 	connected bool            // ever connected
 	gone      bool
+	// gen numbers f's connections: the live one's, and the one OnConnect
+	// is subscribing (the same unless a rotation is under way). A request
+	// carries the gen of the connection it was meant for.
+	gen, replayGen uint64
 }
 
 type topicReq struct {
 	id     uint64
+	gen    uint64
 	feed   *topicFeed
 	sub    bool
 	topics []string
@@ -303,7 +307,8 @@ func (t *Topics) newFeedLocked() (*topicFeed, error) {
 	opts := append(slices.Clip(t.cfg.Options),
 		WithName(f.name),
 		WithOnConnect(func(ctx context.Context, c *Conn) error { return t.onConnect(ctx, f, c) }),
-		WithOnStateChange(func(sc StateChange) { t.onStateChange(f, sc) }))
+		WithOnStateChange(func(sc StateChange) { t.onStateChange(f, sc) }),
+		func(c *config) { c.onRotated = func(switched bool) { t.onRotated(f, switched) } })
 	c, err := t.pool.Add(t.cfg.URL, t.handler(f), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("wspool: topics: adding feed %s: %w", f.name, err)
@@ -320,7 +325,7 @@ func (t *Topics) requestsLocked(f *topicFeed, sub bool, topics []string, batch i
 	for len(topics) > 0 {
 		n := min(len(topics), batch)
 		t.nextID++
-		r := &topicReq{id: t.nextID, feed: f, sub: sub, topics: topics[:n:n]}
+		r := &topicReq{id: t.nextID, gen: f.gen, feed: f, sub: sub, topics: topics[:n:n]}
 		topics = topics[n:]
 		if t.cfg.Ack != nil {
 			t.pending[r.id] = r
@@ -483,6 +488,7 @@ func (t *Topics) onConnect(ctx context.Context, f *topicFeed, c *Conn) error {
 	t.mu.Lock()
 	rotation := f.live // the current connection stays up meanwhile
 	f.replaying, f.late, f.lateGone = true, nil, nil
+	f.replayGen = f.gen + 1
 	snap := make([]string, 0, len(f.topics))
 	for tp := range f.topics {
 		snap = append(snap, tp)
@@ -493,14 +499,13 @@ func (t *Topics) onConnect(ctx context.Context, f *topicFeed, c *Conn) error {
 	if err := t.replay(ctx, f, c, snap); err != nil {
 		return err
 	}
-	for rotation { // no Connected change follows a rotation: send what came meanwhile
+	for rotation { // subscribe what came meanwhile on the new connection too
 		t.mu.Lock()
 		snap, f.late = f.late, nil
-		if len(snap) == 0 {
-			f.replaying, f.lateGone = false, nil
-		}
 		t.mu.Unlock()
 		if len(snap) == 0 {
+			// Changes keep going to the old connection (Send's) and into
+			// late and lateGone until the switch: onRotated.
 			return nil
 		}
 		if err := t.replay(ctx, f, c, snap); err != nil {
@@ -508,6 +513,58 @@ func (t *Topics) onConnect(ctx context.Context, f *topicFeed, c *Conn) error {
 		}
 	}
 	return nil
+}
+
+// onRotated ends a rotation of f's connection. Once Send has switched
+// (switched), the topics added and removed since the replay's snapshot —
+// sent live on the old connection meanwhile — are subscribed and
+// unsubscribed on the new one. Requests still waiting for an answer from
+// the connection that is not kept are dropped: the old one is closing (a
+// server may close without answering what it read last), and the snapshot
+// and these late requests cover them; a failed rotation's replay has no
+// connection left to answer. If the rotation failed, the old connection
+// stays and has had every change live.
+func (t *Topics) onRotated(f *topicFeed, switched bool) {
+	t.mu.Lock()
+	if !f.live || !f.replaying {
+		t.mu.Unlock() // the connection ended meanwhile: the next one replays
+		return
+	}
+	late, gone := f.late, f.lateGone
+	f.replaying, f.late, f.lateGone = false, nil, nil
+	if switched {
+		f.gen = f.replayGen
+	}
+	for _, r := range t.pending {
+		if r.feed == f && r.gen != f.gen {
+			t.dropLocked(r)
+		}
+	}
+	var reqs []*topicReq
+	if switched {
+		reqs = t.lateRequestsLocked(f, late, gone)
+	}
+	t.mu.Unlock()
+	t.send(reqs)
+}
+
+// lateRequestsLocked builds the requests for the changes made while a new
+// connection subscribed its snapshot: late topics still on f, and removed
+// ones (which the snapshot may have held) no longer on it.
+func (t *Topics) lateRequestsLocked(f *topicFeed, late, lateGone []string) []*topicReq {
+	var still, gone []string
+	for _, tp := range late {
+		if t.where[tp] == f {
+			still = append(still, tp)
+		}
+	}
+	for _, tp := range lateGone {
+		if t.where[tp] != f {
+			gone = append(gone, tp)
+		}
+	}
+	reqs := t.requestsLocked(f, true, still, t.cfg.Batch)
+	return append(reqs, t.requestsLocked(f, false, gone, t.cfg.Batch)...)
 }
 
 func (t *Topics) replay(ctx context.Context, f *topicFeed, c *Conn, topics []string) error {
@@ -519,6 +576,9 @@ func (t *Topics) replay(ctx context.Context, f *topicFeed, c *Conn, topics []str
 		}
 	}
 	reqs := t.requestsLocked(f, true, live, t.cfg.Batch)
+	for _, r := range reqs {
+		r.gen = f.replayGen
+	}
 	t.mu.Unlock()
 	for _, r := range reqs {
 		typ, data := t.build(r)
@@ -540,24 +600,9 @@ func (t *Topics) onStateChange(f *topicFeed, sc StateChange) {
 	t.mu.Lock()
 	var reqs []*topicReq
 	if sc.To == StateConnected {
-		f.live, f.replaying, f.connected = true, false, true
-		late := f.late
-		f.late = nil
-		var still []string
-		for _, tp := range late {
-			if t.where[tp] == f {
-				still = append(still, tp)
-			}
-		}
-		reqs = t.requestsLocked(f, true, still, t.cfg.Batch)
-		var gone []string // removed while the replay may have subscribed them
-		for _, tp := range f.lateGone {
-			if t.where[tp] != f {
-				gone = append(gone, tp)
-			}
-		}
-		f.lateGone = nil
-		reqs = append(reqs, t.requestsLocked(f, false, gone, t.cfg.Batch)...)
+		f.gen = f.replayGen
+		reqs = t.lateRequestsLocked(f, f.late, f.lateGone)
+		f.live, f.replaying, f.connected, f.late, f.lateGone = true, false, true, nil, nil
 		t.mu.Unlock()
 		t.send(reqs)
 		return

@@ -359,6 +359,58 @@ func TestTopicsLiveAddRemove(t *testing.T) {
 	}
 }
 
+// TestTopicsRotationKeepsLateChanges: a topic added, and one removed, while
+// a rotation's new connection is ready but Send has not switched to it yet
+// reach the new connection. Before the fix the set stopped tracking the
+// rotation when its OnConnect returned: the added topic was subscribed on
+// the old connection only (and lost with it at the switch) and the removed
+// one stayed subscribed on the new one, until the next reconnect; and the
+// requests written on the old connection just before its close were never
+// answered (the server closes on our close frame), timed out and
+// reconnected the feed. The changes are made from the WithTimings callback
+// for OnConnect, which runs in exactly that window.
+func TestTopicsRotationKeepsLateChanges(t *testing.T) {
+	const ackTimeout = 300 * time.Millisecond
+	var armed atomic.Bool
+	var r *topicRig
+	r = newTopicRig(t, 10, wspool.TopicsConfig{Name: "rot", Cap: 10, AckTimeout: ackTimeout, Options: []wspool.Option{
+		wspool.WithTimings(func(tm wspool.Timing) {
+			if tm.Kind == wspool.TimingOnConnect && armed.CompareAndSwap(true, false) {
+				if err := r.topics.Add("late"); err != nil {
+					t.Errorf("Add: %v", err)
+				}
+				r.topics.Remove("a000")
+			}
+		})}})
+	r.run(t)
+	first := names("a", 0, 3)
+	if err := r.topics.Add(first...); err != nil {
+		t.Fatal(err)
+	}
+	r.settled(t, first, nil)
+	armed.Store(true)
+	c := r.pool.Client("rot-1")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.Rotate(ctx); err != nil {
+		t.Fatalf("Rotate: %v", err)
+	}
+	if armed.Load() {
+		t.Fatal("the rotation's OnConnect timing never fired")
+	}
+	r.settled(t, []string{"a001", "a002", "late"}, nil)
+	// A request left waiting for an answer the old connection will never
+	// give (the server closed without answering what it read last) times
+	// out after AckTimeout and reconnects the feed: give it three times that.
+	time.Sleep(3 * ackTimeout)
+	if s := c.Stats(); s.Rotations != 1 || s.Connects != 2 || s.LastError != nil {
+		t.Fatalf("want one rotation and no reconnect: %+v", s)
+	}
+	if errs := r.errors(); len(errs) != 0 {
+		t.Fatalf("errors: %v", errs)
+	}
+}
+
 // A cap above the server's: the server rejects the topics over its cap; the
 // set reports them, lowers the feed's cap to what it holds, and moves them to
 // another feed, so that every topic ends up subscribed. A topic the server
