@@ -1,10 +1,13 @@
 package natsjs
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -36,6 +39,141 @@ type feedRun struct {
 	last       uint64     // highest upstream seq stored downstream, as far as we know
 	lastStream uint64     // stream sequence of the feed's last stored message
 	known      bool       // lastStream was read from the stream
+
+	// The message published, reused (under mu) for every publish of the
+	// feed: nats.Conn copies it into its buffer before RequestMsg returns.
+	// hdr's values are one-element slices of hv, so setting hv[i] sets a
+	// header without allocating.
+	msg nats.Msg
+	hv  [numHeaders]string
+}
+
+// The headers of a published message, as indexes into feedRun.hv.
+const (
+	hMsgID = iota
+	hSeq
+	hMember
+	hLease
+	hExpect
+	numHeaders
+)
+
+var headerNames = [numHeaders]string{
+	hMsgID: jetstream.MsgIDHeader, hSeq: HeaderSeq, hMember: HeaderMember, hLease: HeaderLease,
+	hExpect: jetstream.ExpectedLastSubjSeqHeader,
+}
+
+// message returns the feed's message to publish: the data with its headers
+// (Wspool-Seq only with a sequence number, the expected last subject
+// sequence only with one slot once it is known).
+func (fr *feedRun) message(data []byte, id, seq string, hasSeq bool) *nats.Msg {
+	nm := &fr.msg
+	if nm.Header == nil {
+		nm.Subject = fr.subj
+		nm.Header = make(nats.Header, numHeaders)
+		fr.hv[hMember] = fr.m.cfg.Member
+	}
+	fr.hv[hMsgID] = id
+	fr.hv[hLease] = strconv.FormatUint(fr.sr.rev.Load(), 10)
+	set := func(i int, on bool) {
+		if on {
+			nm.Header[headerNames[i]] = fr.hv[i : i+1 : i+1]
+		} else {
+			delete(nm.Header, headerNames[i])
+		}
+	}
+	set(hMsgID, true)
+	set(hMember, true)
+	set(hLease, true)
+	fr.hv[hSeq] = seq
+	set(hSeq, hasSeq)
+	expect := fr.m.cfg.Slots == 1 && fr.known
+	if expect {
+		fr.hv[hExpect] = strconv.FormatUint(fr.lastStream, 10)
+	}
+	set(hExpect, expect)
+	nm.Data = data
+	return nm
+}
+
+// pubAck is what a publish learns from JetStream's acknowledgement.
+type pubAck struct {
+	seq uint64 // stream sequence of the stored message
+	dup bool   // it had been stored before (same Nats-Msg-Id)
+}
+
+// publish sends one message to the stream and waits for its
+// acknowledgement, at most publishTimeout. It is jetstream's PublishMsg
+// without a context per message and without decoding every acknowledgement
+// by reflection (a publish per message per slot is most of a member's CPU).
+// No responders (the stream has no leader at the moment) is an error like
+// the others: the caller retries with the same message id.
+func (m *Member) publish(nm *nats.Msg) (pubAck, error) {
+	resp, err := m.nc.RequestMsg(nm, m.publishTimeout())
+	if err != nil {
+		return pubAck{}, err
+	}
+	return parseAck(resp.Data)
+}
+
+// parseAck reads a publish acknowledgement. The server writes a successful
+// one from a template, {"stream":"<name>",["domain":"<d>",]"seq":<n>} with
+// ,"duplicate": true before the brace for a copy; that form is read
+// directly, anything else (an error, another server's formatting) is
+// decoded as JSON.
+func parseAck(b []byte) (pubAck, error) {
+	if a, ok := quickAck(b); ok {
+		return a, nil
+	}
+	var r struct {
+		Error     *jetstream.APIError `json:"error"`
+		Stream    string              `json:"stream"`
+		Seq       uint64              `json:"seq"`
+		Duplicate bool                `json:"duplicate"`
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return pubAck{}, jetstream.ErrInvalidJSAck
+	}
+	if r.Error != nil {
+		return pubAck{}, fmt.Errorf("natsjs: publish: %w", r.Error)
+	}
+	if r.Stream == "" {
+		return pubAck{}, jetstream.ErrInvalidJSAck
+	}
+	return pubAck{seq: r.Seq, dup: r.Duplicate}, nil
+}
+
+// quickAck reads the server's success template; ok is false for anything
+// else.
+func quickAck(b []byte) (a pubAck, ok bool) {
+	const prefix, seqKey = `{"stream":"`, `,"seq":`
+	if !bytes.HasPrefix(b, []byte(prefix)) || len(b) == len(prefix) || b[len(prefix)] == '"' ||
+		bytes.Contains(b, []byte(`"error"`)) {
+		return a, false // not the template, no stream name, or an error
+	}
+	i := bytes.LastIndex(b, []byte(seqKey))
+	if i < len(prefix)+1 {
+		return a, false
+	}
+	rest := b[i+len(seqKey):]
+	n := 0
+	for n < len(rest) && n < 20 && rest[n] >= '0' && rest[n] <= '9' {
+		n++
+	}
+	if n == 0 {
+		return a, false
+	}
+	seq, err := strconv.ParseUint(string(rest[:n]), 10, 64)
+	if err != nil || seq == 0 {
+		return a, false
+	}
+	switch string(rest[n:]) {
+	case "}":
+		return pubAck{seq: seq}, true
+	case `,"duplicate": true}`, `,"duplicate":true}`:
+		return pubAck{seq: seq, dup: true}, true
+	}
+	return a, false
 }
 
 func newFeedRun(m *Member, sr *shardRun, f Feed) *feedRun {
@@ -99,9 +237,10 @@ func (fr *feedRun) handle(ctx context.Context, msg wspool.Message) error {
 		st.skipped.Add(1)
 		return nil
 	}
-	var id string
+	var id, seqStr string
 	if hasSeq {
-		id = fr.f.Name + ":" + strconv.FormatUint(seq, 10)
+		seqStr = strconv.FormatUint(seq, 10)
+		id = fr.f.Name + ":" + seqStr
 	} else {
 		sum := sha256.Sum256(msg.Data)
 		id = fr.f.Name + ":#" + hex.EncodeToString(sum[:16])
@@ -120,28 +259,17 @@ func (fr *feedRun) handle(ctx context.Context, msg wspool.Message) error {
 			}
 			return nil
 		}
-		nm := &nats.Msg{Subject: fr.subj, Data: msg.Data, Header: nats.Header{}}
-		if hasSeq {
-			nm.Header.Set(HeaderSeq, strconv.FormatUint(seq, 10))
-		}
-		nm.Header.Set(HeaderMember, m.cfg.Member)
-		nm.Header.Set(HeaderLease, strconv.FormatUint(fr.sr.rev.Load(), 10))
-		opts := []jetstream.PublishOpt{jetstream.WithMsgID(id)}
-		if m.cfg.Slots == 1 && fr.known {
-			opts = append(opts, jetstream.WithExpectLastSequencePerSubject(fr.lastStream))
-		}
+		nm := fr.message(msg.Data, id, seqStr, hasSeq)
 		// The publish is not cut short when the feed stops: a hand-over
 		// waits for it, so the next owner reads it as the last message.
-		pctx, cancel := context.WithTimeout(context.Background(), m.publishTimeout())
-		ack, err := m.js.PublishMsg(pctx, nm, opts...)
-		cancel()
+		ack, err := m.publish(nm)
 		if err == nil {
-			if ack.Duplicate {
+			if ack.dup {
 				st.duplicates.Add(1)
 			} else {
 				st.published.Add(1)
 			}
-			fr.stored(ack.Sequence, seq, hasSeq)
+			fr.stored(ack.seq, seq, hasSeq)
 			return nil
 		}
 		if wrongLastSeq(err) {
