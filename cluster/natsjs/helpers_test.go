@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -38,6 +40,8 @@ func TestMain(m *testing.M) {
 		os.Exit(collectorMain())
 	case "natsserver":
 		os.Exit(natsServerMain())
+	case "seqfeed":
+		os.Exit(seqfeedMain())
 	}
 	leakcheck.Main(m) // no goroutine of wspool, natsjs or gorilla left after the tests
 }
@@ -84,6 +88,18 @@ func collectorMain() int {
 		return 2
 	}
 	member := os.Getenv("NATSJS_MEMBER")
+	// NATSJS_CPUPROFILE=dir: each collector writes dir/<member>.cpu.prof
+	// when it stops gracefully (for profiling the per-message cost).
+	if dir := os.Getenv("NATSJS_CPUPROFILE"); dir != "" {
+		if f, err := os.Create(filepath.Join(dir, member+".cpu.prof")); err == nil {
+			if pprof.StartCPUProfile(f) == nil {
+				defer func() {
+					pprof.StopCPUProfile()
+					f.Close()
+				}()
+			}
+		}
+	}
 	// Pings every second, two unanswered: a frozen server is left within
 	// about 3 s, well inside TTL - Margin.
 	nc, err := nats.Connect(os.Getenv("NATSJS_URL"), nats.Name(member),
@@ -118,6 +134,137 @@ func collectorMain() int {
 	}
 	return 0
 }
+
+// seqfeedMain runs the sequenced feed server in this process until SIGTERM
+// (the test binary started with NATSJS_CHILD=seqfeed) and prints its
+// address.
+func seqfeedMain() int {
+	iv, err := time.ParseDuration(os.Getenv("NATSJS_INTERVAL"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	s, err := seqfeed.Start("", iv)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	fmt.Printf("ADDR %s\n", strings.TrimSuffix(strings.TrimPrefix(s.URL(""), "ws://"), "/"))
+	<-ctx.Done()
+	s.Close()
+	return 0
+}
+
+// feedServer is the sequenced feed server (internal/seqfeed), run as a
+// process of its own, like a real upstream: in the test process its
+// thousands of connections, each written every interval, took half of that
+// process's CPU (profiled at 1,000 feeds) and shared its Go scheduler with
+// the embedded NATS server and the watcher.
+type feedServer struct {
+	p    *proc
+	addr string
+}
+
+func startFeedServer(t *testing.T, interval time.Duration) *feedServer {
+	t.Helper()
+	p := &proc{name: "seqfeed", done: make(chan struct{})}
+	p.cmd = exec.Command(os.Args[0], "-test.run=^$")
+	p.cmd.Env = append(os.Environ(), "NATSJS_CHILD=seqfeed", "NATSJS_INTERVAL="+interval.String())
+	p.cmd.Stdout, p.cmd.Stderr = p, p
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(10 * time.Second):
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	var addr string
+	waitFor(t, "the feed server", 30*time.Second, func() bool {
+		for _, l := range strings.Split(p.output(), "\n") {
+			if a, ok := strings.CutPrefix(l, "ADDR "); ok {
+				addr = a
+				return true
+			}
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("feed server exited:\n%s", p.output())
+		default:
+		}
+		return false
+	})
+	return &feedServer{p: p, addr: addr}
+}
+
+// cpuTimes returns the CPU time (user and system) each process of the
+// cluster has used so far: "test" (this process: the NATS server and the
+// watcher), "feeds" and every collector. Linux only (empty elsewhere).
+func (c *testCluster) cpuTimes() map[string]time.Duration {
+	pids := map[string]int{"test": os.Getpid(), "feeds": c.feeds.p.cmd.Process.Pid}
+	for n, p := range c.procs {
+		pids[n] = p.cmd.Process.Pid
+	}
+	out := map[string]time.Duration{}
+	for n, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// Fields after the command (in parentheses): utime and stime are
+		// the 12th and 13th, in clock ticks (100 per second on Linux).
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		out[n] = time.Duration(u+st) * 10 * time.Millisecond
+	}
+	return out
+}
+
+// loadAverage returns the 1-minute load average (Linux), or "?".
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) > 0 {
+		return f[0]
+	}
+	return "?"
+}
+
+// cpuShare formats the CPU each process used between two cpuTimes over d,
+// in cores.
+func cpuShare(before, after map[string]time.Duration, d time.Duration) string {
+	var names []string
+	for n := range after {
+		if _, ok := before[n]; ok {
+			names = append(names, n)
+		}
+	}
+	slices.Sort(names)
+	var parts []string
+	var total time.Duration
+	for _, n := range names {
+		u := after[n] - before[n]
+		total += u
+		parts = append(parts, fmt.Sprintf("%s %.2f", n, u.Seconds()/d.Seconds()))
+	}
+	return fmt.Sprintf("%.2f cores (%s)", total.Seconds()/d.Seconds(), strings.Join(parts, ", "))
+}
+
+// URL returns the ws:// URL of the named feed.
+func (s *feedServer) URL(name string) string { return "ws://" + s.addr + "/" + name }
 
 // envInt reads an integer setting of the tests.
 func envInt(name string, def int) int {
@@ -196,7 +343,7 @@ type testCluster struct {
 	url   string
 	nc    *nats.Conn
 	admin *natsjs.Member
-	feeds *seqfeed.Server
+	feeds *feedServer
 	names []string
 	w     *watcher
 	procs map[string]*proc
@@ -216,11 +363,7 @@ func newTestCluster(t *testing.T, natsURL string, tc testConfig, nFeeds int, int
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.feeds, err = seqfeed.Start("", interval)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.feeds.Close)
+	c.feeds = startFeedServer(t, interval)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	fs := make([]natsjs.Feed, nFeeds)
@@ -466,7 +609,7 @@ func (w *watcher) on(msg jetstream.Msg) {
 	w.lastSeq = md.Sequence.Stream
 	w.total++
 	if w.hist != nil && !at.Before(w.histFrom) {
-		w.hist[int(at.Sub(w.histFrom)/(500*time.Millisecond))]++
+		w.hist[int(at.Sub(w.histFrom)/w.histStep())]++
 	}
 	f := w.feeds[feed]
 	if f == nil {
@@ -505,6 +648,32 @@ func (w *watcher) on(msg jetstream.Msg) {
 	}
 	f.lastAt = at
 	f.lastMember = member
+}
+
+func (w *watcher) histStep() time.Duration {
+	if os.Getenv("NATSJS_TIMELINE") != "" {
+		return 100 * time.Millisecond
+	}
+	return 500 * time.Millisecond
+}
+
+// startTimeline starts counting the messages stored per histStep (for
+// NATSJS_TIMELINE=1: a stall of every feed at once shows as an empty step).
+func (w *watcher) startTimeline() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.hist, w.histFrom = map[int]int{}, time.Now()
+}
+
+// timeline returns the counts of the steps over d from the start.
+func (w *watcher) timeline(d time.Duration) string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var hs []string
+	for i := 0; i < int(d/w.histStep()); i++ {
+		hs = append(hs, strconv.Itoa(w.hist[i]))
+	}
+	return strings.Join(hs, " ")
 }
 
 // mark records an event time; it returns the mark's index.

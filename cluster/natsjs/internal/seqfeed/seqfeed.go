@@ -1,8 +1,11 @@
 // Package seqfeed is a sequenced WebSocket feed server on loopback for the
-// cluster tests and example: every connection to /<name>?from=N streams the
-// text messages "N", "N+1", ... at a fixed interval, so a client that
-// reconnects with the next number it needs loses nothing and a test can check
-// what arrived downstream for gaps, duplicates and order.
+// cluster tests and example. Each feed (/<name>) numbers its messages on its
+// own clock, like a live upstream: message n is due (n-1) intervals after
+// the feed's first connection. A connection to /<name>?from=N gets the text
+// messages "N" up to the number due now at once, then each next one when it
+// is due; so every connection of a feed gets a number at the same moment, a
+// client that reconnects with the next number it needs loses nothing, and a
+// test can check what arrived downstream for gaps, duplicates and order.
 package seqfeed
 
 import (
@@ -26,6 +29,7 @@ type Server struct {
 
 	mu     sync.Mutex
 	conns  map[*websocket.Conn]struct{}
+	epochs map[string]time.Time // each feed's first connection: when "1" was due
 	closed bool
 	wg     sync.WaitGroup
 	served sync.WaitGroup
@@ -33,8 +37,8 @@ type Server struct {
 	accepted atomic.Int64
 }
 
-// Start listens on a free loopback port (or addr, if not empty) and streams
-// one message per interval on every connection.
+// Start listens on a free loopback port (or addr, if not empty); each feed
+// gets one number per interval.
 func Start(addr string, interval time.Duration) (*Server, error) {
 	if addr == "" {
 		addr = "127.0.0.1:0"
@@ -43,7 +47,7 @@ func Start(addr string, interval time.Duration) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{interval: interval, ln: ln, conns: map[*websocket.Conn]struct{}{}}
+	s := &Server{interval: interval, ln: ln, conns: map[*websocket.Conn]struct{}{}, epochs: map[string]time.Time{}}
 	s.up.CheckOrigin = func(*http.Request) bool { return true }
 	s.srv = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
 	s.served.Add(1)
@@ -73,7 +77,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		from = n
 	}
-	if strings.Trim(r.URL.Path, "/") == "" {
+	name := strings.Trim(r.URL.Path, "/")
+	if name == "" {
 		http.NotFound(w, r)
 		return
 	}
@@ -116,21 +121,47 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}()
-	t := time.NewTicker(s.interval)
+	epoch := s.epoch(name)
+	t := time.NewTimer(time.Hour) // reset before every wait
 	defer t.Stop()
 	buf := make([]byte, 0, 20)
-	for seq := from; ; seq++ {
-		buf = strconv.AppendUint(buf[:0], seq, 10)
-		c.SetWriteDeadline(time.Now().Add(10 * time.Second))
-		if err := c.WriteMessage(websocket.TextMessage, buf); err != nil {
-			return
+	sent := 0
+	for next := from; ; {
+		// Everything due by now, then wait for the next number.
+		for due := uint64(time.Since(epoch)/s.interval) + 1; next <= due; next++ {
+			buf = strconv.AppendUint(buf[:0], next, 10)
+			// A client that stops reading is dropped after 10-13 s; the
+			// deadline is moved on every 64 messages rather than every
+			// message (with thousands of connections, a timer update per
+			// write is a noticeable share of this server's CPU).
+			if sent%64 == 0 {
+				c.SetWriteDeadline(time.Now().Add(10*time.Second + 64*s.interval))
+			}
+			sent++
+			if err := c.WriteMessage(websocket.TextMessage, buf); err != nil {
+				return
+			}
 		}
+		t.Reset(time.Until(epoch.Add(time.Duration(next-1) * s.interval)))
 		select {
 		case <-gone:
 			return
 		case <-t.C:
 		}
 	}
+}
+
+// epoch returns when the feed's first number was due: at its first
+// connection.
+func (s *Server) epoch(name string) time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.epochs[name]
+	if !ok {
+		e = time.Now()
+		s.epochs[name] = e
+	}
+	return e
 }
 
 // Close stops listening, closes every connection and waits for their
