@@ -58,6 +58,7 @@ type run struct {
 	pool     *wspool.Pool
 	view     map[string]*entry // leases bucket
 	desired  map[string]Feed   // feed name -> feed
+	byShard  map[int][]string  // shard -> names of its desired feeds
 	keyNames map[string]string // feeds bucket key -> feed name
 	held     map[int]*shardRun
 
@@ -117,7 +118,7 @@ func (m *Member) Run(ctx context.Context) error {
 
 	r := &run{
 		m: m, pool: pool,
-		view: map[string]*entry{}, desired: map[string]Feed{}, keyNames: map[string]string{},
+		view: map[string]*entry{}, desired: map[string]Feed{}, byShard: map[int][]string{}, keyNames: map[string]string{},
 		held:       map[int]*shardRun{},
 		renew:      map[*shardRun]struct{}{},
 		renewEvery: m.cfg.TTL / 4,
@@ -340,7 +341,11 @@ func (r *run) applyFeed(e jetstream.KeyValueEntry) {
 		}
 		delete(r.keyNames, key)
 		delete(r.desired, name)
-		if sr := r.held[shardOf(name, r.m.cfg.Shards)]; sr != nil && !sr.releasing {
+		sh := shardOf(name, r.m.cfg.Shards)
+		if i := slices.Index(r.byShard[sh], name); i >= 0 {
+			r.byShard[sh] = slices.Delete(r.byShard[sh], i, i+1)
+		}
+		if sr := r.held[sh]; sr != nil && !sr.releasing {
 			r.stopFeeds(sr, false, name)
 		}
 		return
@@ -353,6 +358,10 @@ func (r *run) applyFeed(e jetstream.KeyValueEntry) {
 	old, had := r.desired[f.Name]
 	r.keyNames[key] = f.Name
 	r.desired[f.Name] = f
+	if !had {
+		sh := shardOf(f.Name, r.m.cfg.Shards)
+		r.byShard[sh] = append(r.byShard[sh], f.Name)
+	}
 	sr := r.held[shardOf(f.Name, r.m.cfg.Shards)]
 	if sr == nil || sr.releasing || sr.stopped.Load() {
 		return
@@ -456,22 +465,19 @@ func (r *run) reconcile(ctx context.Context) {
 	if len(claims) == 0 {
 		return
 	}
-	// Claim in parallel: a takeover of many shards costs one round trip.
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 32)
+	// Claim all at once (a takeover of many shards costs one round trip),
+	// and start each shard's feeds as soon as its own claim is answered.
+	done := make(chan *claimResult, len(claims))
 	for i := range claims {
 		c := &claims[i]
 		c.prev = r.view[slotKey(c.shard, c.slot)]
-		wg.Add(1)
-		sem <- struct{}{}
 		go func() {
-			defer func() { <-sem; wg.Done() }()
 			r.claim(ctx, c)
+			done <- c
 		}()
 	}
-	wg.Wait()
-	for i := range claims {
-		r.claimed(&claims[i])
+	for range claims {
+		r.claimed(<-done)
 	}
 }
 
@@ -523,10 +529,8 @@ func (r *run) claimed(c *claimResult) {
 	m.stats.held.Add(1)
 	r.see(key, m.cfg.Member, c.rev, false)
 	m.log.Debug("natsjs: lease acquired", "shard", c.shard, "slot", c.slot, "rev", c.rev)
-	for _, f := range r.desired {
-		if shardOf(f.Name, m.cfg.Shards) == c.shard {
-			r.startFeed(sr, f)
-		}
+	for _, n := range r.byShard[c.shard] {
+		r.startFeed(sr, r.desired[n])
 	}
 }
 
