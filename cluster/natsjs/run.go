@@ -250,7 +250,7 @@ func (r *run) renewOnce(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			revs[i], errs[i] = m.leases.Update(cctx, sr.key, []byte(m.cfg.Member), sr.rev.Load())
+			revs[i], errs[i] = r.renewLease(cctx, sr)
 		}()
 	}
 	wg.Wait()
@@ -293,6 +293,27 @@ func (r *run) renewOnce(ctx context.Context) {
 	if kick {
 		m.kick()
 	}
+}
+
+// renewLease renews one lease. A renewal that JetStream stored but whose
+// acknowledgement was lost (a NATS leader lost mid-write; the new leader
+// commits what the old one had replicated) leaves us behind our own lease's
+// revision: the next Update is refused. If the key still holds our name at
+// a newer revision, that write was ours (only we write our name to a key we
+// hold, and an Update with a revision it no longer has is refused), so the
+// renewal is retried at that revision.
+func (r *run) renewLease(ctx context.Context, sr *shardRun) (uint64, error) {
+	m := r.m
+	rev, err := m.leases.Update(ctx, sr.key, []byte(m.cfg.Member), sr.rev.Load())
+	if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return rev, err
+	}
+	g, gerr := m.leases.Get(ctx, sr.key)
+	if gerr != nil || string(g.Value()) != m.cfg.Member || g.Revision() <= sr.rev.Load() {
+		return 0, err
+	}
+	m.log.Debug("natsjs: lease renewed behind our back, renewing from its revision", "shard", sr.shard, "rev", g.Revision())
+	return m.leases.Update(ctx, sr.key, []byte(m.cfg.Member), g.Revision())
 }
 
 // see records a value of a leases key if it is newer than what we know.
