@@ -676,6 +676,7 @@ func (c *Client) open(ctx context.Context, base *url.URL, l *lane) (*Conn, error
 func (c *Client) publish(conn *Conn) {
 	c.mu.Lock()
 	c.conn = conn
+	c.armRotationLocked(conn)
 	if len(c.sendQ) > 0 && !c.writing {
 		c.startFlusherLocked()
 	}
@@ -715,6 +716,7 @@ func (c *Client) serveConn(ctx context.Context, conn *Conn) error {
 		c.stats.connects.Add(1)
 		c.stats.disconnects.Add(1)
 		if ctx.Err() != nil {
+			c.stopRotation(conn) // armed when it was published; never served
 			conn.closeHandshake(true)
 			err = nil
 			break

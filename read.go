@@ -12,7 +12,6 @@ import (
 func (c *Client) serve(ctx context.Context, conn *Conn) error {
 	hb := startHeartbeat(conn)
 	stopCloser := closeOnShutdown(ctx, conn)
-	c.startRotator(ctx, conn)
 	defer func() {
 		stopCloser()
 		c.stopRotation(conn)

@@ -89,17 +89,18 @@ type rotator struct {
 	ctx    context.Context
 }
 
-// startRotator arms the timed rotation of conn (WithMaxConnectionAge).
-func (c *Client) startRotator(ctx context.Context, conn *Conn) {
-	if c.cfg.maxAge <= 0 {
+// armRotationLocked arms the timed rotation of conn (WithMaxConnectionAge)
+// as it becomes the connection Send writes on, under c.mu: a Rotate that
+// finds conn then joins this rotator instead of starting a second one that
+// the reader's stopRotation would not know of. c.mu is held.
+func (c *Client) armRotationLocked(conn *Conn) {
+	if c.cfg.maxAge <= 0 || conn.rot != nil || conn.rotStopped || c.feedCtx == nil {
 		return
 	}
-	r := c.newRotator(ctx, conn, true)
+	r := c.newRotator(c.feedCtx, conn, true)
 	age := c.cfg.maxAge - time.Duration(rand.Int64N(int64(c.cfg.maxAge/10)+1))
 	r.timer = time.AfterFunc(age, r.fireFromTimer)
-	c.mu.Lock()
 	conn.rot = r
-	c.mu.Unlock()
 }
 
 func (c *Client) newRotator(ctx context.Context, old *Conn, retry bool) *rotator {
