@@ -820,7 +820,7 @@ func (f *soakFeed) onConnect(ctx context.Context, cn *wspool.Conn) error {
 	f.mu.Lock()
 	if n := len(f.helloConns); n > 0 && f.helloConns[n-1] >= id {
 		if !f.mix.standby { // standby connections subscribe beside the primary ones
-			f.v.add("%s: connection %d after %d", f.name, id, f.helloConns[n-1])
+			f.v.add("%s (%s): connection %d after %d", f.name, f.mix, id, f.helloConns[n-1])
 		}
 		i, _ := slices.BinarySearch(f.helloConns, id)
 		f.helloConns = slices.Insert(f.helloConns, i, id)
