@@ -205,3 +205,86 @@ func TestRenewalStoredUnheard(t *testing.T) {
 		t.Errorf("lost %d, fenced %d, held %d of %d (want 0, 0, all)", s.Lost, s.Fenced, s.LeasesHeld, tc.Shards)
 	}
 }
+
+// TestRefusedFeedLeaseStillOurs: the stream refuses a feed's publish
+// (another writer appended to its subject), so the member checks whether the
+// shard's lease is still its own. The lease key's revision has moved on
+// behind the member's back (as after a renewal stored without its hearing
+// back), but the key holds its name: the lease is still its own, so the feed
+// restarts from the stream and nothing is counted lost or dropped.
+func TestRefusedFeedLeaseStillOurs(t *testing.T) {
+	ns := startNATS(t)
+	tc := testConfig{Name: "refused", Shards: 4, Slots: 1, TTL: 2 * time.Second}
+	c := newTestCluster(t, ns.ClientURL(), tc, 4, 20*time.Millisecond)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	m, err := natsjs.New(nc, tc.config("solo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	// A feed the watcher does not check (its subject gets a foreign message).
+	if err := c.admin.Register(ctx, natsjs.Feed{Name: "extra", URL: c.feeds.URL("extra")}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "every shard held and 5 feeds running", 10*time.Second, func() bool {
+		s := m.Stats()
+		return s.LeasesHeld == tc.Shards && s.Feeds == 5
+	})
+	c.w.waitFlowing(t, time.Now(), 10*time.Second)
+	js, _ := jetstream.New(c.nc)
+	waitFor(t, "the extra feed stored", 10*time.Second, func() bool {
+		s, err := js.Stream(ctx, tc.Name)
+		if err != nil {
+			return false
+		}
+		_, err = s.GetLastMsgForSubject(ctx, m.Subject("extra"))
+		return err == nil
+	})
+
+	kv, err := js.KeyValue(ctx, tc.Name+"_leases")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := kv.Keys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if e, err := kv.Get(ctx, k); err == nil && strings.HasPrefix(k, "s.") && string(e.Value()) == "solo" {
+			kv.Update(ctx, k, []byte("solo"), e.Revision())
+		}
+	}
+	before := m.Stats()
+	foreign := &nats.Msg{Subject: m.Subject("extra"), Data: []byte("foreign"), Header: nats.Header{}}
+	foreign.Header.Set(jetstream.MsgIDHeader, "extra:foreign")
+	if _, err := js.PublishMsg(ctx, foreign); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the extra feed refused and restarted", 10*time.Second, func() bool {
+		s, err := js.Stream(ctx, tc.Name)
+		if err != nil {
+			return false
+		}
+		last, err := s.GetLastMsgForSubject(ctx, m.Subject("extra"))
+		return err == nil && string(last.Data) != "foreign" && m.Stats().FencedDrops > before.FencedDrops
+	})
+	c.w.waitFlowing(t, time.Now(), 10*time.Second)
+	s := m.Stats()
+	t.Logf("stats %+v", s)
+	if s.Lost != 0 || s.Fenced != 0 || s.LeasesHeld != tc.Shards || s.Acquired != before.Acquired {
+		t.Errorf("lost %d, fenced %d, held %d of %d, acquired %d then %d (want 0, 0, all, unchanged)",
+			s.Lost, s.Fenced, s.LeasesHeld, tc.Shards, before.Acquired, s.Acquired)
+	}
+}

@@ -706,6 +706,13 @@ func (r *run) quiesce(sr *shardRun) bool {
 // stream): if the lease is no longer ours the shard is dropped; if it still
 // is, those feeds restart from what the stream holds.
 func (r *run) checkStopped(ctx context.Context) {
+	type check struct {
+		sr      *shardRun
+		refused []string
+		val     string
+		err     error
+	}
+	var checks []*check
 	for _, sr := range r.held {
 		if sr.releasing {
 			continue
@@ -722,21 +729,54 @@ func (r *run) checkStopped(ctx context.Context) {
 			}
 		}
 		sr.mu.Unlock()
-		if len(refused) == 0 {
+		if len(refused) > 0 {
+			checks = append(checks, &check{sr: sr, refused: refused})
+		}
+	}
+	if len(checks) == 0 {
+		return
+	}
+	// The key tells whether the lease is still ours: it is while it holds
+	// our name (only we write our name to a key we hold), even at a
+	// revision newer than the one we know, which a renewal under way or one
+	// stored without our hearing back (a NATS leader lost mid-write)
+	// explains. The keys are read in parallel; one that cannot be read now
+	// (NATS unavailable) is read again at the next check, and meanwhile the
+	// renewer fences the lease if it stays unproven.
+	cctx, cancel := context.WithTimeout(ctx, r.renewEvery)
+	var wg sync.WaitGroup
+	for _, c := range checks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g, err := r.m.leases.Get(cctx, c.sr.key)
+			if err == nil {
+				c.val = string(g.Value())
+			}
+			c.err = err
+		}()
+	}
+	wg.Wait()
+	cancel()
+	for _, c := range checks {
+		sr := c.sr
+		if sr.stopped.Load() {
+			continue // the renewer found it lost or unproven: dropped at the next check
+		}
+		if c.err != nil && !errors.Is(c.err, jetstream.ErrKeyNotFound) {
+			r.m.log.Debug("natsjs: lease not read, will retry", "shard", sr.shard, "err", c.err)
 			continue
 		}
-		cctx, cancel := context.WithTimeout(ctx, r.renewEvery)
-		g, err := r.m.leases.Get(cctx, sr.key)
-		cancel()
-		if err != nil || string(g.Value()) != r.m.cfg.Member || g.Revision() != sr.rev.Load() {
+		if c.err != nil || c.val != r.m.cfg.Member {
 			if sr.stopped.CompareAndSwap(false, true) {
 				r.m.stats.lost.Add(1)
+				r.m.log.Warn("natsjs: lease lost (found after the stream refused a publish)", "shard", sr.shard, "by", c.val, "err", c.err)
 			}
 			r.drop(sr)
 			continue
 		}
-		r.stopFeeds(sr, true, refused...)
-		for _, n := range refused {
+		r.stopFeeds(sr, true, c.refused...)
+		for _, n := range c.refused {
 			if f, ok := r.desired[n]; ok {
 				r.startFeed(sr, f)
 			}
