@@ -33,9 +33,9 @@ import (
 //
 // Waiting at either gate ends with ctx (Close, pool shutdown) and is
 // reported: a StateChange from StateConnecting to StateConnecting whose Err
-// wraps ErrAdmissionWait (only while the feed is connecting, not for a
-// rotation's dial), and Stats.AdmissionWaits, AdmissionWaiting and
-// AdmissionWaited.
+// wraps ErrAdmissionWait (only for the feed's own dial while it is
+// connecting, not for a rotation's or a standby connection's), and
+// Stats.AdmissionWaits, AdmissionWaiting and AdmissionWaited (every dial).
 
 // DefaultPenalty is how long a whole admission key is held after its
 // upstream asked a feed to slow down without saying for how long.
@@ -505,15 +505,19 @@ func (c *Client) admissionKey(u *url.URL, h http.Header) string {
 	return key
 }
 
-// enterGate passes the pool's gates for a dial to host under key.
-func (c *Client) enterGate(ctx context.Context, host, key string) (*dialTicket, error) {
+// enterGate passes the pool's gates for a dial to host under key. A wait
+// is reported as a state change only for the feed's own dial (not a
+// standby connection's: the feed's state and attempt count are the
+// primary's, owned by the feed's loop), and only while the feed is
+// connecting (not for a rotation's dial).
+func (c *Client) enterGate(ctx context.Context, host, key string, own bool) (*dialTicket, error) {
 	var start time.Time
 	t, err := c.cfg.dialSem.enter(ctx, host, key, func(reason string, d time.Duration) {
 		start = time.Now()
 		c.admit.waits.Add(1)
 		c.admit.waiting.Store(true)
 		c.mu.Lock()
-		connecting := c.state == StateConnecting
+		connecting := own && c.state == StateConnecting
 		c.mu.Unlock()
 		if connecting {
 			c.setState(StateConnecting, fmt.Errorf("%w (%s)", ErrAdmissionWait, reason), c.rp.failures, d)

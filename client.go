@@ -653,7 +653,7 @@ func (c *Client) connect(ctx context.Context) (*Conn, error) {
 // open dials base and runs OnConnect: a connection ready to serve (the
 // feed's, a rotation's replacement, or standby connection l's).
 func (c *Client) open(ctx context.Context, base *url.URL, l *lane) (*Conn, error) {
-	conn, err := c.dial(ctx, base)
+	conn, err := c.dial(ctx, base, l)
 	if err != nil {
 		return nil, err
 	}

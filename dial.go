@@ -18,7 +18,7 @@ import (
 
 // dial makes one connection attempt to base (the feed's URL, or a standby
 // connection's), bounded by the handshake timeout and the pool's admission.
-func (c *Client) dial(ctx context.Context, base *url.URL) (*Conn, error) {
+func (c *Client) dial(ctx context.Context, base *url.URL, l *lane) (*Conn, error) {
 	u := *base
 	h := c.cfg.header.Clone()
 	if h == nil {
@@ -46,10 +46,12 @@ func (c *Client) dial(ctx context.Context, base *url.URL) (*Conn, error) {
 		}
 		u.User = nil
 	}
-	c.mu.Lock()
-	c.dialedHost = u.Host // the wake's key: the host really dialled
-	c.mu.Unlock()
-	ticket, err := c.enterGate(ctx, u.Host, c.admissionKey(&u, h))
+	if l == nil { // a standby connection's host (maybe an alternate) is not the feed's
+		c.mu.Lock()
+		c.dialedHost = u.Host // the wake's key: the host really dialled
+		c.mu.Unlock()
+	}
+	ticket, err := c.enterGate(ctx, u.Host, c.admissionKey(&u, h), l == nil)
 	if err != nil {
 		return nil, err
 	}
