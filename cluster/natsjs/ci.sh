@@ -8,9 +8,10 @@
 #    each next to an embedded nats-server, and measures takeover and stall
 #    times, which the race detector's 5-10x slowdown would swamp on 2 cores.
 #    NATSJS_FEEDS sets the feed count: 200 here by default; the issue's
-#    figure is 1000 (NATSJS_FEEDS=1000 ./ci.sh), which this 2-core machine
-#    carries for the kill, zombie and join tests but not within the 200 ms
-#    stall and hand-over targets (see README.md, "Measured").
+#    figure is 1000 (NATSJS_FEEDS=1000 ./ci.sh, about two minutes), which
+#    passes every correctness check on this 2-core machine, but there the
+#    whole cluster needs both cores, so under other work (load average 9+)
+#    a stall can pass even the loose 2 s bound (see README.md, "Measured").
 set -euo pipefail
 cd "$(dirname "$0")"
 go test -race -count=1 -skip '^TestCluster' ./...
