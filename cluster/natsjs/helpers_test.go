@@ -364,23 +364,27 @@ func newTestCluster(t *testing.T, natsURL string, tc testConfig, nFeeds int, int
 		t.Fatal(err)
 	}
 	c.feeds = startFeedServer(t, interval)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
 	fs := make([]natsjs.Feed, nFeeds)
 	for i := range fs {
 		n := fmt.Sprintf("f%04d", i)
 		c.names = append(c.names, n)
 		fs[i] = natsjs.Feed{Name: n, URL: c.feeds.URL(n)}
 	}
-	// A NATS cluster may still be placing peers: retry for a while.
+	// A NATS cluster may still be placing peers: retry for a while, each
+	// attempt bounded (a request lost while the cluster settles would
+	// otherwise wait out the whole minute: seen once creating the stream).
+	deadline := time.Now().Add(time.Minute)
 	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		err := c.admin.Register(ctx, fs...)
+		cancel()
 		if err == nil {
 			break
 		}
-		if ctx.Err() != nil {
+		if time.Now().After(deadline) {
 			t.Fatal(err)
 		}
+		t.Logf("registering the feeds (will retry): %v", err)
 		time.Sleep(100 * time.Millisecond)
 	}
 	js, _ := jetstream.New(nc)
