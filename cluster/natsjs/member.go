@@ -2,12 +2,15 @@ package natsjs
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -138,6 +141,7 @@ func (c *Config) setDefaults() error {
 // methods are safe for concurrent use.
 type Member struct {
 	cfg    Config
+	holder string // the value of the leases it holds: "<Member>@<random>", one per Member value
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	log    *slog.Logger
@@ -170,8 +174,11 @@ func New(nc *nats.Conn, cfg Config) (*Member, error) {
 		cfg.Logger.Warn("natsjs: the NATS connection notices a frozen server only after its pings time out, later than a lease can go unrenewed; use nats.PingInterval and nats.MaxPingsOutstanding to bring it below TTL-Margin",
 			"ping_detection", d, "ttl_minus_margin", cfg.TTL-cfg.Margin)
 	}
+	var inc [6]byte
+	_, _ = rand.Read(inc[:])
 	return &Member{
 		cfg:    cfg,
+		holder: cfg.Member + "@" + hex.EncodeToString(inc[:]),
 		nc:     nc,
 		js:     js,
 		log:    cfg.Logger.With("member", cfg.Member),
@@ -310,6 +317,12 @@ func (m *Member) Feeds(ctx context.Context) ([]Feed, error) {
 		}
 	}
 	return out, nil
+}
+
+// holderName returns the member named by a lease value ("<member>@<id>").
+func holderName(v string) string {
+	name, _, _ := strings.Cut(v, "@")
+	return name
 }
 
 // mono is the member's monotonic clock.

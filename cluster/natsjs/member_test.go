@@ -135,7 +135,9 @@ func TestRegisterUnregister(t *testing.T) {
 // leaves the member one revision behind its own lease. The next renewal is
 // refused for the revision; the member reads the key back, finds its own
 // name, and renews from there: no lease is lost. Here the unheard renewal is
-// made by hand: an Update of each of the member's leases, writing its name.
+// made by hand: an Update of each of the member's leases, writing its value
+// again. A write of another value under its name (another process with the
+// same Member) takes the lease.
 func TestRenewalStoredUnheard(t *testing.T) {
 	ns := startNATS(t)
 	tc := testConfig{Name: "unheard", Shards: 8, Slots: 1, TTL: 2 * time.Second}
@@ -176,12 +178,12 @@ func TestRenewalStoredUnheard(t *testing.T) {
 			continue
 		}
 		e, err := kv.Get(ctx, k)
-		if err != nil || string(e.Value()) != "solo" {
+		if err != nil || !strings.HasPrefix(string(e.Value()), "solo@") {
 			continue
 		}
 		// Races a renewal of the member now and then: then the member's
 		// own renewal wins and this one is refused, which is fine too.
-		if rev, err := kv.Update(ctx, k, []byte("solo"), e.Revision()); err == nil {
+		if rev, err := kv.Update(ctx, k, e.Value(), e.Revision()); err == nil {
 			moved[k] = rev
 		}
 	}
@@ -192,7 +194,7 @@ func TestRenewalStoredUnheard(t *testing.T) {
 	// renewed past the revision written here, and none was lost.
 	waitFor(t, "the member renewing the moved leases", 10*time.Second, func() bool {
 		for k, rev := range moved {
-			if e, err := kv.Get(ctx, k); err != nil || e.Revision() <= rev || string(e.Value()) != "solo" {
+			if e, err := kv.Get(ctx, k); err != nil || e.Revision() <= rev || !strings.HasPrefix(string(e.Value()), "solo@") {
 				return false
 			}
 		}
@@ -203,6 +205,23 @@ func TestRenewalStoredUnheard(t *testing.T) {
 	t.Logf("%d lease revisions moved on behind the member's back; stats %+v", len(moved), s)
 	if s.Lost != 0 || s.Fenced != 0 || s.LeasesHeld != tc.Shards {
 		t.Errorf("lost %d, fenced %d, held %d of %d (want 0, 0, all)", s.Lost, s.Fenced, s.LeasesHeld, tc.Shards)
+	}
+
+	// Another process under the same name (a second incarnation: its own
+	// id) writing a lease takes it: the member gives it up.
+	for k := range moved {
+		e, err := kv.Get(ctx, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := kv.Update(ctx, k, []byte("solo@other"), e.Revision()); err != nil {
+			continue // raced a renewal: try the next key
+		}
+		waitFor(t, "the lease written by another incarnation given up", 10*time.Second, func() bool { return m.Stats().Lost > 0 })
+		break
+	}
+	if m.Stats().Lost == 0 {
+		t.Error("no lease given up to another incarnation")
 	}
 }
 
@@ -262,8 +281,8 @@ func TestRefusedFeedLeaseStillOurs(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, k := range keys {
-		if e, err := kv.Get(ctx, k); err == nil && strings.HasPrefix(k, "s.") && string(e.Value()) == "solo" {
-			kv.Update(ctx, k, []byte("solo"), e.Revision())
+		if e, err := kv.Get(ctx, k); err == nil && strings.HasPrefix(k, "s.") && strings.HasPrefix(string(e.Value()), "solo@") {
+			kv.Update(ctx, k, e.Value(), e.Revision())
 		}
 	}
 	before := m.Stats()

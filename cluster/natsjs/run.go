@@ -298,22 +298,24 @@ func (r *run) renewOnce(ctx context.Context) {
 // renewLease renews one lease. A renewal that JetStream stored but whose
 // acknowledgement was lost (a NATS leader lost mid-write; the new leader
 // commits what the old one had replicated) leaves us behind our own lease's
-// revision: the next Update is refused. If the key still holds our name at
-// a newer revision, that write was ours (only we write our name to a key we
-// hold, and an Update with a revision it no longer has is refused), so the
-// renewal is retried at that revision.
+// revision: the next Update is refused. If the key still holds our holder
+// value (our name and this Member's random id) at a newer revision, that
+// write was ours (nobody else writes that value, and an Update with a
+// revision the key no longer has is refused), so the renewal is retried at
+// that revision. Another process under our name (a restarted member whose
+// predecessor still runs) writes another id: that lease is lost to us.
 func (r *run) renewLease(ctx context.Context, sr *shardRun) (uint64, error) {
 	m := r.m
-	rev, err := m.leases.Update(ctx, sr.key, []byte(m.cfg.Member), sr.rev.Load())
+	rev, err := m.leases.Update(ctx, sr.key, []byte(m.holder), sr.rev.Load())
 	if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 		return rev, err
 	}
 	g, gerr := m.leases.Get(ctx, sr.key)
-	if gerr != nil || string(g.Value()) != m.cfg.Member || g.Revision() <= sr.rev.Load() {
+	if gerr != nil || string(g.Value()) != m.holder || g.Revision() <= sr.rev.Load() {
 		return 0, err
 	}
 	m.log.Debug("natsjs: lease renewed behind our back, renewing from its revision", "shard", sr.shard, "rev", g.Revision())
-	return m.leases.Update(ctx, sr.key, []byte(m.cfg.Member), g.Revision())
+	return m.leases.Update(ctx, sr.key, []byte(m.holder), g.Revision())
 }
 
 // see records a value of a leases key if it is newer than what we know.
@@ -338,7 +340,7 @@ func (r *run) applyLease(e jetstream.KeyValueEntry) {
 	}
 	// Someone else wrote a lease we hold: it is lost.
 	for _, sr := range r.held {
-		if sr.key == e.Key() && e.Revision() > sr.rev.Load() && (gone || ent.val != r.m.cfg.Member) {
+		if sr.key == e.Key() && e.Revision() > sr.rev.Load() && (gone || ent.val != r.m.holder) {
 			if sr.stopped.CompareAndSwap(false, true) {
 				r.m.stats.lost.Add(1)
 				r.m.log.Warn("natsjs: lease taken by another member", "shard", sr.shard, "by", ent.val)
@@ -447,10 +449,10 @@ func (r *run) reconcile(ctx context.Context) {
 			switch {
 			case e == nil || e.gone || now-e.seen >= m.cfg.TTL:
 				free = append(free, slot)
-			case e.val == me && r.held[shard] == nil:
+			case holderName(e.val) == me && r.held[shard] == nil:
 				orphan = slot // ours from an earlier run
 			default:
-				holders[e.val] = true
+				holders[holderName(e.val)] = true
 			}
 		}
 		if sr := r.held[shard]; sr != nil {
@@ -512,13 +514,13 @@ func (r *run) claim(ctx context.Context, c *claimResult) {
 	defer cancel()
 	c.sent = m.mono()
 	if c.prev == nil || c.prev.gone {
-		c.rev, c.err = m.leases.Create(cctx, key, []byte(m.cfg.Member))
+		c.rev, c.err = m.leases.Create(cctx, key, []byte(m.holder))
 		return
 	}
-	c.rev, c.err = m.leases.Update(cctx, key, []byte(m.cfg.Member), c.prev.rev)
+	c.rev, c.err = m.leases.Update(cctx, key, []byte(m.holder), c.prev.rev)
 	if errors.Is(c.err, jetstream.ErrKeyRevisionMismatch) || errors.Is(c.err, jetstream.ErrKeyNotFound) {
 		// Expired on the server, or written meanwhile: Create tells.
-		c.rev, c.err = m.leases.Create(cctx, key, []byte(m.cfg.Member))
+		c.rev, c.err = m.leases.Create(cctx, key, []byte(m.holder))
 	}
 }
 
@@ -534,7 +536,7 @@ func (r *run) claimed(c *claimResult) {
 		return // cannot happen: one claim per shard at a time
 	}
 	switch e := c.prev; {
-	case e != nil && !e.gone && e.val != m.cfg.Member:
+	case e != nil && !e.gone && holderName(e.val) != m.cfg.Member:
 		m.stats.takeovers.Add(1)
 	case e != nil && e.gone:
 		m.stats.handovers.Add(1)
@@ -548,7 +550,7 @@ func (r *run) claimed(c *claimResult) {
 	r.renew[sr] = struct{}{}
 	r.mu.Unlock()
 	m.stats.held.Add(1)
-	r.see(key, m.cfg.Member, c.rev, false)
+	r.see(key, m.holder, c.rev, false)
 	m.log.Debug("natsjs: lease acquired", "shard", c.shard, "slot", c.slot, "rev", c.rev)
 	for _, n := range r.byShard[c.shard] {
 		r.startFeed(sr, r.desired[n])
@@ -669,7 +671,7 @@ func (r *run) deleteLease(ctx context.Context, sr *shardRun) error {
 		if gerr != nil {
 			return gerr
 		}
-		if string(g.Value()) != r.m.cfg.Member {
+		if string(g.Value()) != r.m.holder {
 			return err // someone else's now
 		}
 		rev = g.Revision()
@@ -737,10 +739,9 @@ func (r *run) checkStopped(ctx context.Context) {
 		return
 	}
 	// The key tells whether the lease is still ours: it is while it holds
-	// our name (only we write our name to a key we hold), even at a
-	// revision newer than the one we know, which a renewal under way or one
-	// stored without our hearing back (a NATS leader lost mid-write)
-	// explains. The keys are read in parallel; one that cannot be read now
+	// our holder value (see renewLease), even at a revision newer than the
+	// one we know, which a renewal under way or one stored without our
+	// hearing back (a NATS leader lost mid-write) explains. The keys are read in parallel; one that cannot be read now
 	// (NATS unavailable) is read again at the next check, and meanwhile the
 	// renewer fences the lease if it stays unproven.
 	cctx, cancel := context.WithTimeout(ctx, r.renewEvery)
@@ -767,7 +768,7 @@ func (r *run) checkStopped(ctx context.Context) {
 			r.m.log.Debug("natsjs: lease not read, will retry", "shard", sr.shard, "err", c.err)
 			continue
 		}
-		if c.err != nil || c.val != r.m.cfg.Member {
+		if c.err != nil || c.val != r.m.holder {
 			if sr.stopped.CompareAndSwap(false, true) {
 				r.m.stats.lost.Add(1)
 				r.m.log.Warn("natsjs: lease lost (found after the stream refused a publish)", "shard", sr.shard, "by", c.val, "err", c.err)
