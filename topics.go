@@ -145,8 +145,8 @@ type topicFeed struct {
 	connected bool            // ever connected
 	gone      bool
 	// gen numbers f's connections: the live one's, and the one OnConnect
-	// is subscribing (the same unless a rotation is under way). A request
-	// carries the gen of the connection it was meant for.
+	// subscribed last (replayGen >= gen; greater while a rotation is under
+	// way). A request carries the gen of the connection it was meant for.
 	gen, replayGen uint64
 }
 
@@ -488,7 +488,7 @@ func (t *Topics) onConnect(ctx context.Context, f *topicFeed, c *Conn) error {
 	t.mu.Lock()
 	rotation := f.live // the current connection stays up meanwhile
 	f.replaying, f.late, f.lateGone = true, nil, nil
-	f.replayGen = f.gen + 1
+	f.replayGen++ // new for every attempt: a failed attempt's requests are not this one's
 	snap := make([]string, 0, len(f.topics))
 	for tp := range f.topics {
 		snap = append(snap, tp)
