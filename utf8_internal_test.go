@@ -1,6 +1,7 @@
 package wspool
 
 import (
+	"bytes"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -68,7 +69,15 @@ func BenchmarkUTF8(b *testing.B) {
 	for _, tc := range []struct {
 		name string
 		b    []byte
-	}{{"ascii-json", ascii}, {"mixed", mixed}} {
+	}{{"ascii-json-64", ascii[:64]}, {"ascii-json-128", ascii[:128]}, {"ascii-json-256", ascii[:256]}, {"ascii-json", ascii}, {"mixed", mixed}} {
+		b.Run(tc.name+"/asciiOnly+stdlib", func(b *testing.B) {
+			b.SetBytes(int64(len(tc.b)))
+			for b.Loop() {
+				if !asciiOnly(tc.b) && !utf8.Valid(tc.b) {
+					b.Fatal("invalid")
+				}
+			}
+		})
 		b.Run(tc.name+"/streaming", func(b *testing.B) {
 			b.SetBytes(int64(len(tc.b)))
 			for b.Loop() {
@@ -109,6 +118,30 @@ func TestMsgCheckCarry(t *testing.T) {
 		ok = ok && m.nc == 0
 		if want := utf8.Valid(b); ok != want {
 			t.Fatalf("%q: chunked check %v, utf8.Valid %v", b, ok, want)
+		}
+	}
+}
+
+// TestASCIIOnly: asciiOnly finds a byte with the high bit at any position
+// of any length, and accepts every all-ASCII slice.
+func TestASCIIOnly(t *testing.T) {
+	for n := 0; n <= 200; n++ {
+		b := bytes.Repeat([]byte{'a'}, n)
+		if !asciiOnly(b) {
+			t.Fatalf("%d ASCII bytes: not ASCII", n)
+		}
+		for i := 0; i < n; i++ {
+			for _, c := range []byte{0x80, 0xC3, 0xFF} {
+				b[i] = c
+				if asciiOnly(b) {
+					t.Fatalf("%d bytes with %#x at %d: ASCII", n, c, i)
+				}
+			}
+			b[i] = 0x7F
+			if !asciiOnly(b) {
+				t.Fatalf("%d bytes with 0x7f at %d: not ASCII", n, i)
+			}
+			b[i] = 'a'
 		}
 	}
 }
