@@ -401,8 +401,19 @@ func TestTopicsRotationKeepsLateChanges(t *testing.T) {
 	r.settled(t, []string{"a001", "a002", "late"}, nil)
 	// A request left waiting for an answer the old connection will never
 	// give (the server closed without answering what it read last) times
-	// out after AckTimeout and reconnects the feed: give it three times that.
-	time.Sleep(3 * ackTimeout)
+	// out after AckTimeout, is reported and reconnects the feed: watch for
+	// that for three times AckTimeout.
+	quiet := time.After(3 * ackTimeout)
+	for watching := true; watching; {
+		select {
+		case <-quiet:
+			watching = false
+		case <-time.After(10 * time.Millisecond):
+			if errs := r.errors(); len(errs) != 0 {
+				t.Fatalf("after the rotation: %v", errs)
+			}
+		}
+	}
 	if s := c.Stats(); s.Rotations != 1 || s.Connects != 2 || s.LastError != nil {
 		t.Fatalf("want one rotation and no reconnect: %+v", s)
 	}
