@@ -14,14 +14,14 @@ import (
 )
 
 // runMember runs a member in this process (for -race); stop ends it
-// gracefully and returns its stats.
-func runMember(t *testing.T, url string, tc testConfig, name string) (stop func() natsjs.Stats) {
+// gracefully and returns its stats (the test's cleanup stops it too).
+func runMember(t *testing.T, url string, tc testConfig, name string) (m *natsjs.Member, stop func() natsjs.Stats) {
 	t.Helper()
 	nc, err := nats.Connect(url, nats.MaxReconnects(-1))
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := natsjs.New(nc, tc.config(name))
+	m, err = natsjs.New(nc, tc.config(name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +41,7 @@ func runMember(t *testing.T, url string, tc testConfig, name string) (stop func(
 		return m.Stats()
 	}
 	t.Cleanup(func() { stop() })
-	return stop
+	return m, stop
 }
 
 // TestMembersInProcess runs members in the test process, so that -race sees
@@ -53,8 +53,8 @@ func TestMembersInProcess(t *testing.T) {
 		ns := startNATS(t)
 		tc := testConfig{Name: "inproc", Shards: 16, Slots: slots, TTL: time.Second}
 		c := newTestCluster(t, ns.ClientURL(), tc, 40, 20*time.Millisecond)
-		stopA := runMember(t, ns.ClientURL(), tc, "a")
-		stopB := runMember(t, ns.ClientURL(), tc, "b")
+		_, stopA := runMember(t, ns.ClientURL(), tc, "a")
+		_, stopB := runMember(t, ns.ClientURL(), tc, "b")
 		waitFor(t, "both members publishing", 30*time.Second, func() bool {
 			o := c.owners()
 			return o["a"] > 0 && o["b"] > 0
@@ -90,24 +90,8 @@ func TestRegisterUnregister(t *testing.T) {
 	ns := startNATS(t)
 	tc := testConfig{Name: "reg", Shards: 8, Slots: 1, TTL: time.Second}
 	c := newTestCluster(t, ns.ClientURL(), tc, 5, 20*time.Millisecond)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	m, err := natsjs.New(nc, tc.config("solo"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	m, _ := runMember(t, ns.ClientURL(), tc, "solo")
+	ctx := t.Context()
 	waitFor(t, "5 feeds running", 10*time.Second, func() bool { return m.Stats().Feeds == 5 })
 
 	// The watcher only checks the feeds it was told about: a new feed is
@@ -142,24 +126,8 @@ func TestRenewalStoredUnheard(t *testing.T) {
 	ns := startNATS(t)
 	tc := testConfig{Name: "unheard", Shards: 8, Slots: 1, TTL: 2 * time.Second}
 	c := newTestCluster(t, ns.ClientURL(), tc, 8, 20*time.Millisecond)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	m, err := natsjs.New(nc, tc.config("solo"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	m, _ := runMember(t, ns.ClientURL(), tc, "solo")
+	ctx := t.Context()
 	waitFor(t, "every shard held", 10*time.Second, func() bool { return m.Stats().LeasesHeld == tc.Shards })
 	c.w.waitFlowing(t, time.Now(), 10*time.Second)
 
@@ -235,24 +203,8 @@ func TestRefusedFeedLeaseStillOurs(t *testing.T) {
 	ns := startNATS(t)
 	tc := testConfig{Name: "refused", Shards: 4, Slots: 1, TTL: 2 * time.Second}
 	c := newTestCluster(t, ns.ClientURL(), tc, 4, 20*time.Millisecond)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	m, err := natsjs.New(nc, tc.config("solo"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	m, _ := runMember(t, ns.ClientURL(), tc, "solo")
+	ctx := t.Context()
 	// A feed the watcher does not check (its subject gets a foreign message).
 	if err := c.admin.Register(ctx, natsjs.Feed{Name: "extra", URL: c.feeds.URL("extra")}); err != nil {
 		t.Fatal(err)
