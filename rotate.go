@@ -46,7 +46,10 @@ func WithDuplicateFilter(isDup func(Message) bool) Option {
 // for WithMaxConnectionAge. It returns once Send has switched (nil), or with
 // the error of the attempt (the current connection is then kept), or
 // ErrNotConnected if the feed has no connection, or ctx.Err() if ctx ends
-// first (the rotation goes on). A rotation already under way is joined.
+// first (the rotation goes on). A rotation already under way is joined; with
+// WithMaxConnectionAge that includes the connection's timed rotation, which
+// Rotate starts early: a failed attempt of it is retried after a tenth of the
+// age, so Rotate then returns once one succeeds or ctx ends.
 // Called from inside a callback it starts the rotation and returns nil
 // without waiting (the rotation's OnConnect may need that goroutine).
 func (c *Client) Rotate(ctx context.Context) error {
