@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/wspool/wspool/internal/redact"
 )
 
 // MessageType is the type of a data message.
@@ -230,7 +231,7 @@ func newClient(rawURL string, h Handler, cfg config) (*Client, error) {
 	}
 	name := cfg.name
 	if name == "" {
-		name = redactURL(u)
+		name = redact.URL(u)
 	}
 	logger := cfg.logger
 	if logger == nil {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/wspool/wspool/internal/redact"
 )
 
 // dial makes one connection attempt to base (the feed's URL, or a standby
@@ -99,9 +100,9 @@ func (c *Client) dial(ctx context.Context, base *url.URL, l *lane) (*Conn, error
 		var ue *url.Error
 		if errors.As(err, &ue) {
 			// A *url.Error quotes the whole URL; keep the reason only.
-			return nil, fmt.Errorf("wspool: dial: %s %s: %w", ue.Op, redactURL(&u), ue.Err)
+			return nil, fmt.Errorf("wspool: dial: %s %s: %w", ue.Op, redact.URL(&u), ue.Err)
 		}
-		return nil, fmt.Errorf("wspool: dial: %w", shortError(err))
+		return nil, fmt.Errorf("wspool: dial: %w", redact.Truncate(err))
 	}
 	tc := slot.conn.Load()
 	if tc == nil {

@@ -181,12 +181,13 @@ func positive(c *config, name string, d time.Duration) bool {
 // The default is the URL without userinfo and fragment, with secret-looking
 // parts replaced by "REDACTED": the values of query keys that name a secret
 // (containing token, key, secret, pass, pwd, auth, sig, session, credential,
-// jwt, bearer, cookie, code, ticket, access, private, hmac or nonce, or
-// exactly pw, pin, otp, sid, ak, sk or cred), and path segments and query
-// values that look like a random token (only letters, digits and "-_.~+=",
-// with a letter and a digit, and at least 24 characters, or at least 16
-// mixing upper case, lower case and digits: listen keys, API keys, JWTs,
-// UUIDs). Names must be unique within a pool.
+// jwt, bearer, cookie, code, ticket, access, private, hmac or nonce in any
+// case, or being pw, pin, otp, sid, ak, sk or cred once case, "-" and "_"
+// are ignored), path segments and query values that look like a random token
+// (only letters, digits and "-_.~+=", with a letter and a digit, and at least
+// 24 characters, or at least 16 mixing upper case, lower case and digits:
+// listen keys, API keys, JWTs, UUIDs), and a whole query that does not parse.
+// Names must be unique within a pool.
 func WithName(name string) Option {
 	return func(c *config) {
 		if name == "" {

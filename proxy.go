@@ -13,6 +13,8 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+
+	"github.com/wspool/wspool/internal/redact"
 )
 
 // netDialer opens the connection a dial upgrades: TCP (through an HTTP
@@ -159,7 +161,7 @@ func httpConnect(conn net.Conn, proxyURL *url.URL, target string) error {
 	br := bufio.NewReaderSize(conn, 512)
 	resp, err := http.ReadResponse(br, req)
 	if err != nil {
-		return fmt.Errorf("proxy %s: CONNECT: %w", proxyURL.Host, shortError(err))
+		return fmt.Errorf("proxy %s: CONNECT: %w", proxyURL.Host, redact.Truncate(err))
 	}
 	_ = resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {

@@ -95,28 +95,3 @@ func TestSecretPathSegmentsAndWiderKeysRedacted(t *testing.T) {
 		})
 	}
 }
-
-// TestFeedNameHeuristicKeepsWords: what the path heuristic keeps and replaces.
-func TestFeedNameHeuristicKeepsWords(t *testing.T) {
-	for path, redacted := range map[string]bool{
-		"/stream":                               false,
-		"/v3":                                   false,
-		"/btcusdt@aggTrade":                     false,
-		"/2024-01-15":                           false,
-		"/market-data-feed-for-options":         false, // no digit
-		"/ABCDEFGH12":                           false, // short
-		"/Ab3xQ9kLm2Pz7Rt5":                     true,  // 16, mixed case and digits
-		"/9aa3d95b3bc440fa88ea12eaa4456161":     true,  // 32 hex
-		"/123e4567-e89b-12d3-a456-426614174000": true,  // UUID
-		"/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl": true, // JWT
-	} {
-		c, err := wspool.NewClient("ws://example.com"+path, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got := strings.Contains(c.Name(), "REDACTED")
-		if got != redacted {
-			t.Errorf("%s: name %q, redacted %v, want %v", path, c.Name(), got, redacted)
-		}
-	}
-}

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/wspool/wspool/internal/redact"
 )
 
 // Standby configures hot standby connections (WithStandby).
@@ -231,7 +233,7 @@ func standbyStats(lanes []*lane) []StandbyStats {
 		le := l.lastErr
 		l.mu.Unlock()
 		out[i] = StandbyStats{
-			Index: l.idx, URL: redactURL(l.url), Connected: l.connected.Load(),
+			Index: l.idx, URL: redact.URL(l.url), Connected: l.connected.Load(),
 			Connects: l.connects.Load(), Disconnects: l.disconnects.Load(),
 			MessagesIn: l.msgs.Load(), Won: l.won.Load(), LastError: le,
 		}

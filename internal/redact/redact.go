@@ -1,4 +1,9 @@
-package wspool
+// Package redact renders URLs and errors for names, logs and Stats without
+// the credentials they may hold: userinfo, the values of secret-looking query
+// keys, and path segments or values that look like a random token (listen
+// keys, API keys, JWTs, UUIDs). It also bounds the text of errors that quote
+// what a server sent.
+package redact
 
 import (
 	"fmt"
@@ -6,31 +11,35 @@ import (
 	"strings"
 )
 
-// shortError keeps a hostile server's bytes quoted in an error (an endless
+// Truncate keeps a hostile server's bytes quoted in an error (an endless
 // header line, say) from bloating logs and Stats: the message is cut at
-// maxErrorText; errors.Is/As still see the original.
-func shortError(err error) error {
-	if len(err.Error()) <= maxErrorText {
+// MaxErrorText bytes (and says how long it was); errors.Is/As still see the
+// original.
+func Truncate(err error) error {
+	if len(err.Error()) <= MaxErrorText {
 		return err
 	}
 	return &truncatedError{err}
 }
 
-const maxErrorText = 512
+// MaxErrorText is the longest error message Truncate leaves whole.
+const MaxErrorText = 512
 
 type truncatedError struct{ err error }
 
 func (e *truncatedError) Error() string {
 	msg := e.err.Error()
-	return fmt.Sprintf("%s… (%d bytes)", strings.ToValidUTF8(msg[:maxErrorText], ""), len(msg))
+	return fmt.Sprintf("%s… (%d bytes)", strings.ToValidUTF8(msg[:MaxErrorText], ""), len(msg))
 }
 
 func (e *truncatedError) Unwrap() error { return e.err }
 
-// redactURL renders u for names and logs: no userinfo, no fragment,
-// secret-looking path segments replaced, and the values of secret-looking
-// query keys (secretKey) and secret-looking values (secretValue) replaced.
-func redactURL(u *url.URL) string {
+// URL renders u for names and logs: no userinfo, no fragment,
+// secret-looking path segments replaced by "REDACTED", and the values of
+// secret-looking query keys (SecretKey) and secret-looking values
+// (SecretValue) replaced likewise. A query that does not parse is replaced
+// whole.
+func URL(u *url.URL) string {
 	r := *u
 	r.User = nil
 	r.Fragment = ""
@@ -39,7 +48,7 @@ func redactURL(u *url.URL) string {
 		segs := strings.Split(r.Path, "/")
 		changed := false
 		for i, s := range segs {
-			if secretValue(s) {
+			if SecretValue(s) {
 				segs[i] = "REDACTED"
 				changed = true
 			}
@@ -55,12 +64,12 @@ func redactURL(u *url.URL) string {
 			r.RawQuery = "REDACTED"
 		} else {
 			for k, vs := range q {
-				if secretKey(k) {
+				if SecretKey(k) {
 					q[k] = []string{"REDACTED"}
 					continue
 				}
 				for i, v := range vs {
-					if secretValue(v) {
+					if SecretValue(v) {
 						vs[i] = "REDACTED"
 					}
 				}
@@ -71,19 +80,24 @@ func redactURL(u *url.URL) string {
 	return r.String()
 }
 
-// secretWords are query keys that look secret when found anywhere in a key
+// secretWords make a query key secret when found anywhere in it
 // (case-insensitive); secretKeys are short ones that must be the whole key
-// (after removing "-" and "_"), since as substrings they would match
-// harmless keys ("side" holds "sid").
+// (case-insensitive, after removing "-" and "_"), since as substrings they
+// would match harmless keys ("side" holds "sid").
 var (
 	secretWords = []string{
 		"token", "key", "secret", "pass", "pwd", "auth", "sig", "session", "credential",
 		"jwt", "bearer", "cookie", "code", "ticket", "access", "private", "hmac", "nonce",
 	}
-	secretKeys = []string{"pw", "pin", "otp", "sid", "ak", "sk", "cred", "apikey", "listenkey"}
+	secretKeys = []string{"pw", "pin", "otp", "sid", "ak", "sk", "cred"}
 )
 
-func secretKey(k string) bool {
+// SecretKey reports whether the values under query key k are secret: k
+// contains one of token, key, secret, pass, pwd, auth, sig, session,
+// credential, jwt, bearer, cookie, code, ticket, access, private, hmac or
+// nonce, or is pw, pin, otp, sid, ak, sk or cred (any case, "-" and "_"
+// ignored).
+func SecretKey(k string) bool {
 	k = strings.ToLower(k)
 	for _, w := range secretWords {
 		if strings.Contains(k, w) {
@@ -99,14 +113,14 @@ func secretKey(k string) bool {
 	return false
 }
 
-// secretValue reports whether a path segment or query value looks like a
+// SecretValue reports whether a path segment or query value looks like a
 // credential: a random-looking token such as an exchange listen key, an API
 // key in an RPC path, a JWT or a UUID. The heuristic: only letters, digits
 // and "-_.~+=" (the characters of hex, base64url and JWTs), at least one
 // letter and one digit, and either at least 24 characters, or at least 16
 // mixing upper case, lower case and digits. Words, symbols ("BTCUSDT"),
 // version segments ("v3") and dates ("2024-01-15") are kept.
-func secretValue(s string) bool {
+func SecretValue(s string) bool {
 	if len(s) < 16 {
 		return false
 	}
