@@ -148,6 +148,7 @@ func TestChaosSoak(t *testing.T) {
 		wspool.WithPingInterval(300*time.Millisecond),
 		wspool.WithPongTimeout(600*time.Millisecond),
 		wspool.WithHandshakeTimeout(time.Second),
+		wspool.WithOnConnectTimeout(time.Second),
 		wspool.WithBackoff(20*time.Millisecond, 500*time.Millisecond),
 		wspool.WithCloseTimeout(soakCloseTimeout),
 		wspool.WithWriteTimeout(soakWriteTimeout),

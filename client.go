@@ -734,7 +734,7 @@ func (c *Client) runOnConnect(ctx context.Context, conn *Conn) (err error) {
 	if c.cfg.onConnect == nil {
 		return nil
 	}
-	octx, cancel := context.WithTimeout(ctx, c.cfg.handshakeTO)
+	octx, cancel := context.WithTimeout(ctx, c.cfg.onConnectTO)
 	defer cancel()
 	// On shutdown, a send stuck on a peer that does not read must not hold
 	// Close for the write timeout: the close handshake waits at most the

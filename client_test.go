@@ -534,6 +534,8 @@ func TestValidation(t *testing.T) {
 		"heartbeat no func":  wspool.WithHeartbeat(wspool.Heartbeat{Interval: time.Second}),
 		"negative stale":     wspool.WithStaleTimeout(-time.Second),
 		"zero write timeout": wspool.WithWriteTimeout(0),
+		"zero handshake":     wspool.WithHandshakeTimeout(0),
+		"negative OnConnect": wspool.WithOnConnectTimeout(-time.Second),
 	}
 	for name, o := range bad {
 		if _, err := wspool.NewClient("ws://127.0.0.1:1/", nil, o); !errors.Is(err, wspool.ErrInvalidOption) {
@@ -563,5 +565,87 @@ func TestDefaultNameRedactsSecrets(t *testing.T) {
 	}
 	if !strings.Contains(name, "symbol=BTC") || !strings.Contains(name, "example.com/stream") {
 		t.Errorf("name %q lost the non-secret parts", name)
+	}
+}
+
+// TestOnConnectTimeoutIsNotTheHandshakeTimeout: an OnConnect that takes five
+// times the handshake timeout (200ms) succeeds, because its own timeout
+// (WithOnConnectTimeout, 1 minute) bounds it: its ctx's deadline is about a
+// minute away. Before WithOnConnectTimeout, the handshake timeout bounded
+// OnConnect too, so a long paced resubscribe needed a long handshake timeout.
+func TestOnConnectTimeoutIsNotTheHandshakeTimeout(t *testing.T) {
+	srv := newServer(t, wstest.Drain)
+	const handshakeTO = 200 * time.Millisecond
+	var calls atomic.Int32
+	left := make(chan time.Duration, 1)
+	ev := newEvents()
+	c, err := wspool.NewClient(srv.URL("/"), nil, ev.option(),
+		wspool.WithBackoff(10*time.Millisecond, 50*time.Millisecond),
+		wspool.WithHandshakeTimeout(handshakeTO),
+		wspool.WithOnConnectTimeout(time.Minute),
+		wspool.WithOnConnect(func(ctx context.Context, _ *wspool.Conn) error {
+			if calls.Add(1) > 1 {
+				return nil
+			}
+			deadline, ok := ctx.Deadline()
+			if !ok {
+				return errors.New("OnConnect's ctx has no deadline")
+			}
+			left <- time.Until(deadline)
+			wait := time.NewTimer(5 * handshakeTO)
+			defer wait.Stop()
+			select {
+			case <-wait.C:
+				return nil
+			case <-ctx.Done():
+				return fmt.Errorf("OnConnect's ctx ended after less than 5 handshake timeouts: %w", context.Cause(ctx))
+			}
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runClient(t, c)
+	if d := recv(t, left, 10*time.Second, "OnConnect"); d < 30*time.Second {
+		t.Errorf("OnConnect's ctx ends in %v, want about the OnConnect timeout (1m), not the handshake timeout (%v)", d, handshakeTO)
+	}
+	ev.waitCount(t, wspool.StateConnected, 1, 20*time.Second)
+	if n := calls.Load(); n != 1 {
+		t.Errorf("OnConnect ran %d times before the feed connected, want 1 (the slow first run must succeed): %v", n, ev.snapshot())
+	}
+}
+
+// TestOnConnectTimeoutFailsTheAttempt: an OnConnect that waits for an answer
+// that never comes is cut off by WithOnConnectTimeout (300ms; the handshake
+// timeout stays at its 10s default); the attempt fails with a deadline
+// error and the next one connects.
+func TestOnConnectTimeoutFailsTheAttempt(t *testing.T) {
+	srv := newServer(t, wstest.Drain)
+	const onConnectTO = 300 * time.Millisecond
+	var calls atomic.Int32
+	took := make(chan time.Duration, 1)
+	ev := newEvents()
+	c, err := wspool.NewClient(srv.URL("/"), nil, ev.option(),
+		wspool.WithBackoff(10*time.Millisecond, 50*time.Millisecond),
+		wspool.WithOnConnectTimeout(onConnectTO),
+		wspool.WithOnConnect(func(ctx context.Context, _ *wspool.Conn) error {
+			if calls.Add(1) > 1 {
+				return nil
+			}
+			start := time.Now()
+			<-ctx.Done() // an acknowledgement that never comes
+			took <- time.Since(start)
+			return ctx.Err()
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runClient(t, c)
+	ev.waitCount(t, wspool.StateConnected, 1, 20*time.Second)
+	if d := recv(t, took, time.Second, "the first OnConnect's end"); d < onConnectTO || d >= wspool.DefaultHandshakeTimeout {
+		t.Errorf("the stuck OnConnect ended after %v, want the OnConnect timeout %v (not the handshake timeout %v)", d, onConnectTO, wspool.DefaultHandshakeTimeout)
+	}
+	cause, _, _ := ev.firstCause(wspool.StateBackingOff)
+	if !errors.Is(cause, context.DeadlineExceeded) {
+		t.Errorf("the failed attempt's cause is %v, want OnConnect's deadline", cause)
 	}
 }

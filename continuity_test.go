@@ -176,7 +176,8 @@ func TestStandbyLosesNothing(t *testing.T) {
 		resumeFrom(&c),
 		wspool.WithBackoff(5*time.Millisecond, 20*time.Millisecond),
 		wspool.WithPingInterval(50*time.Millisecond), wspool.WithPongTimeout(100*time.Millisecond),
-		wspool.WithStaleTimeout(150*time.Millisecond), wspool.WithHandshakeTimeout(time.Second))
+		wspool.WithStaleTimeout(150*time.Millisecond), wspool.WithHandshakeTimeout(time.Second),
+		wspool.WithOnConnectTimeout(time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -511,6 +511,42 @@ func TestCloseDuringStuckHandshake(t *testing.T) {
 	}
 }
 
+// TestHandshakeTimeoutIsNotTheOnConnectTimeout: a server accepts TCP and
+// never answers the upgrade; with a 300ms handshake timeout and a 1 minute
+// OnConnect timeout (for a long resubscribe), each attempt fails at the
+// handshake timeout. Before WithOnConnectTimeout, giving OnConnect a minute
+// meant WithHandshakeTimeout(time.Minute), and a stuck dial hung a minute.
+func TestHandshakeTimeoutIsNotTheOnConnectTimeout(t *testing.T) {
+	srv := newRawServer(t, func(ctx context.Context, c *rawws.Conn) {
+		if _, err := c.ReadRequest(); err != nil {
+			return
+		}
+		_ = c.Drain()
+	})
+	ev := newEvents()
+	c, err := wspool.NewClient(srv.URL("/"), nil, hostileOptions(ev,
+		wspool.WithHandshakeTimeout(300*time.Millisecond),
+		wspool.WithOnConnectTimeout(time.Minute),
+		wspool.WithOnConnect(func(context.Context, *wspool.Conn) error {
+			t.Error("OnConnect ran, but no upgrade was answered")
+			return nil
+		}))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runClient(t, c)
+	start := time.Now()
+	ev.waitCount(t, wspool.StateBackingOff, 3, 30*time.Second)
+	stop()
+	took := time.Since(start)
+	for _, sc := range ev.snapshot() {
+		if sc.To == wspool.StateBackingOff && !errors.Is(sc.Err, context.DeadlineExceeded) && !errors.Is(sc.Err, os.ErrDeadlineExceeded) {
+			t.Errorf("attempt %d failed with %v, want the handshake timeout", sc.Attempt, sc.Err)
+		}
+	}
+	t.Logf("3 stalled handshakes failed in %v (handshake timeout 300ms, OnConnect timeout 1m)", took)
+}
+
 // TestHugeHandshakeResponseHeader: a server answers the upgrade with a
 // header line that never ends. The client must give up by the handshake
 // timeout; the test logs how much it was made to buffer meanwhile (the

@@ -14,9 +14,10 @@ import (
 
 // Defaults. Each is documented with its reason in the README's defaults table.
 const (
-	// DefaultHandshakeTimeout bounds the TCP dial, TLS and HTTP upgrade of one attempt,
-	// and separately the OnConnect hook.
+	// DefaultHandshakeTimeout bounds the TCP dial, TLS and HTTP upgrade of one attempt.
 	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultOnConnectTimeout bounds one run of the OnConnect hook.
+	DefaultOnConnectTimeout = 10 * time.Second
 	// DefaultReadLimit is the largest message accepted; a larger one closes the
 	// connection with 1009 (message too big) and is reported.
 	DefaultReadLimit = 16 << 20
@@ -81,6 +82,7 @@ type config struct {
 	noUTF8Check   bool
 	requestFunc   func(ctx context.Context, u *url.URL, h http.Header) error
 	handshakeTO   time.Duration
+	onConnectTO   time.Duration
 	readLimit     int64
 	writeTimeout  time.Duration
 	closeTimeout  time.Duration
@@ -124,6 +126,7 @@ type config struct {
 func defaultConfig() config {
 	return config{
 		handshakeTO:   DefaultHandshakeTimeout,
+		onConnectTO:   DefaultOnConnectTimeout,
 		readLimit:     DefaultReadLimit,
 		writeTimeout:  DefaultWriteTimeout,
 		closeTimeout:  DefaultCloseTimeout,
@@ -272,12 +275,28 @@ func WithRequestFunc(f func(ctx context.Context, u *url.URL, h http.Header) erro
 	return func(c *config) { c.requestFunc = f }
 }
 
-// WithHandshakeTimeout bounds one dial attempt (TCP, TLS, HTTP upgrade) and,
-// separately, the OnConnect hook. Default DefaultHandshakeTimeout.
+// WithHandshakeTimeout bounds one dial attempt: TCP connect, proxy, TLS and
+// the HTTP upgrade, up to the 101 response. It does not bound OnConnect (see
+// WithOnConnectTimeout), nor the wait for admission or a handshake slot
+// before the dial. Default DefaultHandshakeTimeout.
 func WithHandshakeTimeout(d time.Duration) Option {
 	return func(c *config) {
 		if positive(c, "handshake timeout", d) {
 			c.handshakeTO = d
+		}
+	}
+}
+
+// WithOnConnectTimeout bounds one run of the OnConnect hook (WithOnConnect):
+// its ctx ends after d, and an OnConnect still running then fails the
+// attempt, which is retried. It is separate from the handshake timeout so
+// that a long resubscribe (many paced sends, waits for acknowledgements) can
+// be given minutes while a stuck dial still fails in seconds. Default
+// DefaultOnConnectTimeout.
+func WithOnConnectTimeout(d time.Duration) Option {
+	return func(c *config) {
+		if positive(c, "OnConnect timeout", d) {
+			c.onConnectTO = d
 		}
 	}
 }
@@ -386,8 +405,8 @@ func WithLogger(l *slog.Logger) Option {
 
 // WithOnConnect sets a hook run after every successful handshake and before any
 // message of that connection reaches the handler: subscribe, authenticate,
-// resume from a cursor. Its context ends after the handshake timeout or on
-// shutdown. If it returns an error the connection is closed and the attempt
+// resume from a cursor. Its context ends after the OnConnect timeout
+// (WithOnConnectTimeout) or on shutdown. If it returns an error the connection is closed and the attempt
 // counts as failed (and is retried unless the error is permanent). Write with
 // the Conn's Send: the feed is not connected yet, so Client.Send would fail
 // or wait in the send buffer until after OnConnect.

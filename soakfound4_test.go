@@ -67,7 +67,7 @@ func TestSoakFound4RotateBeforeServeNotOrphaned(t *testing.T) {
 	},
 		wspool.WithMaxConnectionAge(time.Hour),
 		wspool.WithCloseTimeout(2*time.Second),
-		wspool.WithHandshakeTimeout(time.Minute), // OnConnect's bound: longer than the test
+		wspool.WithOnConnectTimeout(time.Minute), // longer than the test
 		wspool.WithOnConnect(func(ctx context.Context, _ *wspool.Conn) error {
 			if dials.Add(1) == 3 { // the second rotation's connection
 				close(inThird)

@@ -432,7 +432,7 @@ func TestPacedResubscribeNeverTripsMessageLimit(t *testing.T) {
 			// whole-second bursts would trip it.
 			ex := startExchange(t, exchange.Config{MsgLimit: 250, MsgWindow: time.Second})
 			opts := []wspool.Option{
-				wspool.WithBackoff(10*time.Millisecond, 50*time.Millisecond), wspool.WithHandshakeTimeout(30 * time.Second),
+				wspool.WithBackoff(10*time.Millisecond, 50*time.Millisecond), wspool.WithOnConnectTimeout(30 * time.Second),
 				wspool.WithSendBuffer(wspool.SendBuffer{Messages: 200}),
 			}
 			if paced {
