@@ -15,10 +15,12 @@ const (
 	backoffRandomization = 0.5
 )
 
-// retryPolicy is one feed's reconnect policy: a jittered exponential backoff
-// (backoff/v4, one per feed since it is not safe for concurrent use) that
-// never gives up on its own, reset only after a connection proved stable, and
-// stretched to honour a server's Retry-After.
+// retryPolicy is one connection loop's reconnect policy (the feed's, or one
+// standby connection's: the same rule for both, see "Failure accounting" in
+// doc.go): a jittered exponential backoff (backoff/v4, one per loop since it
+// is not safe for concurrent use) that never gives up on its own, reset only
+// after a connection that was not a failure, and stretched to honour a
+// server's Retry-After.
 type retryPolicy struct {
 	c          *Client
 	cfg        *config
@@ -47,6 +49,8 @@ func (r *retryPolicy) backoff() *backoff.ExponentialBackOff {
 	return r.bo
 }
 
+// Health is a condition under which a connection that ended counts as
+// healthy (WithHealthyWhen).
 type Health uint8
 
 const (
@@ -59,11 +63,19 @@ const (
 	HealthFirstMessage
 )
 
-// WithHealthyWhen sets when a connection counts as healthy and resets the
-// backoff. The default, HealthMinUptime, keeps waits growing against an
-// upstream that accepts, lets the feed subscribe and then kicks it; add
-// HealthFirstMessage to also require data, or use HealthOnConnect alone for
-// upstreams that legitimately close short sessions.
+// WithHealthyWhen sets when a connection that ended counts as healthy (not a
+// failed attempt: the backoff resets); every condition given must hold. By
+// default a connection is healthy once it delivered a data message or stayed
+// up for the minimum uptime (WithMinUptime), whichever comes first, so a
+// stream that breaks every few seconds is redialled after the initial backoff
+// each time, while an upstream that accepts and drops before sending anything
+// sees the waits grow. HealthMinUptime alone (the behaviour before v0.3)
+// keeps the waits growing also against an upstream that sends a little and
+// then kicks the feed; HealthMinUptime|HealthFirstMessage requires both; use
+// HealthOnConnect alone for upstreams that legitimately close short sessions.
+// Whatever the conditions, a connection that ended because a reconnect was
+// asked for (Reconnect, a handler's ErrReconnect, a resync) is never a
+// failure, and one the upstream closed with 1008 or 1013 always is.
 func WithHealthyWhen(h Health) Option {
 	return func(c *config) {
 		if h == 0 || h&^(HealthMinUptime|HealthOnConnect|HealthFirstMessage) != 0 {
@@ -75,14 +87,11 @@ func WithHealthyWhen(h Health) Option {
 }
 
 // connectionEnded records how a connection that reached the connected state
-// went. Only a healthy one resets the backoff; a server that accepts and drops
-// at once keeps the waits growing.
-func (r *retryPolicy) connectionEnded(uptime time.Duration, gotData bool) {
-	h := r.cfg.healthy
-	if h&HealthMinUptime != 0 && uptime < r.cfg.minUptime {
-		return
-	}
-	if h&HealthFirstMessage != 0 && !gotData {
+// ended (cause): requested says a reconnect was asked for on it. Only a
+// connection that was not a failure resets the backoff (the table in doc.go);
+// a server that accepts and drops at once keeps the waits growing.
+func (r *retryPolicy) connectionEnded(uptime time.Duration, gotData, requested bool, cause error) {
+	if !connectionHealthy(r.cfg, uptime, gotData, requested, cause) {
 		return
 	}
 	if r.bo != nil {
@@ -90,6 +99,28 @@ func (r *retryPolicy) connectionEnded(uptime time.Duration, gotData bool) {
 	}
 	r.failures = 0
 	r.healthyEnd = true
+}
+
+// connectionHealthy is the failure-accounting rule for a connection that
+// reached the connected state: see "Failure accounting" in doc.go.
+func connectionHealthy(cfg *config, uptime time.Duration, gotData, requested bool, cause error) bool {
+	if code := CloseStatus(cause); code == CloseCodePolicyViolation || code == CloseCodeTryAgainLater {
+		return false // the upstream said slow down: never reset
+	}
+	if requested {
+		return true // we asked for the reconnect: the connection was fine
+	}
+	h := cfg.healthy
+	if h == 0 { // the default: data or the minimum uptime, whichever first
+		return gotData || uptime >= cfg.minUptime
+	}
+	if h&HealthMinUptime != 0 && uptime < cfg.minUptime {
+		return false
+	}
+	if h&HealthFirstMessage != 0 && !gotData {
+		return false
+	}
+	return true
 }
 
 // next records a failed attempt and returns how long to wait before the next

@@ -381,7 +381,11 @@ func TestChaosSoak(t *testing.T) {
 			r := drainResult{f: f, droppedBefore: c.Stats().Dropped}
 			ctx, cancel := context.WithTimeout(context.Background(), soakDrainDeadline)
 			start := time.Now()
-			r.err = c.Drain(ctx)
+			r.err = c.Drain(ctx) // starts the drain; Done says when it is over
+			select {
+			case <-c.Done():
+			case <-time.After(soakDrainDeadline + time.Minute):
+			}
 			r.took = time.Since(start)
 			cancel()
 			drainMu.Lock()
@@ -405,7 +409,11 @@ func TestChaosSoak(t *testing.T) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), soakDrainDeadline)
 		start := time.Now()
-		err := pool.Drain(ctx)
+		err := pool.Drain(ctx) // starts the drains; Done says when they are over
+		select {
+		case <-pool.Done():
+		case <-time.After(soakDrainDeadline + time.Minute):
+		}
 		poolDrainTook = time.Since(start)
 		cancel()
 		for _, r := range rest {
@@ -597,6 +605,13 @@ func (ch *churner) cycle(f *soakFeed) {
 		}
 	} else if err := ch.pool.Remove(f.name); err != nil {
 		ch.v.add("%s: Pool.Remove: %v", f.name, err)
+	} else {
+		// Remove starts the stop; the removed Client's Done says when it is over.
+		select {
+		case <-old.Done():
+		case <-time.After(time.Minute):
+			ch.v.add("%s: removed, not stopped after a minute:\n%s", f.name, allStacks())
+		}
 	}
 	d := time.Since(start)
 	ch.removes++

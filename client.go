@@ -166,8 +166,10 @@ type Client struct {
 	dialedHost    string     // the host of the latest dial (the request func may rewrite it)
 
 	// Background goroutines and timer callbacks (send flushers, send-buffer
-	// expiry) that Run waits for; they enter only before finished is set.
-	bg sync.WaitGroup
+	// expiry, the event dispatcher, the application heartbeat) that Run
+	// waits for; they enter only before finished is set.
+	bg     sync.WaitGroup
+	events events // OnStateChange and OnError calls waiting for the dispatcher (callback.go)
 
 	// Used by the goroutine running the feed's loop (one at a time).
 	spawn        func(func() error) // starts the feed's next goroutine
@@ -191,7 +193,7 @@ type clientCounters struct {
 	sendFailed, rotations, duplicates atomic.Int64
 	connSeq                           atomic.Uint64 // numbers connections (Conn.ID)
 	gaps, gapMsgs, serverPings, won   atomic.Int64
-	delivered                         atomic.Int64
+	delivered, eventsDropped          atomic.Int64
 	rtt, srtt                         atomic.Int64
 }
 
@@ -299,17 +301,26 @@ func (c *Client) State() State {
 // The first attempt runs on the caller's goroutine; each connection is then
 // read on a goroutine of its own, started fresh for it, so that an idle feed
 // holds one small goroutine stack (see bench/BENCHMARKS.md).
+//
+// Run returns once every goroutine, timer and socket of the feed is gone and
+// every callback has returned (Done is closed then too).
 func (c *Client) Run(ctx context.Context) error {
 	ctx, err := c.begin(ctx, func(f func() error) { go f() })
 	if err != nil {
 		return err
 	}
-	id := markOwn() // callbacks of the first attempt run here
 	c.connectLoop(ctx, nil)
-	unmarkOwn(id)
 	<-c.done
 	return c.runErr
 }
+
+// Done returns a channel that is closed once the feed has stopped for good:
+// Run has returned (or would return), every goroutine, timer and socket of
+// the feed is gone and every callback has returned; for a Client closed
+// before Run, once Close has failed its buffered sends. Close, Drain and
+// Pool.Remove only start the stop; wait on Done (outside the feed's own
+// callbacks) to know it is over.
+func (c *Client) Done() <-chan struct{} { return c.done }
 
 // begin marks the feed started under parent; spawn starts the feed's
 // goroutines (a Pool runs them under its errgroup).
@@ -324,15 +335,13 @@ func (c *Client) begin(parent context.Context, spawn func(func() error)) (contex
 	}
 	c.started = true
 	ctx, cancel := context.WithCancel(parent)
+	// Every context the feed hands to user code (the handler's, OnConnect's,
+	// the request func's, ...) derives from this one and so carries the
+	// callback mark (see inCallback).
+	ctx = markCallback(ctx)
 	c.cancel = cancel
 	c.feedCtx = ctx
-	c.spawn = func(f func() error) {
-		spawn(func() error {
-			id := markOwn()
-			defer unmarkOwn(id)
-			return f()
-		})
-	}
+	c.spawn = spawn
 	c.rp = newRetryPolicy(c)
 	if c.inq != nil {
 		// The queue's handler has a context of its own: it ends with the
@@ -350,7 +359,7 @@ func (c *Client) begin(parent context.Context, spawn func(func() error)) (contex
 			}
 		})
 		c.delivered = make(chan struct{})
-		goOwn(func() { c.deliverQueued(qctx, c.delivered) })
+		go c.deliverQueued(qctx, c.delivered)
 	}
 	c.startLanes(ctx)
 	return ctx, nil
@@ -373,9 +382,10 @@ func (c *Client) finish(err error) error {
 		<-c.delivered
 		c.qcancel()
 	}
-	c.bg.Wait()
+	c.bg.Wait()             // the event dispatcher included
 	c.failQueued(ErrClosed) // a flusher may have put one back before it stopped
 	c.setState(StateClosed, err, 0, 0)
+	c.dispatch(false) // no dispatcher may start now: the last events, StateClosed among them, are delivered here
 	if err != nil {
 		c.log.Error("feed stopped", "err", err)
 	}
@@ -406,35 +416,23 @@ func (c *Client) bgLeave() { c.bg.Done() }
 // Drain stops the feed without throwing away what it has received: it
 // stops delivering new messages (our close frame goes out, and what arrives
 // after it is read but not delivered), lets the handler finish every message
-// already queued (WithQueue), then closes the feed like Close and returns
-// nil. If ctx ends first, what is still queued is discarded (counted in
-// Stats.Dropped) and Drain returns ctx.Err() once the feed has closed.
-// Sends still buffered fail with ErrClosed. Called from inside a callback it
-// starts the drain and returns nil without waiting. On a feed that never
-// ran, or has already stopped, it is Close.
+// already queued (WithQueue), then closes the feed like Close. If ctx ends
+// first, what is still queued is discarded (counted in Stats.Dropped). Sends
+// still buffered fail with ErrClosed. On a feed that never ran, or has
+// already stopped, it is Close.
+//
+// Like Close, Drain only starts the stop and returns nil at once: it never
+// waits, so any callback, and any goroutine a callback starts, may call it.
+// Done is closed (and Run returns) once the drain is over; Stats.Dropped then
+// tells whether ctx cut it short.
 func (c *Client) Drain(ctx context.Context) error {
 	c.mu.Lock()
-	if !c.started {
+	if !c.started || c.finished || c.draining {
 		c.mu.Unlock()
 		return c.Close() // never ran: nothing received, nothing to wait for
 	}
-	if c.finished || c.draining {
-		c.mu.Unlock()
-		if err := c.Close(); err != nil {
-			return err
-		}
-		if onOwnGoroutine() {
-			return nil
-		}
-		<-c.done
-		return ctx.Err()
-	}
 	c.draining = true
 	qcancel := c.qcancel
-	var dropped int64
-	if c.inq != nil {
-		dropped = c.inq.dropped.Load()
-	}
 	c.mu.Unlock()
 	if qcancel != nil {
 		stop := context.AfterFunc(ctx, qcancel) // the deadline: drop the rest
@@ -443,15 +441,7 @@ func (c *Client) Drain(ctx context.Context) error {
 			stop()
 		}()
 	}
-	c.Close()
-	if onOwnGoroutine() {
-		return nil
-	}
-	<-c.done
-	if c.inq != nil && c.inq.dropped.Load() > dropped && ctx.Err() != nil {
-		return ctx.Err()
-	}
-	return nil
+	return c.Close()
 }
 
 // Reconnect ends the current connection and redials with the normal policy
@@ -487,17 +477,17 @@ func (cn *Conn) requestEnd(cause error) {
 	if !cn.endReason.CompareAndSwap(nil, &reason) {
 		return
 	}
-	goOwn(func() { cn.sendClose() })
+	go cn.sendClose()
 }
 
-// Close stops the feed: it cancels Run, sends a close frame (1000) on an open
-// connection, and returns once Run's goroutines and socket are gone. It is
-// idempotent, and a Client closed before Run never connects; messages
-// waiting in its send buffer fail with ErrClosed.
-//
-// Called from inside a callback (of any feed), Close starts the shutdown and
-// returns without waiting for it, since the shutdown waits for the callback
-// to return; Run returns once it has.
+// Close stops the feed: it cancels Run, which sends a close frame (1000) on
+// an open connection, waits at most the close timeout for the answer, and
+// returns once the feed's goroutines and socket are gone. Close itself only
+// starts that and returns nil at once, so every callback, and every goroutine
+// a callback starts, may call it (as may anyone else); Done is closed, and Run
+// returns, once the feed has stopped. It is idempotent, and a Client closed
+// before Run never connects; messages waiting in its send buffer fail with
+// ErrClosed.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	if !c.started {
@@ -510,9 +500,10 @@ func (c *Client) Close() error {
 		c.mu.Unlock()
 		if first {
 			c.failQueued(ErrClosed)
-		}
-		if !onOwnGoroutine() {
-			c.bg.Wait() // send-buffer expiry callbacks already running
+			go func() {
+				c.bg.Wait() // send-buffer expiry callbacks already running
+				close(c.done)
+			}()
 		}
 		return nil
 	}
@@ -520,10 +511,6 @@ func (c *Client) Close() error {
 	cancel := c.cancel
 	c.mu.Unlock()
 	cancel()
-	if onOwnGoroutine() {
-		return nil
-	}
-	<-c.done
 	return nil
 }
 
@@ -726,7 +713,7 @@ func (c *Client) serveConn(ctx context.Context, conn *Conn) error {
 	conn.close()
 	c.unpublish(conn)
 	c.stats.disconnects.Add(1)
-	c.rp.connectionEnded(time.Since(start), conn.gotData.Load())
+	c.rp.connectionEnded(time.Since(start), conn.gotData.Load(), conn.endReason.Load() != nil, err)
 	return err
 }
 
@@ -771,7 +758,7 @@ func (c *Client) reportHandlerError(err *HandlerError) {
 	c.recordError(err)
 	c.log.Warn("callback failed", "err", err)
 	if c.cfg.onError != nil && err.Callback != "OnError" {
-		c.callOnError(err)
+		c.post(event{err: err})
 	}
 }
 
@@ -805,7 +792,7 @@ func (c *Client) setState(to State, cause error, attempt int, wait time.Duration
 		c.log.Debug("state", "from", from, "to", to, "err", cause)
 	}
 	if c.cfg.onState != nil {
-		c.callOnState(ch)
+		c.post(event{change: ch})
 	}
 }
 

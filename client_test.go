@@ -464,9 +464,10 @@ func TestCloseTimeoutBoundsShutdown(t *testing.T) {
 	runClient(t, c)
 	ev.waitCount(t, wspool.StateConnected, 1, 5*time.Second)
 	start := time.Now()
-	c.Close()
+	c.Close() // starts the stop; Done says when it is over
+	<-c.Done()
 	if d := time.Since(start); d < 150*time.Millisecond || d > 3*time.Second {
-		t.Fatalf("Close took %v with a 200ms close timeout and a silent server", d)
+		t.Fatalf("shutdown took %v with a 200ms close timeout and a silent server", d)
 	}
 }
 

@@ -95,8 +95,11 @@ func monoNow() int64 { return int64(time.Since(monoBase)) }
 
 // heartbeat runs one connection's timers: ping/pong, the application
 // heartbeat and the stale-data watchdog. Timers are time.AfterFunc, so an idle
-// connection costs no goroutine; each callback holds mu for its whole run, so
-// stop, which takes mu, returns only when no callback is running.
+// connection costs no goroutine. The ping and stale callbacks hold mu for
+// their whole run (they run no user code), so stop, which takes mu, returns
+// only when none of them is running; the application heartbeat runs the
+// user's Message func and its write without mu, as a background goroutine of
+// the feed (bgEnter), and only re-arms its timer under mu if not stopped.
 type heartbeat struct {
 	cn *Conn
 
@@ -227,19 +230,27 @@ func (h *heartbeat) onPing() {
 
 func (h *heartbeat) onApp() {
 	h.mu.Lock()
+	stopped := h.stopped
+	h.mu.Unlock()
+	c := h.cn.client
+	if stopped || !c.bgEnter() {
+		return
+	}
+	defer c.bgLeave()
+	// The user's Message func and the (perhaps paced) write run without
+	// h.mu: stop never waits for user code, and a write stuck behind pacing
+	// or a peer that does not read ends when the connection does.
+	hb := c.cfg.heartbeat
+	if typ, data, ok := h.message(hb); ok {
+		// Send kills the connection itself on a write error; a connection
+		// that is already gone or closing needs no heartbeat.
+		if err := h.cn.Send(context.Background(), typ, data); err != nil {
+			return
+		}
+	}
+	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.stopped {
-		return
-	}
-	hb := h.cn.client.cfg.heartbeat
-	typ, data, ok := h.message(hb)
-	if !ok {
-		h.app.Reset(hb.Interval)
-		return
-	}
-	// Send kills the connection itself on a write error; a connection that
-	// is already gone or closing needs no heartbeat.
-	if err := h.cn.Send(context.Background(), typ, data); err != nil {
 		return
 	}
 	h.app.Reset(hb.Interval)
@@ -303,12 +314,9 @@ func (h *heartbeat) coarse(d time.Duration) time.Duration {
 	return time.Duration(when - now)
 }
 
-// message runs Heartbeat.Message on this timer goroutine, registered as the
-// library's own (it may call Close or Send); a panic is reported and the
-// tick skipped.
+// message runs Heartbeat.Message on this timer goroutine (no lock held:
+// it may call any method); a panic is reported and the tick skipped.
 func (h *heartbeat) message(hb *Heartbeat) (typ MessageType, data []byte, ok bool) {
-	id := markOwn()
-	defer unmarkOwn(id)
 	defer h.cn.client.recoverCallback("Heartbeat.Message")
 	typ, data = hb.Message()
 	return typ, data, true

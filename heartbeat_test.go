@@ -279,3 +279,50 @@ func TestMeasureBlackholeDetection(t *testing.T) {
 		})
 	}
 }
+
+// TestHeartbeatMessageDoesNotHoldReconnect: Heartbeat.Message is user code
+// and runs without the heartbeat's lock, so a Message func that blocks never
+// holds up the end of its connection and the reconnect. Before, it ran under
+// that lock, which the reader takes when its connection ends: the feed
+// stayed wedged until Message returned.
+func TestHeartbeatMessageDoesNotHoldReconnect(t *testing.T) {
+	inMessage := make(chan struct{})
+	release := make(chan struct{})
+	var conns atomic.Int64
+	srv := newServer(t, func(c *websocket.Conn, r *http.Request) {
+		if conns.Add(1) == 1 {
+			gone, stop := wstest.ReadInBackground(c)
+			defer stop()
+			select {
+			case <-inMessage: // Message is blocked: drop the connection under it
+			case <-gone:
+			}
+			return
+		}
+		wstest.Drain(c, r)
+	})
+	var calls atomic.Int64
+	ev := newEvents()
+	c, err := wspool.NewClient(srv.URL("/"), nil, ev.option(), wspool.WithBackoff(10*time.Millisecond, 50*time.Millisecond),
+		wspool.WithHeartbeat(wspool.Heartbeat{Interval: 20 * time.Millisecond, Message: func() (wspool.MessageType, []byte) {
+			if calls.Add(1) == 1 {
+				close(inMessage)
+				<-release
+			}
+			return wspool.TextMessage, []byte("hb")
+		}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runClient(t, c)
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	recv(t, inMessage, 10*time.Second, "Heartbeat.Message")
+	ev.waitCount(t, wspool.StateConnected, 2, 10*time.Second) // reconnected while Message still blocks
+	close(release)
+}

@@ -142,7 +142,8 @@ func defaultConfig() config {
 			Count:    DefaultKeepAliveCount,
 		},
 		maxDials: DefaultMaxConcurrentDials,
-		healthy:  HealthMinUptime,
+		// healthy 0: the default rule (data or the minimum uptime; see
+		// WithHealthyWhen)
 	}
 }
 

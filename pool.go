@@ -96,10 +96,10 @@ func (p *Pool) Add(rawURL string, h Handler, opts ...Option) (*Client, error) {
 	return c, nil
 }
 
-// Remove closes the named feed (close frame, bounded wait) and removes it
-// from the pool; the other feeds go on. It returns ErrNotFound for an unknown
-// name. Called from inside a callback, it does not wait for the feed to stop
-// (see Client.Close).
+// Remove removes the named feed from the pool and starts closing it (close
+// frame, bounded wait; see Client.Close); the other feeds go on. Like every
+// stopping method it returns at once: the removed Client's Done is closed
+// once it has stopped. It returns ErrNotFound for an unknown name.
 func (p *Pool) Remove(name string) error {
 	p.mu.Lock()
 	c, ok := p.feeds[name]
@@ -111,7 +111,7 @@ func (p *Pool) Remove(name string) error {
 	if !ok {
 		return fmt.Errorf("%w: %s", ErrNotFound, name)
 	}
-	return c.Close() // from a callback: without waiting (see Client.Close)
+	return c.Close()
 }
 
 // Run runs every feed until ctx ends, then closes them all (close frames,
@@ -180,61 +180,62 @@ func (p *Pool) start(c *Client) {
 	c.spawn(func() error { return c.connectLoop(ctx, nil) })
 }
 
-// Close stops Run (as if its context ended) and waits for it to return; on a
-// pool that never ran it closes the feeds. It is idempotent. Called from
-// inside a callback (of any feed) it starts the shutdown and returns without
-// waiting, since the shutdown waits for that callback; Run returns once
-// everything has stopped.
+// Close stops Run (as if its context ended); on a pool that never ran it
+// closes the feeds. It only starts the stop and returns nil at once, so any
+// callback, and any goroutine a callback starts, may call it; Run returns,
+// and Done is closed, once every feed has stopped. It is idempotent.
 func (p *Pool) Close() error {
 	p.mu.Lock()
 	if !p.started {
+		first := !p.closed
 		p.closed = true
 		feeds := p.clientsLocked()
 		p.mu.Unlock()
 		for _, c := range feeds {
 			c.Close()
 		}
+		if first {
+			close(p.done)
+		}
 		return nil
 	}
 	cancel := p.cancel
 	p.mu.Unlock()
 	cancel()
-	if onOwnGoroutine() {
-		return nil // a callback: Run's feeds wait for it to return
-	}
-	<-p.done
 	return nil
 }
 
+// Done returns a channel that is closed once the pool has stopped: Run has
+// returned, or Close was called before Run. Close, Drain and Remove only
+// start the stop; wait on Done (outside the pool's callbacks) to know it is
+// over.
+func (p *Pool) Done() <-chan struct{} { return p.done }
+
 // Drain drains every feed at once (see Client.Drain: no new message is
 // delivered, queued ones are handled, then each feed closes) and then stops
-// Run, as Close does. It returns ctx.Err() if ctx ended before every queue
-// was empty (what was left is counted in Stats.Dropped), nil otherwise.
-// Called from inside a callback it starts the drain and returns nil.
+// Run, as Close does; ctx bounds the drain (what is left when it ends is
+// counted in Stats.Dropped). Like Close it only starts the stop and returns
+// nil at once; Run returns, and Done is closed, once it is over.
 func (p *Pool) Drain(ctx context.Context) error {
 	p.mu.Lock()
 	p.stopping = true // no feed may be added meanwhile
 	feeds := p.clientsLocked()
 	p.mu.Unlock()
-	if onOwnGoroutine() {
+	for _, c := range feeds {
+		c.Drain(ctx) // starts the drain, does not wait
+	}
+	if len(feeds) == 0 {
+		return p.Close()
+	}
+	// The pool stops once every feed has drained (or ctx ended and the
+	// rest was dropped).
+	go func() {
 		for _, c := range feeds {
-			c.Drain(ctx) // from a callback: starts the drain, does not wait
+			<-c.Done()
 		}
 		p.Close()
-		return nil
-	}
-	errs := make(chan error, len(feeds))
-	for _, c := range feeds {
-		go func() { errs <- c.Drain(ctx) }()
-	}
-	var first error
-	for range feeds {
-		if err := <-errs; err != nil && first == nil {
-			first = err
-		}
-	}
-	p.Close()
-	return first
+	}()
+	return nil
 }
 
 func (p *Pool) clientsLocked() []*Client {

@@ -103,7 +103,7 @@ func (c *Client) enqueue(ctx context.Context, conn *Conn, msg Message) {
 		c.recordError(err)
 		c.log.Warn("slow consumer", "err", err)
 		if c.cfg.onError != nil {
-			c.callOnError(err)
+			c.post(event{err: err})
 		}
 	}
 }

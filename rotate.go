@@ -50,8 +50,8 @@ func WithDuplicateFilter(isDup func(Message) bool) Option {
 // WithMaxConnectionAge that includes the connection's timed rotation, which
 // Rotate starts early: a failed attempt of it is retried after a tenth of the
 // age, so Rotate then returns once one succeeds or ctx ends.
-// Called from inside a callback it starts the rotation and returns nil
-// without waiting (the rotation's OnConnect may need that goroutine).
+// With a context the library passed to a callback (or one derived from it)
+// it starts the rotation and returns nil without waiting for it.
 func (c *Client) Rotate(ctx context.Context) error {
 	c.mu.Lock()
 	conn := c.liveConnLocked()
@@ -68,7 +68,7 @@ func (c *Client) Rotate(ctx context.Context) error {
 		return ErrNotConnected
 	}
 	r.fireNow()
-	if onOwnGoroutine() {
+	if inCallback(ctx) {
 		return nil
 	}
 	select {
@@ -114,7 +114,7 @@ func (c *Client) newRotator(ctx context.Context, old *Conn, retry bool) *rotator
 // fireFromTimer starts the timed rotation (the timer has fired: nothing to
 // stop, and r.timer may not be visible to this goroutine yet).
 func (r *rotator) fireFromTimer() {
-	r.once.Do(func() { goOwn(r.run) })
+	r.once.Do(func() { go r.run() })
 }
 
 // fireNow starts the rotation if it has not started (Rotate; r came through
@@ -124,7 +124,7 @@ func (r *rotator) fireNow() {
 		if r.timer != nil {
 			r.timer.Stop()
 		}
-		goOwn(r.run) // runs the request func and OnConnect
+		go r.run() // runs the request func and OnConnect
 	})
 }
 

@@ -68,9 +68,9 @@ func NoReplay() SendOption { return func(r *sendReq) { r.noReplay = true } }
 //     old connection's writer lock) or finds the old connection closing,
 //     nothing written, and is written on the new one, still in order;
 //   - no goroutine waits for work that only it can do: the writer never holds
-//     the role while it runs a user callback, and a Send from one of the
-//     library's own goroutines (a callback; see own.go) never waits for a
-//     connection, since the reconnect may need that very goroutine.
+//     the role while it runs a user callback, and a Send whose context came
+//     from a callback (see callback.go) never waits for a connection, since
+//     the reconnect may need that very callback to return first.
 
 // sendReq is one message waiting to be written.
 type sendReq struct {
@@ -79,7 +79,7 @@ type sendReq struct {
 	noReplay bool
 	ctx      context.Context // Send's: ends a pacing wait (nil: none)
 	conn     *Conn           // noReplay: the only connection it may go on
-	own      bool            // a Send from one of the library's goroutines: never carried to a later connection
+	own      bool            // a Send with a callback's context: never carried to a later connection
 	async    bool            // SendAsync: nobody waits, so it may wait for a later connection from anywhere
 	buffered bool            // counted against the send buffer (it waited for a connection)
 	expiry   *time.Timer
@@ -101,12 +101,16 @@ type sendReq struct {
 // while the message is still waiting it is withdrawn and Send returns
 // ctx.Err(). After Close, Send fails with ErrClosed.
 //
-// Called from inside a callback (a handler, OnConnect, OnStateChange,
-// OnError, a SendAsync done func, a heartbeat or filter func) Send may wait
-// for the messages ahead of it, but never for a connection: the reconnect
-// may need the very goroutine that runs the callback. There, while the feed
-// is not connected, it fails at once with an error wrapping ErrNotConnected,
-// even with WithSendBuffer; use SendAsync to buffer from a callback.
+// Send may wait for the messages ahead of it, but it never waits for a
+// connection when that wait could depend on the caller: when ctx is (or
+// derives from) a context the library passed to a callback, or while the
+// feed's reader is running user code (the handler without a queue, IsReply,
+// a filter, the sequence callbacks), whose return the next connection waits
+// for. Then, while the feed is not connected, it fails at once with an error
+// wrapping ErrNotConnected, even with WithSendBuffer, and a message it
+// queued behind the writer is not carried to a later connection; use
+// SendAsync to buffer from there. So a handler, and any goroutine it starts
+// and waits for, can Send without deadlock, whatever context it passes.
 //
 // data is not retained after Send returns.
 func (c *Client) Send(ctx context.Context, typ MessageType, data []byte, opts ...SendOption) (err error) {
@@ -215,8 +219,20 @@ func checkType(typ MessageType) error {
 	return nil
 }
 
-// errOwnNotConnected fails a Send from a callback while the feed is not connected.
+// errOwnNotConnected fails a Send that must not wait for a connection (its
+// context came from a callback, or the reader is running user code) while
+// the feed is not connected.
 var errOwnNotConnected = fmt.Errorf("%w (Send from a callback does not wait for a connection; use SendAsync)", ErrNotConnected)
+
+// readerBusyLocked reports whether the current connection's reader is
+// running user code (the handler without a queue, IsReply, a filter, the
+// sequence callbacks): the feed's next connection then waits for that code
+// to return, so a Send made now must not wait for it (the Send may be that
+// very code's, or one it waits for). c.mu is held.
+func (c *Client) readerBusyLocked() bool {
+	cn := c.conn
+	return cn != nil && cn.held.Load()&1 == 1
+}
 
 // liveConnLocked returns the current connection if it can take writes.
 func (c *Client) liveConnLocked() *Conn {
@@ -244,7 +260,7 @@ func (c *Client) enqueueLocked(r *sendReq) error {
 		if sb == nil {
 			return ErrNotConnected
 		}
-		if !r.async && onOwnGoroutine() {
+		if !r.async && (inCallback(r.ctx) || c.readerBusyLocked()) {
 			return errOwnNotConnected
 		}
 		if c.sendQBuffered >= sb.Messages || c.sendQBytes+len(r.data) > sb.Bytes {
@@ -254,7 +270,7 @@ func (c *Client) enqueueLocked(r *sendReq) error {
 	} else if !r.async {
 		// Waiting behind the writer. A Send from a callback may wait for the
 		// writer, but not for a later connection if this one dies.
-		r.own = onOwnGoroutine()
+		r.own = inCallback(r.ctx) || c.readerBusyLocked()
 	}
 	c.sendQ = append(c.sendQ, r)
 	if conn != nil && !c.writing {
@@ -277,8 +293,6 @@ func (c *Client) bufferLocked(r *sendReq) {
 				return
 			}
 			defer c.bgLeave()
-			id := markOwn()
-			defer unmarkOwn(id)
 			if c.withdraw(r) {
 				r.done(fmt.Errorf("%w after %v", ErrSendExpired, sb.MaxAge))
 			}
@@ -360,10 +374,10 @@ func (c *Client) startFlusherLocked() {
 		return
 	}
 	c.writing = true
-	goOwn(func() {
+	go func() {
 		defer c.bgLeave()
 		c.flush()
-	})
+	}()
 }
 
 // flush writes the queued messages in order on the current connection, while

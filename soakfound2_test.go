@@ -118,7 +118,9 @@ func TestSoakFound2DrainLosesPendingPush(t *testing.T) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		done <- c.Drain(ctx)
+		err := c.Drain(ctx)
+		<-c.Done()
+		done <- err
 	}()
 	select { // the server read our close frame: the drain is under way
 	case <-closed:

@@ -62,7 +62,11 @@ func TestSoakFound3QueueStrandsLatePush(t *testing.T) {
 	}
 	recv(t, inExtract, 10*time.Second, "the reader in Extract for message 2")
 	closed := make(chan error, 1)
-	go func() { closed <- c.Close() }()
+	go func() {
+		err := c.Close()
+		<-c.Done()
+		closed <- err
+	}()
 	// Close has cancelled the feed: the queue's handler goroutine exits.
 	waitFor(t, 10*time.Second, "the queue's handler goroutine to exit", func() bool {
 		return !strings.Contains(allStacks(), "wspool.(*Client).deliverQueued")

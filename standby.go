@@ -130,7 +130,7 @@ func (l *lane) run(ctx context.Context) {
 			l.connected.Store(false)
 			l.disconnects.Add(1)
 			conn.close()
-			l.rp.connectionEnded(time.Since(start), conn.gotData.Load())
+			l.rp.connectionEnded(time.Since(start), conn.gotData.Load(), conn.endReason.Load() != nil, err)
 		}
 		if ctx.Err() != nil {
 			return
@@ -142,7 +142,23 @@ func (l *lane) run(ctx context.Context) {
 			c.log.Warn("standby connection stopped", "standby", l.idx, "err", err)
 			return
 		}
-		wait, _ := l.rp.next(err)
+		wait, retry := l.rp.next(err)
+		if !retry {
+			// WithMaxAttempts or WithRetryPolicy says stop: this standby
+			// connection stops (the feed goes on), as the feed's own loop
+			// would end the feed.
+			err = fmt.Errorf("%w (%d): %w", ErrMaxAttempts, l.rp.failures, err)
+			l.mu.Lock()
+			l.lastErr = err
+			l.mu.Unlock()
+			c.log.Warn("standby connection stopped", "standby", l.idx, "err", err)
+			err = fmt.Errorf("wspool: standby %d stopped: %w", l.idx, err)
+			c.recordError(err)
+			if c.cfg.onError != nil {
+				c.post(event{err: err})
+			}
+			return
+		}
 		c.log.Debug("standby connection lost", "standby", l.idx, "err", err, "wait", wait)
 		t := time.NewTimer(wait)
 		select {

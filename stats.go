@@ -23,6 +23,10 @@ type Stats struct {
 	Delivered, HeartbeatReplies int64
 	// HandlerErrors counts handler errors and panics.
 	HandlerErrors int64
+	// EventsDropped counts OnStateChange and OnError calls dropped because
+	// those callbacks fell more than 1,024 events behind (they run on a
+	// dispatcher goroutine of the feed; see WithOnStateChange).
+	EventsDropped int64
 	// Inbound queue (WithQueue): messages dropped by the overflow policy or
 	// discarded at shutdown, current depth and its high-water mark.
 	Dropped                    int64
@@ -81,6 +85,7 @@ func (c *Client) Stats() Stats {
 	s.MessagesOut = st.msgsOut.Load()
 	s.BytesOut = st.bytesOut.Load()
 	s.HandlerErrors = st.handlerErrs.Load()
+	s.EventsDropped = st.eventsDropped.Load()
 	s.Delivered = st.delivered.Load()
 	s.HeartbeatReplies = st.replies.Load()
 	s.RTT = time.Duration(st.rtt.Load())

@@ -195,7 +195,7 @@ func TestAdmissionWaitVisibleAndClosable(t *testing.T) {
 		t.Fatalf("PoolStats.AdmissionWaiting = %d, want 1", ps.AdmissionWaiting)
 	}
 	closed := make(chan struct{})
-	go func() { second.Close(); close(closed) }()
+	go func() { second.Close(); <-second.Done(); close(closed) }()
 	recv(t, closed, 5*time.Second, "Close to end the admission wait")
 	if st := second.Stats(); st.AdmissionWaits != 1 || st.AdmissionWaiting || st.AdmissionWaited <= 0 || st.State != wspool.StateClosed {
 		t.Fatalf("after Close: %+v", st)
