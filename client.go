@@ -128,42 +128,48 @@ type StateChange struct {
 // backoff and dials again, until its context ends, Close is called, or a
 // permanent failure. All methods are safe for concurrent use.
 type Client struct {
+	// Configuration: set by NewClient, read-only afterwards.
 	name    string
 	url     *url.URL
 	handler Handler
 	cfg     config
 	dialer  *websocket.Dialer
 	log     *slog.Logger
+	pooled  bool // reads are buffered from readBufs (see readbuf.go)
 
+	// Lifecycle and the current connection: guarded by mu (see the lock
+	// table in doc.go).
 	mu        sync.Mutex
 	state     State
 	conn      *Conn // current connection while connected
 	started   bool
 	closed    bool
-	finished  bool // Run has returned
-	reached   bool // the current attempt reached StateConnected (loop goroutine)
-	pooled    bool // reads are buffered from readBufs (see readbuf.go)
+	finished  bool // Run is returning: no background goroutine may start
 	cancel    context.CancelFunc
-	done      chan struct{}
+	done      chan struct{} // closed when the feed has stopped (Done)
 	lastErr   error
 	lastErrAt time.Time
-	inq       *inQueue // WithQueue
-	runErr    error    // Run's result, written before done is closed
+	runErr    error // Run's result, written before done is closed
+	draining  bool  // Drain was called
 
-	seq seqState // WithSequence
-
-	// WithStandby (standby.go).
-	lanes      []*lane
-	laneCancel context.CancelFunc
-	laneWG     sync.WaitGroup
-	mergeMu    sync.Mutex // the connections take turns to deliver
-
-	// The send path (send.go).
+	// The send path (send.go): guarded by mu.
 	sendQ         []*sendReq // messages in line: behind the writer, or waiting for a connection
 	sendQBuffered int        // of which waiting for a connection (counted against WithSendBuffer)
 	sendQBytes    int        // their payload bytes
 	writing       bool       // a goroutine holds the writer role
 	dialedHost    string     // the host of the latest dial (the request func may rewrite it)
+
+	// Delivery: the inbound queue (WithQueue; its own lock) and the
+	// sequence state (WithSequence; its own lock).
+	inq *inQueue
+	seq seqState
+
+	// WithStandby (standby.go): lanes is set by begin and then read-only;
+	// mergeMu is the merge turn (doc.go).
+	lanes      []*lane
+	laneCancel context.CancelFunc
+	laneWG     sync.WaitGroup
+	mergeMu    sync.Mutex
 
 	// Background goroutines and timer callbacks (send flushers, send-buffer
 	// expiry, the event dispatcher, the application heartbeat) that Run
@@ -171,17 +177,19 @@ type Client struct {
 	bg     sync.WaitGroup
 	events events // OnStateChange and OnError calls waiting for the dispatcher (callback.go)
 
-	// Used by the goroutine running the feed's loop (one at a time).
-	spawn        func(func() error) // starts the feed's next goroutine
-	feedCtx      context.Context    // Run's context (set by begin, under mu)
-	rp           retryPolicy
-	delivered    chan struct{}      // closed when deliverQueued returns (WithQueue)
-	qcancel      context.CancelFunc // ends the queue handler's context
-	qdone        <-chan struct{}    // its Done: ends a reader's wait for queue room
-	draining     bool               // Drain was called (under mu)
-	dropsAtDrain int64              // queue drops counted when Drain began
-	failedRun    int                // consecutive attempts that failed before reaching connected
+	// Owned by the goroutine running the feed's loop (one at a time: the
+	// loop moves from each connection's reader to the next, see
+	// connectLoop), or set once by begin before any goroutine starts.
+	spawn     func(func() error) // starts the feed's next goroutine
+	feedCtx   context.Context    // Run's context, with the callback mark
+	rp        retryPolicy
+	reached   bool               // the current attempt reached StateConnected
+	failedRun int                // consecutive attempts that failed before reaching connected
+	delivered chan struct{}      // closed when deliverQueued returns (WithQueue)
+	qcancel   context.CancelFunc // ends the queue handler's context
+	qdone     <-chan struct{}    // its Done: ends a reader's wait for queue room
 
+	// Counters: atomics, written by whoever counts, read by Stats.
 	stats clientCounters
 	admit admitCounters // admission.go
 }

@@ -19,19 +19,23 @@
 //
 // A feed moves through [StateIdle], [StateConnecting], [StateConnected],
 // [StateBackingOff] and [StateClosed]. Every transition is reported, with its
-// cause, to the WithOnStateChange callback, in order, on the feed's own
-// goroutine. Cancelling Run's context (or Close) sends a close frame (1000),
-// waits at most the close timeout for the server's answer, and returns once
-// no goroutine, timer or socket of the feed is left.
+// cause, to the WithOnStateChange callback, in order, by the feed's event
+// dispatcher (see "Concurrency and callbacks"); State reads the current one.
+// Cancelling Run's context (or Close) sends a close frame (1000) and waits at
+// most the close timeout for the server's answer; Run returns, and Done is
+// closed, once no goroutine, timer or socket of the feed is left. Close (like
+// every stopping method) only starts this and returns at once.
 //
 // # Reconnect
 //
 // Any transient failure — dial error, handshake answered 408, 429 or 5xx,
 // abnormal close, read error, a message over the read limit, missed pong,
 // stale data, a failing OnConnect — leads to a new dial after a jittered
-// exponential backoff (backoff/v4: mean 500ms growing 1.5x to 30s, ±50%). The
-// backoff resets only after a connection stayed up for the minimum uptime
-// (WithMinUptime), so a server that accepts and drops at once is not hammered.
+// exponential backoff (backoff/v4: mean 500ms growing 1.5x to 30s, ±50%).
+// What counts as a failure, and so grows the backoff, is the table under
+// "Failure accounting": in short, a connection that delivered data is not a
+// failure, so a server that accepts and drops at once is not hammered while a
+// stream that breaks every few seconds is back within the initial backoff.
 // Retry-After on 429 and 503 is honoured (capped by WithMaxRetryAfter).
 // Failures retrying cannot fix are permanent: 401, 403 and 404 at the
 // handshake, an invalid URL from a request func, and errors wrapped with
@@ -42,6 +46,37 @@
 // at a bounded rate and a stalled host cannot hold every slot.
 // WithRetryPolicy replaces the backoff curve with a func of the attempt and
 // the error.
+//
+// # Failure accounting
+//
+// One rule for the feed's own connection and for each standby connection
+// (each runs its own retry loop and backoff):
+//
+//	event                                       failed attempt?  backoff       against WithMaxAttempts
+//	dial, proxy, TLS or handshake error         yes              grows         counts
+//	OnConnect failed (error, panic, timeout)    yes              grows         counts
+//	connection ended, no data, under MinUptime  yes              grows         counts
+//	connection closed by upstream 1008/1013     yes              grows         counts (and a penalty)
+//	connection that delivered a data message    no               resets        resets the count
+//	connection up for WithMinUptime             no               resets        resets the count
+//	reconnect asked for on a connected feed     no               resets        resets the count
+//	(Client.Reconnect, a handler's ErrReconnect, an OnGap resync, a topic set's ack timeout)
+//
+// After a reset the next wait is the initial backoff (±50%). WithHealthyWhen
+// replaces the "data or minimum uptime" condition (its conditions must all
+// hold); the rows for requested reconnects and 1008/1013 apply whatever it
+// says. Heartbeat replies and answered server pings are not data.
+//
+// Retrying stops when: the failure is permanent (DefaultPermanent, or
+// WithPermanentFunc); WithMaxAttempts consecutive failed attempts; or
+// WithRetryPolicy says stop. For the feed's own loop that ends the feed (Run
+// returns the error); for a standby connection it stops that connection
+// only, reported through WithOnError and Stats.Standby, and the feed goes on.
+//
+// A penalty (a 429 or 418 answer, a 1008 or 1013 close; WithAdmission) is
+// charged to the admission key of the connection that was told, whichever
+// connection of the feed that was (primary, rotation or standby), whenever it
+// arrives: at the handshake, during OnConnect or later.
 //
 // # Upstream limits
 //
@@ -151,25 +186,54 @@
 //
 // # Concurrency and callbacks
 //
-// Every exported method of Pool and Client is safe for concurrent use.
-// Callbacks (the handler, OnConnect, OnStateChange, OnError, SendAsync's done
-// func, the duplicate filter, Heartbeat.Message and IsReply, the request and
-// permanent funcs) are called outside the library's locks, on goroutines of
-// the feed (the handler on the queue's goroutine with WithQueue), so they
-// delay only their own feed and should not block. Every callback may call
-// every exported method of its Client and Pool without deadlock:
+// Every exported method of Pool and Client is safe for concurrent use, and
+// every callback — and every goroutine a callback starts — may call every
+// exported method of its Client and Pool without deadlock. This holds by
+// construction; the library never asks which goroutine is calling (Go has
+// no goroutine identity, and the design needs none):
 //
-//   - Close, Pool.Remove and Pool.Close, called from inside a callback (of any
-//     feed), start the shutdown and return without waiting for it, since the
-//     shutdown waits for that callback to return; Run and Pool.Run return
-//     once everything has stopped. Called from anywhere else they wait.
-//   - Send from inside a callback may wait for the messages ahead of it, but
-//     never for a connection (the reconnect may need the very goroutine that
-//     runs the callback): while the feed is not connected it fails at once
-//     with an error wrapping [ErrNotConnected], even with WithSendBuffer.
-//     SendAsync buffers from anywhere.
-//   - Run and Pool.Run report ErrAlreadyRunning; Stats, State and Add work as
-//     anywhere.
+//   - Stopping never waits. Close, Drain, Pool.Close, Pool.Drain and
+//     Pool.Remove start the stop and return at once; Client.Done and
+//     Pool.Done (and Run's return) say when it is over. Wait on them outside
+//     the feed's own callbacks.
+//   - What must differ inside a callback is read from the context the
+//     library passed to it (the handler's, OnConnect's, the request func's),
+//     and from every context a callback derives from it for the goroutines
+//     it starts: Send with such a context never waits for a connection
+//     (while the feed is not connected it fails at once with an error
+//     wrapping [ErrNotConnected], even with WithSendBuffer), and Rotate with
+//     one starts the rotation and returns. Send also never waits for a
+//     connection while the feed's reader is running user code, whatever the
+//     context, because the next connection waits for that code. SendAsync
+//     buffers from anywhere.
+//   - OnStateChange and OnError are called in order by one dispatcher
+//     goroutine per feed, started while events wait: the reconnect loop
+//     never waits for them. The handler (with WithQueue, on the queue's
+//     goroutine) and the filters run on the feed's reader: they delay only
+//     their own feed.
+//   - No library lock is held while user code runs, but for the merge turn
+//     below, which no exported method takes.
+//   - Run and Pool.Run report ErrAlreadyRunning; Stats, State and Add work
+//     as anywhere.
+//
+// The locks, each with what it guards; a goroutine that holds one may take
+// only those listed after it (Pool.mu, then events.mu, then Client.mu, then
+// the leaf locks), and none is held across network I/O except the writer:
+//
+//	lock                 guards                                                     held while
+//	Pool.mu              the feeds map, started/stopping/closed                      map and flag updates; starting a feed (takes Client.mu)
+//	Client.events.mu     the queue of OnStateChange/OnError calls                    queueing (takes Client.mu to start the dispatcher)
+//	Client.mu            state, current Conn, send queue and writer role,             short updates; never I/O or user code
+//	                     lifecycle flags, last error, dialled host
+//	merge turn           standby: which connection delivers next (first copy wins)   the sequence check and the handler call of one message
+//	Conn writer          the socket's write side (one writer at a time)               one frame write, bounded by the write timeout
+//	leaf locks           heartbeat timers, pacing window, sequence state, queue,     short updates of their own state
+//	                     admission gate, wake hub, standby stats
+//
+// The merge turn is how the handler is "never called concurrently with
+// itself" when standby connections deliver too: their readers take turns.
+// User code runs inside it, but nothing waits for it except another standby
+// reader, so user code cannot deadlock on it.
 //
 // A panic in any callback is recovered and reported as a [HandlerError]
 // whose Callback field names it (WithOnError, the logger, Stats.HandlerErrors);
