@@ -113,7 +113,8 @@ func ExampleStream() {
 	}
 	go c.Run(context.Background())
 	<-done
-	c.Close()
+	c.Close() // starts the stop
+	<-c.Done()
 	fmt.Println(seen)
 	fmt.Println("connections:", srv.Accepted())
 	// Output:
