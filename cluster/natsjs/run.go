@@ -599,7 +599,12 @@ func (r *run) stopFeeds(sr *shardRun, wait bool, names ...string) {
 		go func() {
 			defer r.bg.Done()
 			defer wg.Done()
-			_ = r.pool.Remove(n)
+			// Remove starts the feed's stop; its Done says when the feed
+			// has stopped delivering (and publishing).
+			c := r.pool.Client(n)
+			if r.pool.Remove(n) == nil && c != nil {
+				<-c.Done()
+			}
 		}()
 	}
 	if wait {
