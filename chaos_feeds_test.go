@@ -19,6 +19,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/wspool/wspool"
+	"golang.org/x/sync/errgroup"
 )
 
 // ---- the option mix ----
@@ -963,7 +964,16 @@ func (f *soakFeed) handleData(ctx context.Context, sc *soakClient, m wspool.Mess
 
 	if f.removeInHandler.Load() == 1 && f.removeInHandler.CompareAndSwap(1, 0) {
 		start := time.Now()
-		err := f.pool.Remove(f.name)
+		var err error
+		if f.rng.IntN(2) == 0 {
+			err = f.pool.Remove(f.name)
+		} else {
+			// From a goroutine the handler starts and waits for: the
+			// library cannot tell it from any other goroutine.
+			var g errgroup.Group
+			g.Go(func() error { return f.pool.Remove(f.name) })
+			err = g.Wait()
+		}
 		if d := time.Since(start); d > time.Second || err != nil {
 			f.v.add("%s: Pool.Remove from the handler took %v (want no wait), err %v", f.name, d, err)
 		}
