@@ -135,6 +135,7 @@ func ExampleJSON() {
 	defer srv.Close()
 
 	ctx, cancel := context.WithCancel(context.Background())
+	var errs []string // OnError runs on the feed's event dispatcher, not the handler's goroutine
 	c, _ := wspool.NewClient(srv.URL("/"),
 		wspool.JSON(func(_ context.Context, q quote) error {
 			fmt.Printf("%s %.1f\n", q.Symbol, q.Price)
@@ -144,12 +145,15 @@ func ExampleJSON() {
 			return nil
 		}),
 		wspool.WithName("quotes"),
-		wspool.WithOnError(func(feed string, err error) { fmt.Println("error:", err) }))
-	c.Run(ctx)
+		wspool.WithOnError(func(feed string, err error) { errs = append(errs, err.Error()) }))
+	c.Run(ctx) // returns once every callback has returned
+	for _, e := range errs {
+		fmt.Println("error:", e)
+	}
 	// Output:
 	// BTC 64000.5
-	// error: wspool: feed quotes: handler: wspool: decode text message of 8 bytes: invalid character 'o' in literal null (expecting 'u')
 	// ETH 3100.0
+	// error: wspool: feed quotes: handler: wspool: decode text message of 8 bytes: invalid character 'o' in literal null (expecting 'u')
 }
 
 // A sequenced feed that resumes after the last number delivered: a server

@@ -91,7 +91,7 @@ func FuzzHostileServer(f *testing.F) {
 		c, err := wspool.NewClient(srv.URL(path), func(_ context.Context, m wspool.Message) error {
 			got = append(got, rawws.Message{Opcode: uint8(m.Type), Data: bytes.Clone(m.Data)})
 			return nil
-		}, wspool.WithMaxAttempts(1), wspool.WithReadLimit(fuzzReadLimit),
+		}, wspool.WithMaxAttempts(1), wspool.WithHealthyWhen(wspool.HealthMinUptime), wspool.WithReadLimit(fuzzReadLimit),
 			wspool.WithHandshakeTimeout(2*time.Second), wspool.WithCloseTimeout(200*time.Millisecond))
 		if err != nil {
 			t.Fatal(err)

@@ -275,8 +275,10 @@ func TestSecretsNeverReported(t *testing.T) {
 			if !tt.noHeaders {
 				opts = append(opts, secretOptions()...)
 			}
+			// HealthMinUptime: a connection that delivered data and dropped
+			// counts as a failure here, so that the feed ends by itself.
 			opts = append(opts, wspool.WithMaxAttempts(2), wspool.WithBackoff(10*time.Millisecond, 20*time.Millisecond),
-				wspool.WithHandshakeTimeout(2*time.Second))
+				wspool.WithHandshakeTimeout(2*time.Second), wspool.WithHealthyWhen(wspool.HealthMinUptime))
 			c, err := wspool.NewClient(secretFeedURL(tt.addr(t), tt.userinfo), func(context.Context, wspool.Message) error {
 				return errors.New("handler refuses " + secretFuncToken[:4]) // a handler error is reported too
 			}, opts...)
