@@ -740,9 +740,7 @@ func (c *Client) runOnConnect(ctx context.Context, conn *Conn) (err error) {
 	defer conn.inOnConnect.Store(false)
 	defer func() {
 		if r := recover(); r != nil {
-			he := &HandlerError{Feed: c.name, Callback: "OnConnect", Panic: r, Stack: debug.Stack()}
-			c.reportHandlerError(he)
-			err = fmt.Errorf("wspool: OnConnect: %w", he)
+			err = fmt.Errorf("wspool: OnConnect: %w", c.panicked("OnConnect", r))
 		}
 	}()
 	start := time.Now()
@@ -753,12 +751,22 @@ func (c *Client) runOnConnect(ctx context.Context, conn *Conn) (err error) {
 	return nil
 }
 
-// recoverCallback, deferred around a user callback other than the handler,
-// reports a panic like a handler's (HandlerError with Callback set).
+// recoverCallback, deferred around a user callback whose panic needs no
+// more than a report, recovers and reports it (see panicked).
 func (c *Client) recoverCallback(name string) {
 	if r := recover(); r != nil {
-		c.reportHandlerError(&HandlerError{Feed: c.name, Callback: name, Panic: r, Stack: debug.Stack()})
+		c.panicked(name, r)
 	}
+}
+
+// panicked reports a panic recovered from the user callback name ("" for
+// the handler) as a *HandlerError with its stack, and returns it. Every
+// callback's panic goes through here: recover() itself must be called in
+// the deferred function of each call site.
+func (c *Client) panicked(name string, r any) *HandlerError {
+	he := &HandlerError{Feed: c.name, Callback: name, Panic: r, Stack: debug.Stack()}
+	c.reportHandlerError(he)
+	return he
 }
 
 func (c *Client) reportHandlerError(err *HandlerError) {

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -225,9 +224,7 @@ var sharedWriteBuffers = &sync.Pool{}
 func (c *Client) callRequestFunc(ctx context.Context, u *url.URL, h http.Header) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			he := &HandlerError{Feed: c.name, Callback: "request func", Panic: r, Stack: debug.Stack()}
-			c.reportHandlerError(he)
-			err = he
+			err = c.panicked("request func", r)
 		}
 	}()
 	return c.cfg.requestFunc(ctx, u, h)

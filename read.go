@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime/debug"
 	"time"
 )
 
@@ -135,7 +134,7 @@ func (c *Client) deliver(ctx context.Context, msg Message) {
 	defer func() { // one deferred call per message: count, and recover a panic
 		c.stats.delivered.Add(1)
 		if r := recover(); r != nil {
-			c.reportHandlerError(&HandlerError{Feed: c.name, Panic: r, Stack: debug.Stack()})
+			c.panicked("", r)
 		}
 	}()
 	if c.cfg.timings != nil {
