@@ -405,6 +405,7 @@ func (l *faultLog) faulty(i int, from, to time.Time) bool {
 
 type contSummary struct {
 	gaps, gapMsgs, resyncs, exact, serverPings, pingsSent, pongs, cuts, cutsExcused int64
+	rateCuts, rateCutsExcused                                                       int64
 	standbyWon, primaryWon                                                          int64
 	testRotate, testRotateFailed, testReconnect, testNotConnected                   int64
 	hRotate, hReconnect, hErrReconnect                                              int64
@@ -494,12 +495,24 @@ func checkContinuity(feeds []*soakFeed, srv *seqServer, faults *faultLog, v *vio
 		v.add("server cut connection %d of feed %d (proxy %d, code %d) for a pong late by %v, with no fault on its proxy since a second before the ping",
 			c.conn, c.feed, c.proxy, c.code, c.at.Sub(c.sent).Round(time.Millisecond))
 	}
+	// A feed paced as the README advises never goes over its upstream's
+	// message-rate limit, but a fault on its path (a throttled or delayed
+	// backlog draining at once) can bunch what it sent in pace.
+	for _, c := range srv.rateCuts {
+		sum.rateCuts++
+		if faults.faulty(c.proxy, c.at.Add(-2*time.Second), c.at) {
+			sum.rateCutsExcused++
+			continue
+		}
+		v.add("server closed connection %d of feed %d (proxy %d) with 1008: %d messages in a second, over its limit of %d for the README's pacing, with no fault on its proxy for two seconds",
+			c.conn, c.feed, c.proxy, c.count, c.limit)
+	}
 	return sum
 }
 
 func (s contSummary) String() string {
-	return fmt.Sprintf("gaps=%d(messages %d, resyncs %d) exact-in-order=%d server-pings=%d(sent %d, pongs %d) late-pong-cuts=%d(during faults %d) standby-won=%d(primary %d) rotate=test %d(failed %d)/handler %d reconnect=test %d/handler %d (not connected %d) handler-ErrReconnect=%d",
-		s.gaps, s.gapMsgs, s.resyncs, s.exact, s.serverPings, s.pingsSent, s.pongs, s.cuts, s.cutsExcused, s.standbyWon, s.primaryWon,
+	return fmt.Sprintf("gaps=%d(messages %d, resyncs %d) exact-in-order=%d server-pings=%d(sent %d, pongs %d) late-pong-cuts=%d(during faults %d) rate-1008=%d(during faults %d) standby-won=%d(primary %d) rotate=test %d(failed %d)/handler %d reconnect=test %d/handler %d (not connected %d) handler-ErrReconnect=%d",
+		s.gaps, s.gapMsgs, s.resyncs, s.exact, s.serverPings, s.pingsSent, s.pongs, s.cuts, s.cutsExcused, s.rateCuts, s.rateCutsExcused, s.standbyWon, s.primaryWon,
 		s.testRotate, s.testRotateFailed, s.hRotate, s.testReconnect, s.hReconnect, s.testNotConnected, s.hErrReconnect)
 }
 

@@ -239,9 +239,47 @@ type seqServer struct {
 	pongsSlow atomic.Int64 // pongs later than a second
 	cutMu     sync.Mutex
 	cuts      []pongCut // connections cut for a late pong
+	rateCuts  []rateCut // connections closed with 1008 for their message rate
 }
 
-type serverFeedCfg struct{ skips, ping bool }
+// serverFeedCfg is what the server does for one feed: skip numbers, send
+// data-level pings, and enforce a message-rate limit (rateLimit messages in
+// any sliding second, measured as they arrive; over it: close 1008, as
+// exchanges do) on feeds paced as the README advises (see soakRateLimit).
+type serverFeedCfg struct {
+	skips, ping bool
+	rateLimit   int
+}
+
+// soakRateLimit is the server's limit for a feed paced at m messages per
+// 100 ms, in the README's proportion: "4 per 500 ms (at most 8 in any
+// second)" against an upstream's 10 per second, so the pacing uses at most
+// 80 % of the limit, measured in the upstream's window.
+func soakRateLimit(m int) int { return (10*m*5 + 3) / 4 }
+
+// rateCut is a connection the server closed with 1008 for going over its
+// feed's message-rate limit.
+type rateCut struct {
+	feed, proxy  int
+	conn         int64
+	at           time.Time
+	count, limit int
+}
+
+// rateWindow counts one connection's inbound messages over the last second.
+type rateWindow struct{ at []time.Time }
+
+// note records a message at now and reports how many arrived within the
+// second up to now.
+func (w *rateWindow) note(now time.Time) int {
+	w.at = append(w.at, now)
+	i := 0
+	for i < len(w.at) && now.Sub(w.at[i]) >= time.Second {
+		i++
+	}
+	w.at = w.at[i:]
+	return len(w.at)
+}
 
 // pongCut is a connection the server cut because a pong was late.
 type pongCut struct {
@@ -345,8 +383,31 @@ func (s *seqServer) handle(c *websocket.Conn, r *http.Request) {
 	s.conns[sc.id] = sc
 	s.mu.Unlock()
 
+	var rate rateWindow
+	limit := 0
+	if s.feedCfg != nil {
+		limit = s.feedCfg[feed].rateLimit
+	}
+	// overRate counts an inbound message; over the feed's limit the
+	// connection is closed with 1008 and the cut recorded.
+	overRate := func() bool {
+		if limit == 0 {
+			return false
+		}
+		now := time.Now()
+		n := rate.note(now)
+		if n <= limit {
+			return false
+		}
+		s.cutMu.Lock()
+		s.rateCuts = append(s.rateCuts, rateCut{feed: feed, proxy: sc.proxy, conn: sc.id, at: now, count: n, limit: limit})
+		s.cutMu.Unlock()
+		_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.ClosePolicyViolation, "too many requests"), now.Add(time.Second))
+		return true
+	}
+
 	_, msg, err := c.ReadMessage()
-	if err != nil {
+	if err != nil || overRate() {
 		return
 	}
 	sub := "sub " + strconv.Itoa(feed)
@@ -379,7 +440,7 @@ func (s *seqServer) handle(c *websocket.Conn, r *http.Request) {
 	}
 	if login {
 		_, msg, err := c.ReadMessage()
-		if err != nil {
+		if err != nil || overRate() {
 			return
 		}
 		if want := "auth " + strconv.Itoa(feed); string(msg) != want {
@@ -416,6 +477,9 @@ func (s *seqServer) handle(c *websocket.Conn, r *http.Request) {
 			if errors.As(err, &ce) && ce.Code != websocket.CloseAbnormalClosure {
 				sc.graceful.Store(true)
 			}
+			return
+		}
+		if overRate() {
 			return
 		}
 		if k, ok := strings.CutPrefix(string(data), `{"pong":`); ok && pongs != nil {

@@ -176,6 +176,9 @@ func TestChaosSoak(t *testing.T) {
 		so := otherProxy(proxies, pi)
 		f.ct.standbyURL = fmt.Sprintf("ws://%s/feed/%d?p=%d", proxies[so].Addr(), i, so)
 		srv.feedCfg[i] = serverFeedCfg{skips: f.mix.skips, ping: f.mix.serverPing}
+		if f.mix.pacing > 0 {
+			srv.feedCfg[i].rateLimit = soakRateLimit(f.mix.pacing)
+		}
 		if f.mix.poke {
 			pokeFeeds = append(pokeFeeds, f)
 		}
