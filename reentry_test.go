@@ -160,8 +160,13 @@ var methodCases = []methodCase{
 		return nil
 	}},
 	{name: "Close", call: func(_ context.Context, _ *wspool.Pool, c *wspool.Client, _ string) error { return c.Close() }},
-	{name: "State+Stats+Name", call: func(_ context.Context, _ *wspool.Pool, c *wspool.Client, _ string) error {
+	{name: "State+Stats+Name+Done", call: func(_ context.Context, p *wspool.Pool, c *wspool.Client, _ string) error {
 		_, _, _ = c.State(), c.Stats(), c.Name()
+		select { // Done and Pool.Done never block; waiting on them here would wait for this very callback
+		case <-c.Done():
+		case <-p.Done():
+		default:
+		}
 		return nil
 	}},
 	{name: "Run", call: func(ctx context.Context, _ *wspool.Pool, c *wspool.Client, _ string) error {
