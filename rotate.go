@@ -51,7 +51,10 @@ func WithDuplicateFilter(isDup func(Message) bool) Option {
 // Rotate starts early: a failed attempt of it is retried after a tenth of the
 // age, so Rotate then returns once one succeeds or ctx ends.
 // With a context the library passed to a callback (or one derived from it)
-// it starts the rotation and returns nil without waiting for it.
+// it starts the rotation and returns nil without waiting for it. Otherwise it
+// waits for the rotation's OnConnect: a goroutine that an OnConnect waits for
+// must pass OnConnect's context (or one derived from it), as it must to any
+// wait in OnConnect, or the two wait for each other until ctx ends.
 func (c *Client) Rotate(ctx context.Context) error {
 	c.mu.Lock()
 	conn := c.liveConnLocked()
