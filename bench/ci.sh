@@ -19,4 +19,4 @@ run 90 go test -count=1 -run . -bench . -benchtime 1x ./...
 bin=$(mktemp -d)
 trap 'rm -rf "$bin"' EXIT
 run 60 go build -o "$bin/wsbench" ./cmd/wsbench
-run 60 "$bin/wsbench" -smoke -timeout 50s
+run 75 "$bin/wsbench" -smoke -timeout 65s -plots "$bin/plots"

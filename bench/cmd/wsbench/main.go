@@ -13,6 +13,7 @@
 //	wsbench idle       [flags]            idle feeds: memory and CPU
 //	wsbench recovery   [flags]            a Pool recovering from a server outage
 //	wsbench send       [flags]            Send throughput against an echo server
+//	wsbench latency    [flags]            wire-to-handler latency, every client in turn
 //
 // Each role prints "RESULT <json>" lines on stdout. Every child is killed when
 // the orchestrator exits, on a signal or on its -timeout.
@@ -52,6 +53,8 @@ func main() {
 			err = roleRecovery(args)
 		case "send":
 			err = roleSend(args)
+		case "latency":
+			err = roleLatency(args)
 		default:
 			err = fmt.Errorf("unknown role %q", role)
 		}
@@ -221,3 +224,56 @@ func roleSend(args []string) error {
 	}
 	return nil
 }
+
+// latencyRow is one latency run as the latency role reports it.
+type latencyRow struct {
+	Round int
+	runner.LatencyResult
+	// GCLoad is the garbage the process allocated per second beside the
+	// feeds (0: none); GC the collector's settings.
+	GCLoad int
+	GC     string
+}
+
+func roleLatency(args []string) error {
+	fs := flag.NewFlagSet("wsbench latency", flag.ContinueOnError)
+	url := fs.String("url", "", "firehose server base URL")
+	feeds := fs.Int("feeds", 1, "connections")
+	size := fs.Int("size", 64, "message payload bytes (at least 16: the stamp)")
+	rate := fs.Int("rate", 10000, "messages per second per feed")
+	rounds := fs.Int("rounds", 2, "rounds; each runs every client once, the order rotating by one each round")
+	modes := fs.String("modes", strings.Join(latencyModes, ","), "clients")
+	warmup := fs.Duration("warmup", time.Second, "warm-up before each window")
+	window := fs.Duration("window", 4*time.Second, "measured window per run")
+	grace := fs.Duration("grace", 500*time.Millisecond, "after the window, wait this long for late messages")
+	gcLoad := fs.Int("gc-load", 0, "bytes of garbage allocated per second beside the feeds (0 = none)")
+	gcLive := fs.Int("gc-live", 64<<20, "with -gc-load: bytes of live pointers every collection marks")
+	maxTime := fs.Duration("maxtime", 5*time.Minute, "give up after this long")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	clients := strings.Split(*modes, ",")
+	raiseFDLimit()
+	ctx, cancel := roleContext(*maxTime)
+	defer cancel()
+	if *gcLoad > 0 {
+		g := runner.StartGCLoad(*gcLoad, *gcLive)
+		defer g.Stop()
+	}
+	for r := range *rounds {
+		for i := range clients {
+			mode := clients[(i+r)%len(clients)]
+			runtime.GC()
+			cfg := runner.LatencyConfig{Mode: mode, URL: *url, Feeds: *feeds, Size: *size, Rate: *rate, Warmup: *warmup, Window: *window, Grace: *grace}
+			res, err := runner.RunLatency(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			printResult(os.Stdout, latencyRow{Round: r, LatencyResult: res, GCLoad: *gcLoad, GC: runner.GCSettings()})
+		}
+	}
+	return nil
+}
+
+// latencyModes are the clients of the latency benchmark.
+var latencyModes = []string{runner.ModeWspool, runner.ModeWspoolQueue, runner.ModeGws, runner.ModeRaw, runner.ModeFrames}

@@ -48,6 +48,14 @@ type settings struct {
 	recFeeds []int
 	outage   time.Duration
 
+	latCells           []latencyCell
+	latModes           []string
+	latRounds          int
+	latWarmup, latWind time.Duration
+	latGrace           time.Duration
+	gcLoad, gcLive     int
+	plotDir            string
+
 	timeout    time.Duration
 	profileDir string
 	jsonOut    string
@@ -75,7 +83,13 @@ func parseSettings(args []string) (*settings, error) {
 	fs := flag.NewFlagSet("wsbench", flag.ContinueOnError)
 	quick := fs.Bool("quick", false, "shorter runs (about 1-2 minutes)")
 	smoke := fs.Bool("smoke", false, "a few seconds with 100 feeds, for CI")
-	only := fs.String("only", "throughput,big,send,idle,recovery", "benchmarks to run")
+	only := fs.String("only", "throughput,big,send,idle,recovery,latency", "benchmarks to run")
+	latModes := fs.String("lat-modes", strings.Join(latencyModes, ","), "latency: clients")
+	latLoads := fs.String("lat-loads", "1x10000,1000x50", "latency: feeds x messages per second per feed")
+	latSizes := fs.String("lat-sizes", "64,4096", "latency: message sizes")
+	latGC := fs.String("lat-gc", "off,on", "latency: without and/or with the GC load")
+	gcLoad := fs.Int("gc-load", 200<<20, "latency: bytes of garbage per second of the GC load")
+	plotDir := fs.String("plots", "", "latency: write one plot per cell (SVG) into this directory")
 	rounds := fs.Int("rounds", 0, "throughput rounds (each runs every client once); 0 = preset")
 	tpModes := fs.String("tp-modes", "wspool,raw,gws,gobwas", "throughput and big: clients (wspool, raw, gws, gobwas)")
 	bigSize := fs.Int("big-size", 16<<20, "big: message size in bytes")
@@ -105,8 +119,19 @@ func parseSettings(args []string) (*settings, error) {
 		recFeeds: []int{10000, 200}, outage: 3 * time.Second,
 		timeout: 20 * time.Minute,
 	}
+	s.latRounds, s.latWarmup, s.latWind, s.latGrace = 2, time.Second, 4*time.Second, 500*time.Millisecond
 	switch {
 	case *smoke:
+		s.latRounds, s.latWarmup, s.latWind, s.latGrace = 1, 200*time.Millisecond, 300*time.Millisecond, 200*time.Millisecond
+		if !explicit(fs, "lat-loads") {
+			*latLoads = "20x100"
+		}
+		if !explicit(fs, "lat-sizes") {
+			*latSizes = "64"
+		}
+		if !explicit(fs, "lat-gc") {
+			*latGC = "on"
+		}
 		s.preset = "smoke"
 		s.rounds, s.warmup, s.window = 1, 100*time.Millisecond, 300*time.Millisecond
 		s.bigRounds, s.bigWindow, *bigSize = 1, 300*time.Millisecond, min(*bigSize, 1<<20)
@@ -115,6 +140,7 @@ func parseSettings(args []string) (*settings, error) {
 		s.recFeeds, s.outage = []int{100}, time.Second
 		s.timeout = 90 * time.Second
 	case *quick:
+		s.latRounds, s.latWarmup, s.latWind = 1, 500*time.Millisecond, 2*time.Second
 		s.preset = "quick"
 		s.rounds, s.window = 3, time.Second
 		s.bigRounds, s.bigWindow = 3, time.Second
@@ -173,7 +199,7 @@ func parseSettings(args []string) (*settings, error) {
 	s.only = map[string]bool{}
 	for f := range strings.SplitSeq(*only, ",") {
 		switch f = strings.TrimSpace(f); f {
-		case "throughput", "big", "send", "idle", "recovery":
+		case "throughput", "big", "send", "idle", "recovery", "latency":
 			s.only[f] = true
 		case "":
 		default:
@@ -189,6 +215,19 @@ func parseSettings(args []string) (*settings, error) {
 			return nil, fmt.Errorf("unknown idle mode %q", m)
 		}
 	}
+	for m := range strings.SplitSeq(*latModes, ",") {
+		switch m = strings.TrimSpace(m); m {
+		case runner.ModeWspool, runner.ModeWspoolQueue, runner.ModeRaw, runner.ModeGws, runner.ModeFrames:
+			s.latModes = append(s.latModes, m)
+		case "":
+		default:
+			return nil, fmt.Errorf("unknown latency client %q", m)
+		}
+	}
+	if s.latCells, err = parseCells(*latLoads, *latSizes, *latGC); err != nil {
+		return nil, err
+	}
+	s.gcLoad, s.gcLive, s.plotDir = *gcLoad, 64<<20, *plotDir
 	s.readBuf = *readBuf
 	s.profileDir, s.jsonOut, s.note, s.verbose = *profileDir, *jsonOut, *note, *verbose
 	return s, nil
@@ -240,6 +279,7 @@ func orchestrate(args []string) error {
 		{"send", o.send},
 		{"idle", o.idle},
 		{"recovery", o.recovery},
+		{"latency", o.latency},
 	}
 	var errs []error
 	for _, st := range steps {
@@ -261,6 +301,11 @@ func orchestrate(args []string) error {
 		p.mu.Unlock()
 	}
 	o.res.Elapsed = time.Since(o.start)
+	if s.plotDir != "" && len(o.res.Latency) > 0 {
+		if err := writePlots(s.plotDir, o.res.Latency); err != nil {
+			errs = append(errs, fmt.Errorf("plots: %w", err))
+		}
+	}
 	o.res.print(os.Stdout)
 	if s.jsonOut != "" {
 		b, _ := json.MarshalIndent(o.res, "", "  ")
@@ -580,4 +625,124 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// latencyCell is one cell of the latency table: a load, a size, with or
+// without the GC load.
+type latencyCell struct {
+	Feeds, Rate, Size int
+	GC                bool
+}
+
+func (c latencyCell) String() string {
+	gc := ""
+	if c.GC {
+		gc = ", GC load"
+	}
+	return fmt.Sprintf("%s feed(s) x %s msg/s, %d B%s", rate(float64(c.Feeds)), rate(float64(c.Rate)), c.Size, gc)
+}
+
+// parseCells returns every combination of loads ("feedsxrate,..."), sizes
+// and GC settings ("off,on").
+func parseCells(loads, sizes, gcs string) ([]latencyCell, error) {
+	szs, err := parseInts(sizes)
+	if err != nil {
+		return nil, err
+	}
+	var gcv []bool
+	for g := range strings.SplitSeq(gcs, ",") {
+		switch strings.TrimSpace(g) {
+		case "off":
+			gcv = append(gcv, false)
+		case "on":
+			gcv = append(gcv, true)
+		case "":
+		default:
+			return nil, fmt.Errorf("bad -lat-gc value %q (off or on)", g)
+		}
+	}
+	var cells []latencyCell
+	for _, gc := range gcv {
+		for l := range strings.SplitSeq(loads, ",") {
+			l = strings.TrimSpace(l)
+			if l == "" {
+				continue
+			}
+			f, r, ok := strings.Cut(l, "x")
+			feeds, err1 := strconv.Atoi(f)
+			rt, err2 := strconv.Atoi(r)
+			if !ok || err1 != nil || err2 != nil || feeds <= 0 || rt <= 0 {
+				return nil, fmt.Errorf("bad latency load %q (want feeds x rate, e.g. 1000x50)", l)
+			}
+			for _, sz := range szs {
+				if sz < firehose.StampLen {
+					return nil, fmt.Errorf("latency size %d is below the %d-byte stamp", sz, firehose.StampLen)
+				}
+				cells = append(cells, latencyCell{Feeds: feeds, Rate: rt, Size: sz, GC: gc})
+			}
+		}
+	}
+	return cells, nil
+}
+
+// explicit reports whether the flag name was set on the command line.
+func explicit(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+// latency runs one client process per cell (every client in turn, rounds
+// times) against one stamping server.
+func (o *orch) latency(ctx context.Context) error {
+	srv, addr, _, err := o.server(ctx, firehose.ModeFirehose, "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer srv.stop()
+	for _, cell := range o.s.latCells {
+		if err := o.latencyCell(ctx, addr, cell); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (o *orch) latencyCell(ctx context.Context, addr string, cell latencyCell) error {
+	gc := 0
+	if cell.GC {
+		gc = o.s.gcLoad
+	}
+	args := []string{"latency", "-url", "ws://" + addr + "/", "-feeds", fmt.Sprint(cell.Feeds), "-size", fmt.Sprint(cell.Size),
+		"-rate", fmt.Sprint(cell.Rate), "-rounds", fmt.Sprint(o.s.latRounds), "-modes", strings.Join(o.s.latModes, ","),
+		"-warmup", o.s.latWarmup.String(), "-window", o.s.latWind.String(), "-grace", o.s.latGrace.String(), "-gc-load", fmt.Sprint(gc),
+		"-gc-live", fmt.Sprint(o.s.gcLive), "-maxtime", remaining(ctx)}
+	c, err := o.p.start("latency "+cell.String(), args...)
+	if err != nil {
+		return err
+	}
+	for range len(o.s.latModes) * o.s.latRounds {
+		var r latencyRow
+		if err := c.result(ctx, o.s.latWarmup+o.s.latWind+2*time.Minute, &r); err != nil {
+			c.kill()
+			return err
+		}
+		logf("latency %s round %d %-12s p50 %s p99 %s p99.9 %s max %s  timed %d of %d sent",
+			cell, r.Round, r.Mode, us(r.P50), us(r.P99), us(r.P999), us(r.Max), r.Count, r.Sent)
+		o.res.Latency = append(o.res.Latency, r)
+	}
+	return c.wait(20 * time.Second)
+}
+
+// us renders nanoseconds as microseconds.
+func us(ns int64) string {
+	switch {
+	case ns >= 100_000_000:
+		return fmt.Sprintf("%.0f ms", float64(ns)/1e6)
+	case ns >= 10_000_000:
+		return fmt.Sprintf("%.1f ms", float64(ns)/1e6)
+	case ns >= 1_000_000:
+		return fmt.Sprintf("%.2f ms", float64(ns)/1e6)
+	}
+	return fmt.Sprintf("%.0f µs", float64(ns)/1e3)
 }

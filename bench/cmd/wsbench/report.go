@@ -57,6 +57,7 @@ type results struct {
 	Send       []sendRow
 	Idle       []idleRow
 	Recovery   []recoveryRow
+	Latency    []latencyRow
 }
 
 func newResults(s *settings) *results {
@@ -73,6 +74,8 @@ func newResults(s *settings) *results {
 			"idle": fmt.Sprintf("feeds %v, clients %v, settle %v, CPU window %v (at most 16s below 10,000 feeds), one process per run, %d rounds at 10,000 feeds and more (raw+ping in the first only)",
 				s.idleFeeds, s.idleModes, s.idleSettle, s.idleWindow, s.idleRounds),
 			"recovery": fmt.Sprintf("feeds %v, outage %v (kill -9, restart on the same port)", s.recFeeds, s.outage),
+			"latency": fmt.Sprintf("%d rounds x %v, the order rotating each round, %v warm-up + %v window each, one client process per cell; GC load %d MB/s of garbage beside %d MB of live pointers",
+				s.latRounds, s.latModes, s.latWarmup, s.latWind, s.gcLoad>>20, s.gcLive>>20),
 		},
 	}
 	if s.readBuf != 0 {
@@ -187,7 +190,7 @@ func (r *results) print(w io.Writer) {
 	if r.Note != "" {
 		fmt.Fprintf(w, "- %s\n", r.Note)
 	}
-	for _, k := range []string{"throughput", "big", "send", "idle", "recovery", "tuning"} {
+	for _, k := range []string{"throughput", "big", "send", "idle", "recovery", "latency", "tuning"} {
 		if v, ok := r.Settings[k]; ok {
 			fmt.Fprintf(w, "- %s: %s\n", k, v)
 		}
@@ -197,6 +200,7 @@ func (r *results) print(w io.Writer) {
 
 	targets = append(targets, r.printThroughput(w)...)
 	targets = append(targets, r.printBig(w)...)
+	targets = append(targets, r.printLatency(w)...)
 
 	if len(r.Send) > 0 {
 		fmt.Fprintf(w, "### Send: one feed, Client.Send in a loop, 64 B, against an echo server process\n\n")

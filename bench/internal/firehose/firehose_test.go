@@ -246,3 +246,38 @@ func getStats(t *testing.T, s *Server) Stats {
 	}
 	return st
 }
+
+func TestStampedMessagesCarryTheirSendTime(t *testing.T) {
+	s := start(t, Config{Size: 64, Rate: 1000, Stamp: true})
+	before := time.Now().UnixNano()
+	c := dial(t, s.URL())
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	prev := int64(0)
+	for range 20 {
+		_, m, err := c.ReadMessage()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ns, ok := ParseStamp(m)
+		if !ok || len(m) != 64 {
+			t.Fatalf("message %q has no stamp", m)
+		}
+		if now := time.Now().UnixNano(); ns < before || ns > now || ns < prev {
+			t.Fatalf("stamp %d outside [%d, %d] or before the previous one %d", ns, before, now, prev)
+		}
+		prev = ns
+	}
+}
+
+func TestStampRoundTrip(t *testing.T) {
+	b := make([]byte, StampLen)
+	for _, ns := range []int64{0, 1, 0x0123456789abcdef, time.Now().UnixNano()} {
+		putStamp(b, ns)
+		if got, ok := ParseStamp(b); !ok || got != ns {
+			t.Errorf("%d: got %d %v", ns, got, ok)
+		}
+	}
+	if _, ok := ParseStamp([]byte("0123456789abcdeX")); ok {
+		t.Error("a non-hex stamp parsed")
+	}
+}

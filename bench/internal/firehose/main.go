@@ -31,6 +31,7 @@ func Main(name string, args []string, stdout, stderr io.Writer) error {
 	rate := fs.Int("rate", 0, "messages per second per connection (firehose); 0 = as fast as possible")
 	batch := fs.Int("batch", 64<<10, "target `bytes` per write (firehose)")
 	binary := fs.Bool("binary", false, "send binary frames instead of text")
+	stamp := fs.Bool("stamp", false, "start every message with its send time (16 hex digits of Unix nanoseconds)")
 	delay := fs.Duration("hsdelay", 0, "sleep this long inside every handshake")
 	maxTime := fs.Duration("maxtime", 0, "exit after this long (0 = run until signalled)")
 	statsEvery := fs.Duration("stats", 0, "print STATS lines at this interval (0 = only at exit)")
@@ -42,7 +43,7 @@ func Main(name string, args []string, stdout, stderr io.Writer) error {
 	} else if lim < 1024 {
 		fmt.Fprintf(stderr, "%s: fd limit is only %d\n", name, lim)
 	}
-	cfg := Config{Mode: *mode, Size: *size, Count: *count, Rate: *rate, Batch: *batch, Binary: *binary, HandshakeDelay: *delay}
+	cfg := Config{Mode: *mode, Size: *size, Count: *count, Rate: *rate, Batch: *batch, Binary: *binary, Stamp: *stamp, HandshakeDelay: *delay}
 	s, err := Listen(*addr, cfg)
 	if err != nil {
 		return err

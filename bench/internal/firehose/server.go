@@ -4,11 +4,13 @@
 // per batch, so serving a message costs the server almost nothing.
 //
 // Modes, chosen per server and overridable per connection in the URL query
-// (?mode=idle&size=64&count=1000&rate=0&delay=0):
+// (?mode=idle&size=64&count=1000&rate=0&delay=0&stamp=1):
 //
 //   - firehose: stream messages of Size bytes, Count per connection (0 = until
 //     the client leaves), at Rate messages per second per connection (0 = as
 //     fast as the socket takes them). Pings are answered between batches.
+//     With Stamp, every message starts with its send time (see Stamp): the
+//     latency benchmark.
 //   - idle: send nothing; answer pings and the close handshake.
 //   - echo: send every data frame back, batching replies until the socket has
 //     no more input buffered.
@@ -57,6 +59,42 @@ type Config struct {
 	HandshakeDelay time.Duration
 	// Binary sends binary frames instead of text frames.
 	Binary bool
+	// Stamp writes the send time into the first StampLen bytes of every
+	// message (Size must be at least StampLen): the messages of one write
+	// carry the time taken just before it.
+	Stamp bool
+}
+
+// StampLen is the length of a send-time stamp: the wall clock's Unix
+// nanoseconds as 16 lower-case hex digits (text, valid UTF-8).
+const StampLen = 16
+
+// putStamp writes ns as a stamp into b[:StampLen].
+func putStamp(b []byte, ns int64) {
+	const hex = "0123456789abcdef"
+	for i := StampLen - 1; i >= 0; i-- {
+		b[i] = hex[ns&0xF]
+		ns >>= 4
+	}
+}
+
+// ParseStamp returns the send time stamped at the start of a message, as
+// Unix nanoseconds; ok is false if b does not start with a stamp.
+func ParseStamp(b []byte) (ns int64, ok bool) {
+	if len(b) < StampLen {
+		return 0, false
+	}
+	for _, c := range b[:StampLen] {
+		switch {
+		case c >= '0' && c <= '9':
+			ns = ns<<4 | int64(c-'0')
+		case c >= 'a' && c <= 'f':
+			ns = ns<<4 | int64(c-'a'+10)
+		default:
+			return 0, false
+		}
+	}
+	return ns, true
 }
 
 func (c Config) withDefaults() Config {
@@ -80,6 +118,9 @@ func (c Config) validate() error {
 	}
 	if c.Size > maxClientFrame {
 		return fmt.Errorf("firehose: size %d too large", c.Size)
+	}
+	if c.Stamp && c.Size < StampLen {
+		return fmt.Errorf("firehose: size %d too small for a stamp (%d bytes)", c.Size, StampLen)
 	}
 	if c.Count < 0 || c.Rate < 0 || c.HandshakeDelay < 0 {
 		return errors.New("firehose: negative count, rate or delay")
@@ -392,6 +433,9 @@ func (s *Server) connConfig(req *http.Request) (Config, error) {
 	if v := q.Get("binary"); v != "" && err == nil {
 		cfg.Binary, err = strconv.ParseBool(v)
 	}
+	if v := q.Get("stamp"); v != "" && err == nil {
+		cfg.Stamp, err = strconv.ParseBool(v)
+	}
 	if err != nil {
 		return cfg, fmt.Errorf("firehose: bad query: %w", err)
 	}
@@ -501,6 +545,7 @@ func (s *Server) firehose(nc net.Conn, br *bufio.Reader, cfg Config) {
 		payload[i] = 'a' + byte(i%26)
 	}
 	one := encodeFrame(true, op, payload)
+	hdrLen := len(one) - len(payload)
 	perBatch := max(1, cfg.Batch/len(one))
 	batch := make([]byte, 0, perBatch*len(one))
 	for range perBatch {
@@ -543,28 +588,36 @@ func (s *Server) firehose(nc net.Conn, br *bufio.Reader, cfg Config) {
 	}()
 
 	remaining := cfg.Count // messages left; meaningful only if cfg.Count > 0
-	var ticker *time.Ticker
+	// Rate-limited, the writer sleeps until the next message is due (a
+	// timer, as fine as the runtime's timers are) and then writes every
+	// message due by then in one batch.
+	var timer *time.Timer
 	var tick <-chan time.Time // nil unless rate-limited and not behind
 	var start time.Time
 	var sent int64
 	if cfg.Rate > 0 {
-		ticker = time.NewTicker(10 * time.Millisecond)
-		defer ticker.Stop()
+		timer = time.NewTimer(time.Hour)
+		defer timer.Stop()
 		start = time.Now()
 	}
 	for {
 		finished := cfg.Count > 0 && remaining == 0
 		behind := false
-		if ticker != nil && !finished {
+		if timer != nil && !finished {
 			due := int64(time.Since(start).Seconds()*float64(cfg.Rate)) - sent
 			behind = due > 0
+			if !behind {
+				next := start.Add(time.Duration(float64(sent+1) / float64(cfg.Rate) * 1e9))
+				timer.Reset(time.Until(next))
+			}
 		}
-		// Wait for something to do: a tick when rate-limited, any control
-		// frame; do not wait while there is data to send.
-		wait := finished || (ticker != nil && !behind)
+		// Wait for something to do: the next message's time when
+		// rate-limited, any control frame; do not wait while there is data
+		// to send.
+		wait := finished || (timer != nil && !behind)
 		tick = nil
-		if ticker != nil && !finished {
-			tick = ticker.C
+		if timer != nil && !finished && !behind {
+			tick = timer.C
 		}
 		var stopCh <-chan struct{}
 		if wait {
@@ -598,7 +651,7 @@ func (s *Server) firehose(nc net.Conn, br *bufio.Reader, cfg Config) {
 		default:
 		}
 		n := int64(perBatch)
-		if ticker != nil {
+		if timer != nil {
 			n = min(n, int64(time.Since(start).Seconds()*float64(cfg.Rate))-sent)
 		}
 		if cfg.Count > 0 {
@@ -606,6 +659,12 @@ func (s *Server) firehose(nc net.Conn, br *bufio.Reader, cfg Config) {
 		}
 		if n <= 0 {
 			continue
+		}
+		if cfg.Stamp {
+			now := time.Now().UnixNano()
+			for i := range int(n) {
+				putStamp(batch[i*len(one)+hdrLen:], now)
+			}
 		}
 		if s.write(nc, batch[:int(n)*len(one)]) != nil {
 			return

@@ -134,25 +134,57 @@ func noop(context.Context, wspool.Message) error { return nil }
 
 // StartReceiver connects feeds feeds to url in the given mode.
 func StartReceiver(ctx context.Context, mode, url string, feeds int, tune Tuning) (*Receiver, error) {
+	return startReceiver(ctx, mode, url, feeds, tune, nil)
+}
+
+// onMessage, if not nil, returns feed i's function called with each data
+// message's payload as soon as the client hands it over (the handler's
+// first statement); the payload is valid only during the call.
+type onMessage func(i int) func(data []byte)
+
+// ModeWspoolQueue (latency only) is wspool with a queue between the reader
+// and the handler: WithQueue(Queue{Messages: 1024}), Block.
+const ModeWspoolQueue = "wspool+queue"
+
+func startReceiver(ctx context.Context, mode, url string, feeds int, tune Tuning, on onMessage) (*Receiver, error) {
 	switch mode {
 	case ModeWspool:
-		return startWspool(ctx, url, feeds, noop, tune.options()...)
+		return startWspool(ctx, url, feeds, on, tune.options()...)
+	case ModeWspoolQueue:
+		r, err := startWspool(ctx, url, feeds, on, append(tune.options(), wspool.WithQueue(wspool.Queue{Messages: 1024}))...)
+		if r != nil {
+			r.Mode = mode
+		}
+		return r, err
 	case ModeRaw:
-		return startRaw(ctx, url, feeds, tune.dialer())
+		return startRaw(ctx, url, feeds, tune.dialer(), on)
 	case ModeGws:
-		return startGws(ctx, url, feeds)
+		return startGws(ctx, url, feeds, on)
 	case ModeFrames:
-		return startFrames(ctx, url, feeds)
+		return startFrames(ctx, url, feeds, on)
 	}
 	return nil, fmt.Errorf("runner: unknown mode %q", mode)
 }
 
-func startWspool(ctx context.Context, url string, feeds int, h wspool.Handler, opts ...wspool.Option) (*Receiver, error) {
+// handlerFor returns feed i's handler: the no-op, or one that passes the
+// payload to on(i).
+func handlerFor(on onMessage, i int) wspool.Handler {
+	if on == nil {
+		return noop
+	}
+	f := on(i)
+	return func(_ context.Context, m wspool.Message) error {
+		f(m.Data)
+		return nil
+	}
+}
+
+func startWspool(ctx context.Context, url string, feeds int, on onMessage, opts ...wspool.Option) (*Receiver, error) {
 	r := &Receiver{Mode: ModeWspool, Feeds: feeds, errs: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	if feeds == 1 {
-		c, err := wspool.NewClient(url, h, append(opts, wspool.WithName("f0"))...)
+		c, err := wspool.NewClient(url, handlerFor(on, 0), append(opts, wspool.WithName("f0"))...)
 		if err != nil {
 			cancel()
 			return nil, err
@@ -178,7 +210,7 @@ func startWspool(ctx context.Context, url string, feeds int, h wspool.Handler, o
 	}
 	cs := make([]*wspool.Client, feeds)
 	for i := range cs {
-		cs[i], err = p.Add(url, h, wspool.WithName(fmt.Sprintf("f%d", i)))
+		cs[i], err = p.Add(url, handlerFor(on, i), wspool.WithName(fmt.Sprintf("f%d", i)))
 		if err != nil {
 			cancel()
 			return nil, err
@@ -247,7 +279,7 @@ func dialRaw(ctx context.Context, d *websocket.Dialer, url string, n, par int, o
 	return conns, nil
 }
 
-func startRaw(ctx context.Context, url string, feeds int, d *websocket.Dialer) (*Receiver, error) {
+func startRaw(ctx context.Context, url string, feeds int, d *websocket.Dialer, on onMessage) (*Receiver, error) {
 	conns, err := dialRaw(ctx, d, url, feeds, wspool.DefaultMaxConcurrentDials, nil)
 	if err != nil {
 		return nil, err
@@ -257,10 +289,18 @@ func startRaw(ctx context.Context, url string, feeds int, d *websocket.Dialer) (
 	var wg sync.WaitGroup
 	for i, c := range conns {
 		ctr := &counters[i].n
+		var f func([]byte)
+		if on != nil {
+			f = on(i)
+		}
 		wg.Go(func() {
 			for {
-				if _, _, err := c.ReadMessage(); err != nil {
+				_, data, err := c.ReadMessage()
+				if err != nil {
 					return
+				}
+				if f != nil {
+					f(data)
 				}
 				ctr.Add(1)
 			}

@@ -36,11 +36,16 @@ const framesReadBuffer = 16 << 10
 type gwsFeed struct {
 	gws.BuiltinEventHandler
 	n *atomic.Int64
+	// on, if set, is called with every message's payload.
+	on func([]byte)
 	// onPong, if set, runs on every pong (the idle keepalive).
 	onPong func(*gws.Conn)
 }
 
 func (h *gwsFeed) OnMessage(_ *gws.Conn, m *gws.Message) {
+	if h.on != nil {
+		h.on(m.Bytes())
+	}
 	h.n.Add(1)
 	m.Close()
 }
@@ -57,7 +62,7 @@ func dialGws(url string, h gws.Event) (*gws.Conn, error) {
 	return c, err
 }
 
-func startGws(ctx context.Context, url string, feeds int) (*Receiver, error) {
+func startGws(ctx context.Context, url string, feeds int, on onMessage) (*Receiver, error) {
 	counters := make([]paddedCounter, feeds)
 	conns := make([]*gws.Conn, 0, feeds)
 	var wg sync.WaitGroup
@@ -72,7 +77,11 @@ func startGws(ctx context.Context, url string, feeds int) (*Receiver, error) {
 			closeAll()
 			return nil, err
 		}
-		c, err := dialGws(url, &gwsFeed{n: &counters[i].n})
+		h := &gwsFeed{n: &counters[i].n}
+		if on != nil {
+			h.on = on(i)
+		}
+		c, err := dialGws(url, h)
 		if err != nil {
 			closeAll()
 			return nil, fmt.Errorf("runner: gws dial %d: %w", i, err)
@@ -109,8 +118,9 @@ func dialFrames(ctx context.Context, url string, bufSize int) (net.Conn, *bufio.
 }
 
 // frameLoop reads frames until an error or a close frame; n counts data
-// messages (frames with FIN set, not control frames).
-func frameLoop(br *bufio.Reader, n *atomic.Int64) error {
+// messages (frames with FIN set, not control frames), and on, if set, is
+// called with each such frame's payload.
+func frameLoop(br *bufio.Reader, n *atomic.Int64, on func([]byte)) error {
 	var buf []byte
 	for {
 		h, err := ws.ReadHeader(br)
@@ -129,12 +139,15 @@ func frameLoop(br *bufio.Reader, n *atomic.Int64) error {
 			return io.EOF
 		case h.OpCode.IsControl():
 		case h.Fin:
+			if on != nil {
+				on(p)
+			}
 			n.Add(1)
 		}
 	}
 }
 
-func startFrames(ctx context.Context, url string, feeds int) (*Receiver, error) {
+func startFrames(ctx context.Context, url string, feeds int, on onMessage) (*Receiver, error) {
 	counters := make([]paddedCounter, feeds)
 	conns := make([]net.Conn, 0, feeds)
 	var wg sync.WaitGroup
@@ -152,7 +165,11 @@ func startFrames(ctx context.Context, url string, feeds int) (*Receiver, error) 
 		}
 		conns = append(conns, c)
 		n := &counters[i].n
-		wg.Go(func() { _ = frameLoop(br, n) })
+		var f func([]byte)
+		if on != nil {
+			f = on(i)
+		}
+		wg.Go(func() { _ = frameLoop(br, n, f) })
 	}
 	r := &Receiver{Mode: ModeFrames, Feeds: feeds, errs: make(chan error, 1), close: closeAll}
 	r.perFeed = countersOf(counters)
