@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/wspool/wspool/internal/handshake"
 	"github.com/wspool/wspool/internal/redact"
 )
 
@@ -58,7 +59,7 @@ func (c *Client) dial(ctx context.Context, base *url.URL, l *lane) (*Conn, error
 	defer ticket.leave()
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.handshakeTO)
 	defer cancel()
-	slot := &dialSlot{client: c, url: &u, header: h, chk: newRespCheck(c.dialer, h)}
+	slot := &dialSlot{client: c, url: &u, header: h, chk: handshake.New(c.dialer, h)}
 	dctx = context.WithValue(dctx, dialSlotKey{}, slot)
 	// gorilla bounds the upgrade by the context's deadline but does not watch
 	// its cancellation: on shutdown, cut a stuck handshake at once.
@@ -74,8 +75,8 @@ func (c *Client) dial(ctx context.Context, base *url.URL, l *lane) (*Conn, error
 		c.timing(TimingHandshake, time.Since(dialStart))
 	}
 	if err != nil {
-		if slot.chk.err != nil {
-			return nil, slot.chk.err // the response check failed (handshake.go)
+		if err := slot.chk.Err(); err != nil {
+			return nil, checkFailure(err) // the response check failed (internal/handshake)
 		}
 		if resp != nil && resp.StatusCode == http.StatusSwitchingProtocols {
 			if errors.Is(err, websocket.ErrBadHandshake) {
@@ -114,7 +115,7 @@ func (c *Client) dial(ctx context.Context, base *url.URL, l *lane) (*Conn, error
 	cn := newConn(c, ws, tc)
 	// Without our offer of permessage-deflate the response check refused
 	// any extension, so gorilla's (wire) read limit bounds every message.
-	cn.mayInflate = slot.chk.deflate
+	cn.mayInflate = slot.chk.DeflateOffered()
 	return cn, nil
 }
 
@@ -126,7 +127,7 @@ type dialSlot struct {
 	client *Client
 	url    *url.URL    // the feed's URL for this dial (for the Proxy func)
 	header http.Header // the request header (likewise)
-	chk    *respCheck
+	chk    *handshake.Check
 	conn   atomic.Pointer[trackedConn]
 }
 

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/wspool/wspool/internal/handshake"
 )
 
 // Sentinel errors, usable with errors.Is.
@@ -123,6 +125,33 @@ func Permanent(err error) error {
 		return nil
 	}
 	return &PermanentError{Err: err}
+}
+
+// NegotiationError reports a 101 response that names an extension or a
+// subprotocol the client did not offer, negotiates parameters the client
+// cannot honour, or whose negotiation headers are malformed or too large
+// (RFC 6455 section 4.1, RFC 7692 section 7). DefaultPermanent treats it as
+// permanent: the server will answer the same way next time.
+type NegotiationError struct {
+	// Header is "Sec-WebSocket-Extensions" or "Sec-WebSocket-Protocol".
+	Header string
+	// Value is what the server sent (cut to 128 bytes).
+	Value string
+	// Reason says what is wrong with it.
+	Reason string
+}
+
+// Error names the header, the value and the reason.
+func (e *NegotiationError) Error() string { return (*handshake.Error)(e).Error() }
+
+// checkFailure reports a failed response check (internal/handshake) with the
+// public type.
+func checkFailure(err error) error {
+	var he *handshake.Error
+	if errors.As(err, &he) {
+		return (*NegotiationError)(he)
+	}
+	return err
 }
 
 // DefaultPermanent is the default retry classification. It reports as

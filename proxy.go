@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"strconv"
 
+	"github.com/wspool/wspool/internal/handshake"
 	"github.com/wspool/wspool/internal/redact"
 )
 
@@ -21,7 +22,7 @@ import (
 // CONNECT or SOCKS5 proxy if the dialer's Proxy names one), then TLS for
 // wss. gorilla would do the proxy and TLS steps itself, but then the 101
 // response passes through TLS above our socket wrapper, out of reach of the
-// response check (handshake.go), and gorilla's proxy code panics on some
+// response check (internal/handshake), and gorilla's proxy code panics on some
 // answers (a 407 without a reason phrase). Doing them here keeps the check
 // above TLS and every step within our error handling.
 type netDialer struct {
@@ -100,7 +101,7 @@ func (nd *netDialer) dial(ctx context.Context, network, addr string, useTLS bool
 		_ = tc.Close()
 		return nil, err
 	}
-	return &checkedConn{Conn: tlsConn, chk: slot.chk}, nil
+	return handshake.NewConn(tlsConn, slot.chk), nil
 }
 
 // track tunes the socket and wraps it for liveness and handshake buffering.

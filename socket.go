@@ -1,12 +1,13 @@
 package wspool
 
 import (
-	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/wspool/wspool/internal/handshake"
 )
 
 // trackedConn counts bytes read from the socket: any inbound byte is proof the
@@ -25,7 +26,7 @@ type trackedConn struct {
 	// the messages it completed. Written and read by the reader only.
 	readAt time.Time
 
-	chk *respCheck // checks the 101 response of a ws:// dial (handshake.go)
+	chk *handshake.Check // checks the 101 response of a ws:// dial
 }
 
 // handshakeBufs hold what a dial writes (the upgrade request, a proxy's
@@ -89,19 +90,11 @@ func (t *trackedConn) flushHandshake() error {
 	return err
 }
 
-// maxHandshakeBytes bounds what a server may send before the upgrade
-// completes (an endless header line would otherwise be buffered until the
-// handshake timeout).
-const maxHandshakeBytes = 1 << 20
-
-// errHandshakeTooLarge is returned when the handshake response exceeds maxHandshakeBytes.
-var errHandshakeTooLarge = errors.New("wspool: handshake response over 1 MiB")
-
 // Read reads from the socket and counts the bytes.
 func (t *trackedConn) Read(p []byte) (int, error) {
 	if t.chk != nil {
-		if !t.chk.done {
-			return t.chk.read((*rawTracked)(t), p)
+		if !t.chk.Done() {
+			return t.chk.Read((*rawTracked)(t), p)
 		}
 		t.chk = nil
 	}
@@ -124,16 +117,16 @@ func (t *trackedConn) readSocket(p []byte) (int, error) {
 		// per copy out of the shared buffer: gorilla reads its small
 		// buffer's worth at a time.
 		n, err := t.pooledRead(p)
-		if !t.handshook.Load() && t.bytesIn.Load() > maxHandshakeBytes {
-			return n, errHandshakeTooLarge
+		if !t.handshook.Load() && t.bytesIn.Load() > handshake.MaxResponseBytes {
+			return n, handshake.ErrResponseTooLarge
 		}
 		return n, err
 	}
 	n, err := t.Conn.Read(p)
 	if n > 0 {
 		t.readAt = time.Now()
-		if t.bytesIn.Add(int64(n)) > maxHandshakeBytes && !t.handshook.Load() {
-			return n, errHandshakeTooLarge
+		if t.bytesIn.Add(int64(n)) > handshake.MaxResponseBytes && !t.handshook.Load() {
+			return n, handshake.ErrResponseTooLarge
 		}
 	}
 	return n, err

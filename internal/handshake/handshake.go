@@ -1,7 +1,24 @@
-package wspool
+// Package handshake checks a server's answer to a WebSocket upgrade as its
+// bytes arrive, before gorilla/websocket parses it.
+//
+// gorilla enables permessage-deflate whenever a 101 names it (offered or
+// not), keeps any subprotocol the server names, and allocates a map per
+// element of Sec-WebSocket-Extensions (a 1 MiB header cost 195 MiB). A Check
+// reads the response head itself, bounded (MaxResponseBytes, and
+// MaxNegotiationBytes per negotiation header), fails on anything that was not
+// offered or that gorilla cannot honour (RFC 6455 section 4.1, RFC 7692
+// section 7), and hands gorilla a head whose Sec-WebSocket-Extensions is
+// either absent or exactly what gorilla implements. A response other than a
+// 101 is passed on untouched for gorilla to report.
+//
+// A Check sits in the Read path of the connection gorilla reads the response
+// from: in the socket wrapper for ws:// (Check.Read with the socket as
+// source), or above TLS for wss:// (NewConn).
+package handshake
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,21 +29,11 @@ import (
 	"github.com/gorilla/websocket"
 )
 
-// Checks on the server's 101 response, made on the bytes as they arrive and
-// before gorilla parses them: gorilla enables permessage-deflate whenever a
-// 101 names it (offered or not), keeps any subprotocol the server names, and
-// allocates a map per element of Sec-WebSocket-Extensions (a 1 MiB header
-// cost 195 MiB). respCheck reads the response head itself, bounded, fails
-// the attempt on anything not offered, and hands gorilla a head whose
-// Sec-WebSocket-Extensions is either absent or exactly what gorilla
-// implements.
-
-// NegotiationError reports a 101 response that names an extension or a
-// subprotocol the client did not offer, negotiates parameters the client
-// cannot honour, or whose negotiation headers are malformed or too large
-// (RFC 6455 section 4.1, RFC 7692 section 7). DefaultPermanent treats it as
-// permanent: the server will answer the same way next time.
-type NegotiationError struct {
+// Error reports a 101 response that names an extension or a subprotocol the
+// client did not offer, negotiates parameters the client cannot honour, or
+// whose negotiation headers are malformed or too large. The feed reports it
+// as the public wspool.NegotiationError.
+type Error struct {
 	// Header is "Sec-WebSocket-Extensions" or "Sec-WebSocket-Protocol".
 	Header string
 	// Value is what the server sent (cut to 128 bytes).
@@ -36,30 +43,41 @@ type NegotiationError struct {
 }
 
 // Error names the header, the value and the reason.
-func (e *NegotiationError) Error() string {
+func (e *Error) Error() string {
 	return fmt.Sprintf("wspool: handshake: server's %s %q: %s", e.Header, e.Value, e.Reason)
 }
+
+// MaxResponseBytes bounds what a server may send before the upgrade
+// completes (an endless header line would otherwise be buffered until the
+// handshake timeout). The socket wrapper applies the same bound to what it
+// reads before the upgrade.
+const MaxResponseBytes = 1 << 20
+
+// ErrResponseTooLarge is returned when the handshake response exceeds
+// MaxResponseBytes.
+var ErrResponseTooLarge = errors.New("wspool: handshake response over 1 MiB")
 
 const (
 	hdrExtensions = "Sec-WebSocket-Extensions"
 	hdrProtocol   = "Sec-WebSocket-Protocol"
-	// maxNegotiationBytes bounds each of the two negotiation headers (all
+	// MaxNegotiationBytes bounds each of the two negotiation headers (all
 	// their lines together) in a 101 response.
-	maxNegotiationBytes = 4096
+	MaxNegotiationBytes = 4096
 	// deflateForGorilla is what gorilla's permessage-deflate implements (no
 	// context takeover either way) and the only extension line it is shown.
 	deflateForGorilla = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
 )
 
-func negotiationError(header, value, format string, args ...any) *NegotiationError {
+func negotiationError(header, value, format string, args ...any) *Error {
 	if len(value) > 128 {
 		value = strings.ToValidUTF8(value[:128], "") + "…"
 	}
-	return &NegotiationError{Header: header, Value: value, Reason: fmt.Sprintf(format, args...)}
+	return &Error{Header: header, Value: value, Reason: fmt.Sprintf(format, args...)}
 }
 
-// respCheck checks and rewrites one handshake response as it is read.
-type respCheck struct {
+// Check checks and rewrites one handshake response as it is read. It is used
+// by one dial, from one goroutine.
+type Check struct {
 	protos  []string // subprotocols offered
 	deflate bool     // permessage-deflate offered (as gorilla offers it)
 
@@ -70,12 +88,12 @@ type respCheck struct {
 	out  []byte // what gorilla reads next, once the head is complete
 	done bool   // the head has been handed on (or was not a 101): pass through
 	err  error  // the failure, kept for dial to report
-
-	negotiated string // the extension the server accepted, as it sent it
 }
 
-// newRespCheck returns the check for a dial with dialer d and request header h.
-func newRespCheck(d *websocket.Dialer, h http.Header) *respCheck {
+// New returns the check for a dial with dialer d and request header h: the
+// subprotocols offered are d's, or else those the header names; deflate is
+// offered if d enables compression.
+func New(d *websocket.Dialer, h http.Header) *Check {
 	protos := d.Subprotocols
 	if len(protos) == 0 {
 		for _, v := range h.Values(hdrProtocol) {
@@ -86,18 +104,21 @@ func newRespCheck(d *websocket.Dialer, h http.Header) *respCheck {
 			}
 		}
 	}
-	return &respCheck{protos: protos, deflate: d.EnableCompression}
+	return &Check{protos: protos, deflate: d.EnableCompression}
 }
 
-// read serves p from the checked response head, reading it with src.
-func (r *respCheck) read(src io.Reader, p []byte) (int, error) {
+// Read serves p from the checked response head, reading it from src, until
+// the head (and whatever arrived with it) has been handed on; then Done
+// reports true and the caller reads src directly. A failed check is returned
+// by every later Read and by Err.
+func (r *Check) Read(src io.Reader, p []byte) (int, error) {
 	if r.err != nil {
 		return 0, r.err
 	}
 	for r.out == nil {
 		if len(r.buf) == cap(r.buf) {
-			if len(r.buf) >= maxHandshakeBytes {
-				r.err = errHandshakeTooLarge
+			if len(r.buf) >= MaxResponseBytes {
+				r.err = ErrResponseTooLarge
 				return 0, r.err
 			}
 			nb := make([]byte, len(r.buf), max(2*cap(r.buf), 1024))
@@ -127,7 +148,7 @@ func (r *respCheck) read(src io.Reader, p []byte) (int, error) {
 
 // advance checks the complete lines read so far; at the end of the head it
 // prepares out.
-func (r *respCheck) advance() error {
+func (r *Check) advance() error {
 	for {
 		i := bytes.IndexByte(r.buf[r.scan:], '\n')
 		if i < 0 {
@@ -166,17 +187,17 @@ func (r *respCheck) advance() error {
 	// The incomplete last line counts too: a huge negotiation header fails
 	// without being read whole.
 	if r.scan > 0 {
-		if k := negHeader(r.buf[r.scan:]); k != 0 && r.negN[k-1]+len(r.buf)-r.scan > maxNegotiationBytes {
-			return negotiationError(negName(k), string(r.buf[r.scan:]), "over %d bytes", maxNegotiationBytes)
+		if k := negHeader(r.buf[r.scan:]); k != 0 && r.negN[k-1]+len(r.buf)-r.scan > MaxNegotiationBytes {
+			return negotiationError(negName(k), string(r.buf[r.scan:]), "over %d bytes", MaxNegotiationBytes)
 		}
 	}
 	return nil
 }
 
-func (r *respCheck) checkSizes() error {
+func (r *Check) checkSizes() error {
 	for k, n := range r.negN {
-		if n > maxNegotiationBytes {
-			return negotiationError(negName(k+1), "", "over %d bytes", maxNegotiationBytes)
+		if n > MaxNegotiationBytes {
+			return negotiationError(negName(k+1), "", "over %d bytes", MaxNegotiationBytes)
 		}
 	}
 	return nil
@@ -215,7 +236,7 @@ func negName(k int) string {
 // finish checks the negotiation headers of the complete head buf[:end] and
 // builds what gorilla reads: the head with Sec-WebSocket-Extensions replaced
 // by deflateForGorilla or removed, then whatever followed the head.
-func (r *respCheck) finish(end int) error {
+func (r *Check) finish(end int) error {
 	var exts, protos []string
 	lines := bytes.SplitAfter(r.buf[:end], []byte("\n"))
 	for _, l := range lines[1:] {
@@ -254,7 +275,7 @@ func (r *respCheck) finish(end int) error {
 }
 
 // checkProtocol: at most one subprotocol, and one that was offered.
-func (r *respCheck) checkProtocol(values []string) error {
+func (r *Check) checkProtocol(values []string) error {
 	if len(values) == 0 || (len(values) == 1 && values[0] == "") {
 		return nil
 	}
@@ -281,7 +302,7 @@ func (r *respCheck) checkProtocol(values []string) error {
 // client_no_context_takeover, and optionally server_max_window_bits=8..15;
 // gorilla's decompressor (no context, any window) and compressor (a fresh
 // context per message, which any server accepts) honour all of them.
-func (r *respCheck) checkExtensions(v string) (bool, error) {
+func (r *Check) checkExtensions(v string) (bool, error) {
 	if strings.TrimSpace(v) == "" {
 		return false, nil
 	}
@@ -362,17 +383,34 @@ func cut(s string, n int) string {
 	return s
 }
 
-// checkedConn puts a respCheck above TLS (for wss, where trackedConn below
+// Done reports whether the response head has been handed on (or was not a
+// 101): the connection is read directly from then on.
+func (r *Check) Done() bool { return r.done }
+
+// Err returns the check's failure, if any: an *Error, ErrResponseTooLarge,
+// or nil.
+func (r *Check) Err() error { return r.err }
+
+// DeflateOffered reports whether permessage-deflate was offered, and so may
+// have been accepted: without the offer any extension fails the check.
+func (r *Check) DeflateOffered() bool { return r.deflate }
+
+// Conn puts a Check above TLS (for wss://, where the socket wrapper below
 // sees only ciphertext).
-type checkedConn struct {
+type Conn struct {
 	net.Conn
-	chk *respCheck
+	chk *Check
 }
 
-func (c *checkedConn) Read(p []byte) (int, error) {
+// NewConn returns c with its reads passed through chk until the response
+// head has been handed on.
+func NewConn(c net.Conn, chk *Check) *Conn { return &Conn{Conn: c, chk: chk} }
+
+// Read reads through the check, then directly.
+func (c *Conn) Read(p []byte) (int, error) {
 	if c.chk != nil {
 		if !c.chk.done {
-			return c.chk.read(c.Conn, p)
+			return c.chk.Read(c.Conn, p)
 		}
 		c.chk = nil
 	}
@@ -380,4 +418,4 @@ func (c *checkedConn) Read(p []byte) (int, error) {
 }
 
 // NetConn returns the wrapped connection.
-func (c *checkedConn) NetConn() net.Conn { return c.Conn }
+func (c *Conn) NetConn() net.Conn { return c.Conn }
