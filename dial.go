@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/wspool/wspool/internal/dialer"
 	"github.com/wspool/wspool/internal/handshake"
 	"github.com/wspool/wspool/internal/redact"
 )
@@ -189,16 +190,16 @@ func newDialer(base *websocket.Dialer, subprotocols []string, pooled, compressio
 		nd := &net.Dialer{KeepAlive: -1} // keepalive is applied by tuneSocket
 		tcp = nd.DialContext
 	}
-	// Proxy and TLS are done by netDialer (proxy.go), below the response
-	// check; gorilla sees a ready connection either way.
-	nd := &netDialer{tcp: tcp, userTLS: d.NetDialTLSContext, proxy: d.Proxy, tlsConfig: d.TLSClientConfig}
+	// Proxy and TLS are done by the chain (internal/dialer), below the
+	// response check; gorilla sees a ready connection either way.
+	chain := &dialer.Chain{TCP: tcp, TLS: d.NetDialTLSContext, Proxy: d.Proxy, TLSConfig: d.TLSClientConfig}
 	d.Proxy = nil
 	d.NetDial = nil
 	d.NetDialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		return nd.dial(ctx, network, addr, false)
+		return dialVia(ctx, chain, network, addr, false)
 	}
 	d.NetDialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		return nd.dial(ctx, network, addr, true)
+		return dialVia(ctx, chain, network, addr, true)
 	}
 	d.HandshakeTimeout = 0 // bounded by our own context
 	if pooled {
@@ -214,6 +215,39 @@ func newDialer(base *websocket.Dialer, subprotocols []string, pooled, compressio
 		d.EnableCompression = true
 	}
 	return &d
+}
+
+// dialVia opens the connection for the dial in ctx (its dialSlot) through
+// chain: every socket it opens is tuned and tracked, and the response check
+// sits in the tracked socket's reads (ws://, or the user's TLS dial) or above
+// TLS (wss://).
+func dialVia(ctx context.Context, chain *dialer.Chain, network, addr string, useTLS bool) (net.Conn, error) {
+	slot, _ := ctx.Value(dialSlotKey{}).(*dialSlot)
+	if slot == nil {
+		return nil, errors.New("wspool: internal: dial without a feed")
+	}
+	c := slot.client
+	var tc *trackedConn
+	conn, err := chain.Dial(ctx, network, addr, useTLS, dialer.Target{URL: slot.url, Header: slot.header,
+		Opened: func(nc net.Conn) net.Conn {
+			if err := tuneSocket(nc, c.cfg.keepAlive); err != nil {
+				c.log.Warn("tcp keepalive not applied", "err", err)
+			}
+			tc = &trackedConn{Conn: nc}
+			if c.pooled && !useTLS {
+				tc.enablePooledReads()
+			}
+			slot.conn.Store(tc)
+			return tc
+		}})
+	if err != nil {
+		return nil, err
+	}
+	if tc != nil && conn == net.Conn(tc) {
+		tc.chk = slot.chk
+		return tc, nil
+	}
+	return handshake.NewConn(conn, slot.chk), nil
 }
 
 // sharedWriteBuffers lends write buffers to connections only while they

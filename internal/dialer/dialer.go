@@ -1,4 +1,13 @@
-package wspool
+// Package dialer opens the connection a WebSocket upgrade runs over: TCP,
+// through an HTTP CONNECT or SOCKS5 proxy (RFC 1928, with RFC 1929
+// username/password) when the Proxy func names one, then TLS for wss://.
+//
+// gorilla/websocket would do the proxy and TLS steps itself, but then the
+// 101 response passes through TLS above the caller's socket wrapper, out of
+// reach of the response check (internal/handshake), and gorilla's proxy code
+// panics on some answers (a 407 without a reason phrase). A Chain does them
+// below the check and returns every failure as an error.
+package dialer
 
 import (
 	"bufio"
@@ -6,7 +15,6 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -14,45 +22,57 @@ import (
 	"net/url"
 	"strconv"
 
-	"github.com/wspool/wspool/internal/handshake"
 	"github.com/wspool/wspool/internal/redact"
 )
 
-// netDialer opens the connection a dial upgrades: TCP (through an HTTP
-// CONNECT or SOCKS5 proxy if the dialer's Proxy names one), then TLS for
-// wss. gorilla would do the proxy and TLS steps itself, but then the 101
-// response passes through TLS above our socket wrapper, out of reach of the
-// response check (internal/handshake), and gorilla's proxy code panics on some
-// answers (a 407 without a reason phrase). Doing them here keeps the check
-// above TLS and every step within our error handling.
-type netDialer struct {
-	tcp       func(ctx context.Context, network, addr string) (net.Conn, error)
-	userTLS   func(ctx context.Context, network, addr string) (net.Conn, error) // the Dialer's NetDialTLSContext
-	proxy     func(*http.Request) (*url.URL, error)
-	tlsConfig *tls.Config
+// A Chain opens connections. Its fields are read, never changed, so one
+// Chain serves concurrent dials.
+type Chain struct {
+	// TCP opens the connection to the server or to the proxy. Required.
+	TCP func(ctx context.Context, network, addr string) (net.Conn, error)
+	// TLS, if set, replaces the TCP, proxy and TLS steps of a TLS dial (a
+	// websocket.Dialer's NetDialTLSContext): it does them all itself.
+	TLS func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Proxy, if set, names the proxy for a dial's request (ProxyRequest);
+	// a nil URL means none. Schemes http, socks5 and socks5h.
+	Proxy func(*http.Request) (*url.URL, error)
+	// TLSConfig is cloned for each TLS dial; its ServerName defaults to
+	// the target's host. Nil means the zero tls.Config (verification on).
+	TLSConfig *tls.Config
 }
 
-// dial connects to addr (host:port of the feed's URL), with TLS if useTLS.
-func (nd *netDialer) dial(ctx context.Context, network, addr string, useTLS bool) (net.Conn, error) {
-	slot, _ := ctx.Value(dialSlotKey{}).(*dialSlot)
-	if slot == nil {
-		return nil, errors.New("wspool: internal: dial without a feed")
+// Target is what one dial is for.
+type Target struct {
+	// URL and Header are the upgrade request's, for the Proxy func.
+	URL    *url.URL
+	Header http.Header
+	// Opened, if set, is called with the connection the chain opened (by
+	// TCP, or by the TLS func) before anything is written to it; the chain
+	// goes on over the connection it returns, and closes that one if a
+	// later step fails.
+	Opened func(net.Conn) net.Conn
+}
+
+// Dial connects to addr (host:port of the feed's URL), with TLS if useTLS.
+// The proxy and TLS steps are bounded by ctx (its deadline is set on the
+// connection for the proxy's answer).
+func (c *Chain) Dial(ctx context.Context, network, addr string, useTLS bool, t Target) (net.Conn, error) {
+	opened := func(nc net.Conn) net.Conn {
+		if t.Opened != nil {
+			return t.Opened(nc)
+		}
+		return nc
 	}
-	c := slot.client
-	if useTLS && nd.userTLS != nil {
-		// The user's TLS dial does TCP and TLS (and any proxying) itself.
-		nc, err := nd.userTLS(ctx, network, addr)
+	if useTLS && c.TLS != nil {
+		nc, err := c.TLS(ctx, network, addr)
 		if err != nil {
 			return nil, err
 		}
-		tc := nd.track(c, nc, false)
-		slot.conn.Store(tc)
-		tc.chk = slot.chk
-		return tc, nil
+		return opened(nc), nil
 	}
 	var proxyURL *url.URL
-	if nd.proxy != nil && slot.url != nil {
-		pu, err := nd.proxy(proxyRequest(slot.url, slot.header))
+	if c.Proxy != nil && t.URL != nil {
+		pu, err := c.Proxy(ProxyRequest(t.URL, t.Header))
 		if err != nil {
 			return nil, fmt.Errorf("proxy: %w", err)
 		}
@@ -66,26 +86,24 @@ func (nd *netDialer) dial(ctx context.Context, network, addr string, useTLS bool
 		}
 		addr = a
 	}
-	nc, err := nd.tcp(ctx, network, addr)
+	nc, err := c.TCP(ctx, network, addr)
 	if err != nil {
 		return nil, err
 	}
-	tc := nd.track(c, nc, c.pooled && !useTLS)
-	slot.conn.Store(tc)
+	conn := opened(nc)
 	if proxyURL != nil {
 		if dl, ok := ctx.Deadline(); ok {
-			_ = tc.SetDeadline(dl)
+			_ = conn.SetDeadline(dl)
 		}
-		if err := proxyConnect(tc, proxyURL, target); err != nil {
-			_ = tc.Close()
+		if err := proxyConnect(conn, proxyURL, target); err != nil {
+			_ = conn.Close()
 			return nil, err
 		}
 	}
 	if !useTLS {
-		tc.chk = slot.chk
-		return tc, nil
+		return conn, nil
 	}
-	cfg := nd.tlsConfig.Clone()
+	cfg := c.TLSConfig.Clone()
 	if cfg == nil {
 		cfg = &tls.Config{}
 	}
@@ -96,24 +114,12 @@ func (nd *netDialer) dial(ctx context.Context, network, addr string, useTLS bool
 		}
 		cfg.ServerName = host
 	}
-	tlsConn := tls.Client(tc, cfg)
+	tlsConn := tls.Client(conn, cfg)
 	if err := tlsConn.HandshakeContext(ctx); err != nil {
-		_ = tc.Close()
+		_ = conn.Close()
 		return nil, err
 	}
-	return handshake.NewConn(tlsConn, slot.chk), nil
-}
-
-// track tunes the socket and wraps it for liveness and handshake buffering.
-func (nd *netDialer) track(c *Client, nc net.Conn, pooled bool) *trackedConn {
-	if err := tuneSocket(nc, c.cfg.keepAlive); err != nil {
-		c.log.Warn("tcp keepalive not applied", "err", err)
-	}
-	tc := &trackedConn{Conn: nc}
-	if pooled {
-		tc.enablePooledReads()
-	}
-	return tc
+	return tlsConn, nil
 }
 
 // proxyAddr is the proxy's host:port, with the scheme's default port.
@@ -273,9 +279,9 @@ func socks5Connect(conn net.Conn, proxyURL *url.URL, target string) error {
 	return nil
 }
 
-// proxyRequest is the request a Dialer's Proxy func judges: the upgrade
-// request to u as gorilla builds it (http or https scheme).
-func proxyRequest(u *url.URL, h http.Header) *http.Request {
+// ProxyRequest is the request a Proxy func judges: the upgrade request to u
+// with header h, as gorilla builds it (http or https scheme).
+func ProxyRequest(u *url.URL, h http.Header) *http.Request {
 	pu := *u
 	pu.Scheme = "http"
 	if u.Scheme == "wss" {
