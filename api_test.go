@@ -136,3 +136,65 @@ func TestDrainBeforeRun(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestConnDoneAndReconnect: Conn.Done is closed when the connection has
+// ended, and Conn.Reconnect ends that connection (the cause is reported
+// wrapping ErrReconnect) and the feed dials a new one.
+func TestConnDoneAndReconnect(t *testing.T) {
+	srv := newServer(t, func(c *websocket.Conn, r *http.Request) { wstest.Drain(c, r) })
+	conns := make(chan *wspool.Conn, 4)
+	ev := newEvents()
+	c, err := wspool.NewClient(srv.URL("/"), nil, ev.option(), wspool.WithBackoff(time.Millisecond, 10*time.Millisecond),
+		wspool.WithOnConnect(func(_ context.Context, cn *wspool.Conn) error {
+			conns <- cn
+			return nil
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runClient(t, c)
+	first := recv(t, conns, 5*time.Second, "the first connection")
+	ev.waitCount(t, wspool.StateConnected, 1, 5*time.Second)
+	select {
+	case <-first.Done():
+		t.Fatal("Done closed on a live connection")
+	default:
+	}
+	cause := errors.New("asked for")
+	first.Reconnect(cause)
+	recv(t, first.Done(), 5*time.Second, "Done of the ended connection")
+	second := recv(t, conns, 5*time.Second, "a new connection")
+	if second.ID() != first.ID()+1 {
+		t.Fatalf("connection ids %d then %d", first.ID(), second.ID())
+	}
+	ev.waitCount(t, wspool.StateConnected, 2, 5*time.Second)
+	var reported bool
+	for _, sc := range ev.snapshot() {
+		if sc.To == wspool.StateBackingOff && errors.Is(sc.Err, wspool.ErrReconnect) && errors.Is(sc.Err, cause) {
+			reported = true
+		}
+	}
+	if !reported {
+		t.Fatalf("the reconnect's cause was not reported: %v", ev.snapshot())
+	}
+}
+
+// TestOptionsOverlap: options that set the same thing overlap; others do not.
+func TestOptionsOverlap(t *testing.T) {
+	onConnect := func(context.Context, *wspool.Conn) error { return nil }
+	for _, tc := range []struct {
+		o    wspool.Option
+		opts []wspool.Option
+		want bool
+	}{
+		{wspool.WithOnConnect(onConnect), []wspool.Option{wspool.WithPingInterval(time.Second), wspool.WithName("x")}, false},
+		{wspool.WithOnConnect(onConnect), []wspool.Option{wspool.WithPingInterval(time.Second), wspool.WithOnConnect(onConnect)}, true},
+		{wspool.WithName("a"), []wspool.Option{wspool.WithName("b")}, true},
+		{wspool.WithOnStateChange(func(wspool.StateChange) {}), []wspool.Option{wspool.WithOnError(func(string, error) {})}, false},
+		{wspool.WithName("a"), nil, false},
+	} {
+		if got := wspool.OptionsOverlap(tc.o, tc.opts...); got != tc.want {
+			t.Errorf("case %+v: OptionsOverlap = %v", tc, got)
+		}
+	}
+}

@@ -79,6 +79,19 @@ func (m Message) Clone() Message {
 // not count against liveness.
 type Handler func(ctx context.Context, msg Message) error
 
+// ClientFromContext returns the Client whose callback got ctx: the handler,
+// OnConnect and the request func (WithRequestFunc) get a context that
+// carries their feed, so that they can reach it (LastSequence for a resume
+// point, say) without reading the *Client that Pool.Add returned, which a
+// feed added to a running pool may dial before Add has returned. It returns
+// nil for any other context.
+func ClientFromContext(ctx context.Context) *Client {
+	c, _ := ctx.Value(clientKey{}).(*Client)
+	return c
+}
+
+type clientKey struct{}
+
 // State is a feed's connection state.
 type State int32
 
@@ -342,7 +355,7 @@ func (c *Client) begin(parent context.Context, spawn func(func() error)) (contex
 		return nil, ErrAlreadyRunning
 	}
 	c.started = true
-	ctx, cancel := context.WithCancel(parent)
+	ctx, cancel := context.WithCancel(context.WithValue(parent, clientKey{}, c)) // ClientFromContext
 	// Every context the feed hands to user code (the handler's, OnConnect's,
 	// the request func's, ...) derives from this one and so carries the
 	// callback mark (see inCallback).

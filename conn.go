@@ -64,6 +64,19 @@ func (cn *Conn) Feed() string { return cn.client.name }
 // Subprotocol returns the subprotocol the server chose, if any.
 func (cn *Conn) Subprotocol() string { return cn.ws.Subprotocol() }
 
+// Done returns a channel that is closed when the connection has ended (torn
+// down, its socket released), for work tied to one connection: requests a
+// goroutine started by OnConnect sends on it, answers expected from it.
+func (cn *Conn) Done() <-chan struct{} { return cn.dead }
+
+// Reconnect ends this connection as Client.Reconnect ends the feed's
+// current one (close 1000; the end's cause wraps ErrReconnect and cause),
+// and whatever served it dials anew: the feed, or its standby connection's
+// loop (WithStandby). It applies to this connection whether or not Send
+// writes on it yet (OnConnect, a rotation's replacement) and does nothing
+// once it is ending. It never waits, so it may be called from anywhere.
+func (cn *Conn) Reconnect(cause error) { cn.requestEnd(cause) }
+
 // Send writes one message on this connection, for OnConnect's
 // subscriptions and logins; it returns once the message is written or has
 // failed (ErrNotConnected once the connection is gone or closing, nothing

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"reflect"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -145,6 +146,27 @@ func defaultConfig() config {
 		// healthy 0: the default rule (data or the minimum uptime; see
 		// WithHealthyWhen)
 	}
+}
+
+// OptionsOverlap reports whether one of opts sets something that o sets too
+// (the feed's name, its OnConnect, ...), so that the later of the two would
+// silently override the other. A package that builds feeds with options of
+// its own and its user's uses it to reject, at construction, user options
+// that could not apply (package topics: WithName, WithOnConnect and
+// WithOnStateChange in Config.Options).
+func OptionsOverlap(o Option, opts ...Option) bool {
+	var mine, theirs config
+	o(&mine)
+	for _, x := range opts {
+		x(&theirs)
+	}
+	a, b := reflect.ValueOf(mine), reflect.ValueOf(theirs)
+	for i := range a.NumField() {
+		if a.Type().Field(i).Name != "diag" && !a.Field(i).IsZero() && !b.Field(i).IsZero() {
+			return true
+		}
+	}
+	return false
 }
 
 // optionDiag collects what applying options found wrong; kept out of line

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -244,5 +245,65 @@ func TestPoolOneGoroutinePerIdleFeed(t *testing.T) {
 	}
 	if feeds, pool := feedGoroutines(); feeds != 0 || pool != 0 {
 		t.Fatalf("after Run: %d feed and %d pool goroutines left", feeds, pool)
+	}
+}
+
+// TestRequestFuncReachesItsFeedOnRunningPool: a feed added to a running pool
+// may dial before Add has returned, so its request func cannot read the
+// *Client that Add returns (a data race); ClientFromContext gives the
+// request func, OnConnect and the handler their own feed, race-free (run it
+// with -race).
+func TestRequestFuncReachesItsFeedOnRunningPool(t *testing.T) {
+	srv := newServer(t, ticker)
+	p, err := wspool.NewPool()
+	if err != nil {
+		t.Fatal(err)
+	}
+	runPool(t, p)
+	type seen struct {
+		where string
+		c     *wspool.Client
+	}
+	got := make(chan seen, 300)
+	record := func(where string, ctx context.Context) {
+		select {
+		case got <- seen{where, wspool.ClientFromContext(ctx)}:
+		default:
+		}
+	}
+	const feeds = 20
+	added := map[string]*wspool.Client{}
+	for i := range feeds {
+		name := fmt.Sprint("f", i)
+		c, err := p.Add(srv.URL("/"+name), func(ctx context.Context, _ wspool.Message) error {
+			record("handler", ctx)
+			return nil
+		}, wspool.WithName(name),
+			wspool.WithRequestFunc(func(ctx context.Context, u *url.URL, _ http.Header) error {
+				record("request func", ctx)
+				if c := wspool.ClientFromContext(ctx); c != nil {
+					_, _ = c.LastSequence("") // what a resume point reads
+				}
+				return nil
+			}),
+			wspool.WithOnConnect(func(ctx context.Context, _ *wspool.Conn) error {
+				record("OnConnect", ctx)
+				return nil
+			}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		added[name] = c
+	}
+	count := map[string]int{}
+	for len(count) < 3 || count["handler"] < feeds || count["request func"] < feeds || count["OnConnect"] < feeds {
+		s := recv(t, got, 10*time.Second, "callbacks of every feed")
+		if s.c == nil || added[s.c.Name()] != s.c {
+			t.Fatalf("%s: ClientFromContext = %v, not its feed", s.where, s.c)
+		}
+		count[s.where]++
+	}
+	if c := wspool.ClientFromContext(context.Background()); c != nil {
+		t.Fatalf("ClientFromContext(Background) = %v", c)
 	}
 }
