@@ -251,7 +251,7 @@
 //
 // Package wspooltest is a small test kit for code built on wspool: a
 // scripted loopback server, sequenced streams with a resume point, and a
-// fault-injecting proxy. NewTopics spreads a set of topics over as many
+// fault-injecting proxy. Package topics spreads a set of topics over as many
 // feeds of a Pool as a per-connection cap needs, replays each feed's topics
 // on every connection and applies live changes with acknowledgements.
 // Module cluster/natsjs shares feeds among replicas with leases in NATS

@@ -111,7 +111,6 @@ type config struct {
 	logger        *slog.Logger
 	onConnect     func(ctx context.Context, c *Conn) error
 	onState       func(StateChange)
-	onRotated     func(switched bool) // internal (Topics): a rotation attempt ended
 	onError       func(feed string, err error)
 	retryFunc     func(attempt int, err error) (time.Duration, bool)
 	pacing        *SendPacing

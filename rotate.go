@@ -136,9 +136,6 @@ func (r *rotator) fireNow() {
 func (r *rotator) run() {
 	defer close(r.done)
 	c := r.c
-	if f := c.cfg.onRotated; f != nil {
-		defer func() { f(r.err == nil) }() // before done: Rotate returns after it
-	}
 	for {
 		if r.err = r.ctx.Err(); r.err != nil {
 			return

@@ -1,5 +1,5 @@
 // Command topics spreads thousands of market-data topics over as many
-// connections as an upstream's per-connection cap needs, with wspool.Topics:
+// connections as an upstream's per-connection cap needs, with package topics:
 // an embedded local server (wspooltest) speaks a Binance-like protocol
 // ({"method":"SUBSCRIBE","params":[...],"id":N}, answered {"id":N} or {"id":N,"error":"..."}),
 // caps topics per connection (a subscription over the cap is rejected) and
@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/wspool/wspool"
+	"github.com/wspool/wspool/topics"
 	"github.com/wspool/wspool/wspooltest"
 )
 
@@ -160,7 +161,7 @@ func run(n, limit int) error {
 	got := &tally{counts: map[string]int{}}
 	var errMu sync.Mutex
 	var topicErrs []error
-	topics, err := wspool.NewTopics(pool, wspool.TopicsConfig{
+	set, err := topics.New(pool, topics.Config{
 		URL:   srv.URL("/ws"),
 		Name:  "md",
 		Cap:   limit,
@@ -193,7 +194,7 @@ func run(n, limit int) error {
 			return nil
 		},
 		// Upstreams also limit incoming messages per connection (Binance: 5
-		// per second); the replay in OnConnect goes through the pacing.
+		// per second); every connection's replay goes through the pacing.
 		Options: []wspool.Option{wspool.WithSendPacing(wspool.SendPacing{Messages: 5, Per: time.Second})},
 		OnError: func(err error) {
 			errMu.Lock()
@@ -209,7 +210,7 @@ func run(n, limit int) error {
 	for i := range all {
 		all[i] = topicName(i)
 	}
-	if err := topics.Add(all...); err != nil {
+	if err := set.Add(all...); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -221,7 +222,7 @@ func run(n, limit int) error {
 	if err := got.waitAll(all, 1, 60*time.Second); err != nil {
 		return err
 	}
-	assign := topics.Assignment()
+	assign := set.Assignment()
 	fmt.Printf("%d topics at a cap of %d over %d feeds (all delivering after %v):\n", n, limit, len(assign), time.Since(start).Round(time.Millisecond))
 	for i := 1; i <= len(assign); i++ {
 		name := fmt.Sprintf("md-%d", i)
@@ -230,7 +231,7 @@ func run(n, limit int) error {
 	}
 
 	// Every connection lost: each feed reconnects and subscribes its share
-	// again, through the pacing, before its updates are delivered.
+	// again, through the pacing.
 	var dropped int
 	for _, c := range srv.Conns() {
 		c.Drop()
@@ -243,23 +244,23 @@ func run(n, limit int) error {
 
 	// Live changes: 100 topics out, 100 new ones in (into the room freed).
 	removed := all[:100]
-	topics.Remove(removed...)
+	set.Remove(removed...)
 	added := make([]string, 100)
 	for i := range added {
 		added[i] = topicName(n + i)
 	}
-	if err := topics.Add(added...); err != nil {
+	if err := set.Add(added...); err != nil {
 		return err
 	}
 	if err := got.waitAll(added, 1, 60*time.Second); err != nil {
 		return fmt.Errorf("after the live change: %w", err)
 	}
-	for deadline := time.Now().Add(30 * time.Second); topics.Unconfirmed() > 0; time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); set.Unconfirmed() > 0; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%d topics unconfirmed after the live change", topics.Unconfirmed())
+			return fmt.Errorf("%d topics unconfirmed after the live change", set.Unconfirmed())
 		}
 	}
-	after := topics.Assignment()
+	after := set.Assignment()
 	total := 0
 	for _, tps := range after {
 		total += len(tps)

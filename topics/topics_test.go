@@ -1,4 +1,4 @@
-package wspool_test
+package topics_test
 
 import (
 	"context"
@@ -12,8 +12,12 @@ import (
 	"time"
 
 	"github.com/wspool/wspool"
+	"github.com/wspool/wspool/internal/leakcheck"
+	"github.com/wspool/wspool/topics"
 	"github.com/wspool/wspool/wspooltest"
 )
+
+func TestMain(m *testing.M) { leakcheck.Main(m) }
 
 // topicServer is an upstream with a per-connection topic cap. Requests are
 // {"op":"sub"|"unsub","id":N,"topics":[...]}; answers {"id":N} or
@@ -159,9 +163,9 @@ func (ts *topicServer) connOf(topic string) *wspooltest.Conn {
 // topicRig is a running pool with a Topics set against a topicServer; it
 // counts the data messages of each topic and collects reported errors.
 type topicRig struct {
-	ts     *topicServer
-	topics *wspool.Topics
-	pool   *wspool.Pool
+	ts   *topicServer
+	set  *topics.Set
+	pool *wspool.Pool
 
 	mu   sync.Mutex
 	data map[string]int
@@ -175,7 +179,7 @@ func (r *topicRig) fire(callback string) {
 	}
 }
 
-func newTopicRig(t *testing.T, serverCap int, cfg wspool.TopicsConfig) *topicRig {
+func newTopicRig(t *testing.T, serverCap int, cfg topics.Config) *topicRig {
 	t.Helper()
 	r := &topicRig{ts: newTopicServer(t, serverCap), data: map[string]int{}}
 	pool, err := wspool.NewPool(wspool.WithBackoff(10*time.Millisecond, 50*time.Millisecond))
@@ -224,7 +228,7 @@ func newTopicRig(t *testing.T, serverCap int, cfg wspool.TopicsConfig) *topicRig
 		r.errs = append(r.errs, err)
 		r.mu.Unlock()
 	}
-	r.topics, err = wspool.NewTopics(pool, cfg)
+	r.set, err = topics.New(pool, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,10 +264,10 @@ func (r *topicRig) errors() []error {
 // topic has delivered at least min[topic] (default 1) data messages.
 func (r *topicRig) settled(t *testing.T, want []string, atLeast map[string]int) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		all, _ := r.ts.subscribed()
-		ok := len(all) == len(want) && r.topics.Unconfirmed() == 0
+		ok := len(all) == len(want) && r.set.Unconfirmed() == 0
 		for _, tp := range want {
 			if all[tp] != 1 || r.count(tp) < max(atLeast[tp], 1) {
 				ok = false
@@ -280,8 +284,8 @@ func (r *topicRig) settled(t *testing.T, want []string, atLeast map[string]int) 
 					missing++
 				}
 			}
-			t.Fatalf("not settled within 15s: %d upstream subscriptions for %d topics, %d unconfirmed, %d topics missing; errors %v",
-				len(all), len(want), r.topics.Unconfirmed(), missing, r.errors())
+			t.Fatalf("not settled within 30s: %d upstream subscriptions for %d topics, %d unconfirmed, %d topics missing; errors %v",
+				len(all), len(want), r.set.Unconfirmed(), missing, r.errors())
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -299,20 +303,20 @@ func names(prefix string, from, to int) []string {
 // server's cap (which rejects nothing), and every topic delivers; after the
 // server drops every connection each feed subscribes its topics again.
 func TestTopicsSpreadUnderCap(t *testing.T) {
-	r := newTopicRig(t, 10, wspool.TopicsConfig{Name: "md", Cap: 10, Batch: 4})
+	r := newTopicRig(t, 10, topics.Config{Name: "md", Cap: 10, Batch: 4})
 	all := names("t", 0, 35)
-	if err := r.topics.Add(all...); err != nil { // before Run: replayed in OnConnect
+	if err := r.set.Add(all...); err != nil { // before Run: replayed in OnConnect
 		t.Fatal(err)
 	}
 	r.run(t)
 	r.settled(t, all, nil)
-	a := r.topics.Assignment()
+	a := r.set.Assignment()
 	sizes := []int{len(a["md-1"]), len(a["md-2"]), len(a["md-3"]), len(a["md-4"])}
 	if len(a) != 4 || !slices.Equal(sizes, []int{10, 10, 10, 5}) {
 		t.Fatalf("assignment %v", a)
 	}
-	if _, most := r.ts.subscribed(); most > 10 || r.ts.rejected != 0 {
-		t.Fatalf("most %d topics on a connection, %d rejected", most, r.ts.rejected)
+	if _, most := r.ts.subscribed(); most > 10 || r.ts.rejectedCount() != 0 {
+		t.Fatalf("most %d topics on a connection, %d rejected", most, r.ts.rejectedCount())
 	}
 	for _, c := range r.ts.Conns() {
 		c.Drop()
@@ -331,23 +335,23 @@ func TestTopicsSpreadUnderCap(t *testing.T) {
 // once, with their acknowledgements: a removed topic frees room on its feed
 // for the next one added.
 func TestTopicsLiveAddRemove(t *testing.T) {
-	r := newTopicRig(t, 10, wspool.TopicsConfig{Name: "md", Cap: 10})
+	r := newTopicRig(t, 10, topics.Config{Name: "md", Cap: 10})
 	r.run(t)
 	first := names("a", 0, 15)
-	if err := r.topics.Add(first...); err != nil {
+	if err := r.set.Add(first...); err != nil {
 		t.Fatal(err)
 	}
 	r.settled(t, first, nil)
-	r.topics.Remove(first[:4]...) // all on md-1
+	r.set.Remove(first[:4]...) // all on md-1
 	left := first[4:]
 	r.settled(t, left, nil)
 	more := names("b", 0, 6)
-	if err := r.topics.Add(more...); err != nil {
+	if err := r.set.Add(more...); err != nil {
 		t.Fatal(err)
 	}
 	want := append(slices.Clone(left), more...)
 	r.settled(t, want, nil)
-	a := r.topics.Assignment()
+	a := r.set.Assignment()
 	if len(a) != 2 || len(a["md-1"]) != 10 || len(a["md-2"]) != 7 {
 		t.Fatalf("assignment %v: the removed topics' room should have been reused", a)
 	}
@@ -373,18 +377,18 @@ func TestTopicsRotationKeepsLateChanges(t *testing.T) {
 	const ackTimeout = 300 * time.Millisecond
 	var armed atomic.Bool
 	var r *topicRig
-	r = newTopicRig(t, 10, wspool.TopicsConfig{Name: "rot", Cap: 10, AckTimeout: ackTimeout, Options: []wspool.Option{
+	r = newTopicRig(t, 10, topics.Config{Name: "rot", Cap: 10, AckTimeout: ackTimeout, Options: []wspool.Option{
 		wspool.WithTimings(func(tm wspool.Timing) {
 			if tm.Kind == wspool.TimingOnConnect && armed.CompareAndSwap(true, false) {
-				if err := r.topics.Add("late"); err != nil {
+				if err := r.set.Add("late"); err != nil {
 					t.Errorf("Add: %v", err)
 				}
-				r.topics.Remove("a000")
+				r.set.Remove("a000")
 			}
 		})}})
 	r.run(t)
 	first := names("a", 0, 3)
-	if err := r.topics.Add(first...); err != nil {
+	if err := r.set.Add(first...); err != nil {
 		t.Fatal(err)
 	}
 	r.settled(t, first, nil)
@@ -427,29 +431,29 @@ func TestTopicsRotationKeepsLateChanges(t *testing.T) {
 // another feed, so that every topic ends up subscribed. A topic the server
 // rejects everywhere is reported with ErrTopicRejected and leaves the set.
 func TestTopicsRejectedOverServerCap(t *testing.T) {
-	r := newTopicRig(t, 10, wspool.TopicsConfig{Name: "md", Cap: 12, Batch: 1})
+	r := newTopicRig(t, 10, topics.Config{Name: "md", Cap: 12, Batch: 1})
 	r.run(t)
 	all := names("t", 0, 30)
-	if err := r.topics.Add(all...); err != nil {
+	if err := r.set.Add(all...); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.topics.Add("bad-topic"); err != nil {
+	if err := r.set.Add("bad-topic"); err != nil {
 		t.Fatal(err)
 	}
 	r.settled(t, all, nil)
 	if _, most := r.ts.subscribed(); most > 10 {
 		t.Fatalf("%d topics on one connection", most)
 	}
-	if r.ts.rejected == 0 {
+	if r.ts.rejectedCount() == 0 {
 		t.Fatal("the server rejected nothing: the test proves nothing")
 	}
 	var gaveUp bool
 	for _, err := range r.errors() {
-		var te *wspool.TopicError
+		var te *topics.Error
 		if !errors.As(err, &te) {
 			t.Fatalf("not a TopicError: %v", err)
 		}
-		if errors.Is(err, wspool.ErrTopicRejected) {
+		if errors.Is(err, topics.ErrRejected) {
 			if !slices.Equal(te.Topics, []string{"bad-topic"}) {
 				t.Fatalf("gave up on %v", te.Topics)
 			}
@@ -459,7 +463,7 @@ func TestTopicsRejectedOverServerCap(t *testing.T) {
 	if !gaveUp {
 		t.Fatalf("bad-topic not reported as rejected: %v", r.errors())
 	}
-	for _, tps := range r.topics.Assignment() {
+	for _, tps := range r.set.Assignment() {
 		if slices.Contains(tps, "bad-topic") {
 			t.Fatal("bad-topic still in the set")
 		}
@@ -469,17 +473,17 @@ func TestTopicsRejectedOverServerCap(t *testing.T) {
 // A request whose answer never comes is reported with ErrAckTimeout and its
 // feed reconnects, which subscribes its topics afresh.
 func TestTopicsAckTimeout(t *testing.T) {
-	r := newTopicRig(t, 10, wspool.TopicsConfig{Name: "md", Cap: 10, AckTimeout: 300 * time.Millisecond})
+	r := newTopicRig(t, 10, topics.Config{Name: "md", Cap: 10, AckTimeout: 300 * time.Millisecond})
 	r.run(t)
 	first := names("a", 0, 5)
-	if err := r.topics.Add(first...); err != nil {
+	if err := r.set.Add(first...); err != nil {
 		t.Fatal(err)
 	}
 	r.settled(t, first, nil)
 	r.ts.mu.Lock()
 	r.ts.silent["quiet"] = true
 	r.ts.mu.Unlock()
-	if err := r.topics.Add("quiet"); err != nil {
+	if err := r.set.Add("quiet"); err != nil {
 		t.Fatal(err)
 	}
 	want := append(slices.Clone(first), "quiet")
@@ -489,10 +493,10 @@ func TestTopicsAckTimeout(t *testing.T) {
 	}
 	r.settled(t, want, again)
 	errs := r.errors()
-	if len(errs) != 1 || !errors.Is(errs[0], wspool.ErrAckTimeout) {
+	if len(errs) != 1 || !errors.Is(errs[0], topics.ErrAckTimeout) {
 		t.Fatalf("errors %v, want one ErrAckTimeout", errs)
 	}
-	var te *wspool.TopicError
+	var te *topics.Error
 	if !errors.As(errs[0], &te) || !slices.Equal(te.Topics, []string{"quiet"}) || te.Feed != "md-1" {
 		t.Fatalf("reported %+v", te)
 	}
@@ -502,18 +506,18 @@ func TestTopicsAckTimeout(t *testing.T) {
 // leaves the pool, and its topics move to the other feeds and a new one.
 func TestTopicsFeedEndsForGood(t *testing.T) {
 	var kill atomic.Bool
-	r := newTopicRig(t, 10, wspool.TopicsConfig{Name: "md", Cap: 10,
+	r := newTopicRig(t, 10, topics.Config{Name: "md", Cap: 10,
 		Options: []wspool.Option{wspool.WithPermanentFunc(func(err error) bool {
 			return kill.CompareAndSwap(true, false) || wspool.DefaultPermanent(err)
 		})},
 	})
 	r.run(t)
 	all := names("t", 0, 25)
-	if err := r.topics.Add(all...); err != nil {
+	if err := r.set.Add(all...); err != nil {
 		t.Fatal(err)
 	}
 	r.settled(t, all, nil)
-	victim := r.topics.Assignment()["md-2"]
+	victim := r.set.Assignment()["md-2"]
 	kill.Store(true)
 	r.ts.connOf(victim[0]).Drop()
 	again := map[string]int{}
@@ -521,7 +525,7 @@ func TestTopicsFeedEndsForGood(t *testing.T) {
 		again[tp] = 2
 	}
 	r.settled(t, all, again)
-	a := r.topics.Assignment()
+	a := r.set.Assignment()
 	if _, ok := a["md-2"]; ok {
 		t.Fatalf("md-2 still in the set: %v", a)
 	}
@@ -545,7 +549,7 @@ func TestTopicsCallbacksReenter(t *testing.T) {
 	for _, cb := range []string{"Subscribe", "Unsubscribe", "Ack", "Handler", "OnConnect", "OnStateChange", "OnError"} {
 		t.Run(cb, func(t *testing.T) {
 			t.Parallel()
-			r := newTopicRig(t, 10, wspool.TopicsConfig{Name: "md", Cap: 10})
+			r := newTopicRig(t, 10, topics.Config{Name: "md", Cap: 10})
 			first := names("t", 0, 5)
 			var fired atomic.Bool
 			returned := make(chan struct{})
@@ -554,28 +558,28 @@ func TestTopicsCallbacksReenter(t *testing.T) {
 					return // the calls below run the callback again: once only
 				}
 				func() {
-					if err := r.topics.Add("re-" + cb); err != nil {
+					if err := r.set.Add("re-" + cb); err != nil {
 						t.Errorf("Add from %s: %v", cb, err)
 					}
-					r.topics.Remove("t000")
-					_ = r.topics.Assignment()
-					_ = r.topics.Unconfirmed()
+					r.set.Remove("t000")
+					_ = r.set.Assignment()
+					_ = r.set.Unconfirmed()
 					_ = r.pool.Stats()
 					close(returned)
 				}()
 			}
 			r.hook.Store(&hook)
-			if err := r.topics.Add(first...); err != nil {
+			if err := r.set.Add(first...); err != nil {
 				t.Fatal(err)
 			}
 			r.run(t)
 			switch cb {
 			case "Unsubscribe":
 				r.settled(t, first, nil)
-				r.topics.Remove("t004")
+				r.set.Remove("t004")
 				first = first[:4]
 			case "OnError":
-				r.topics.Add("bad-1") // rejected: reported
+				r.set.Add("bad-1") // rejected: reported
 			}
 			select {
 			case <-returned:
@@ -584,5 +588,155 @@ func TestTopicsCallbacksReenter(t *testing.T) {
 			}
 			r.settled(t, append(slices.Clone(first[1:]), "re-"+cb), nil)
 		})
+	}
+}
+
+// rejectedCount is how many subscriptions the server rejected.
+func (ts *topicServer) rejectedCount() int {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	return ts.rejected
+}
+
+// TestTopicsConcurrentRemoveAddReachServerInOrder: Remove and Add of the
+// same topics from many goroutines at once; the server sees each topic's
+// requests in the order the set decided them, so that once everything is
+// answered the server holds exactly the set. Before, a request was decided
+// under the set's lock and handed to the feed after it, so a Remove's
+// unsubscribe could overtake the Add decided after it: the set showed the
+// topic acknowledged while the server had unsubscribed it.
+func TestTopicsConcurrentRemoveAddReachServerInOrder(t *testing.T) {
+	r := newTopicRig(t, 1000, topics.Config{Name: "ord", Cap: 1000})
+	r.run(t)
+	all := names("c", 0, 100)
+	if err := r.set.Add(all...); err != nil {
+		t.Fatal(err)
+	}
+	r.settled(t, all, nil)
+	// Rounds of one Remove and one Add per topic, all started at once.
+	for range 20 {
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for _, tp := range all {
+			wg.Add(2)
+			go func() {
+				defer wg.Done()
+				<-start
+				r.set.Remove(tp)
+			}()
+			go func() {
+				defer wg.Done()
+				<-start
+				if err := r.set.Add(tp); err != nil {
+					t.Errorf("Add: %v", err)
+				}
+			}()
+		}
+		close(start)
+		wg.Wait()
+	}
+	want := r.set.Assignment()["ord-1"]
+	r.settled(t, want, nil)
+	if errs := r.errors(); len(errs) != 0 {
+		t.Fatalf("errors: %v", errs)
+	}
+}
+
+// TestTopicsBadTopicInBatchIsolated: one invalid topic in a batch of 61 is
+// isolated (the rejected batch is split and retried on the same
+// connection) and taken out of the set; the 60 others stay on their feed,
+// whose cap is not lowered, and no feed is left behind for the bad topic.
+// Before, the rejection lowered the feed's cap to what it held acknowledged
+// (none: 1) and moved all 61 topics one by one to other feeds.
+func TestTopicsBadTopicInBatchIsolated(t *testing.T) {
+	r := newTopicRig(t, 100, topics.Config{Name: "md", Cap: 100})
+	good := names("t", 0, 60)
+	all := slices.Insert(slices.Clone(good), 25, "bad-1")
+	if err := r.set.Add(all...); err != nil {
+		t.Fatal(err)
+	}
+	r.run(t)
+	r.settled(t, good, nil) // bad-1 out of the set: nothing unconfirmed
+	more := names("u", 0, 10)
+	if err := r.set.Add(more...); err != nil {
+		t.Fatal(err)
+	}
+	r.settled(t, append(slices.Clone(good), more...), nil)
+	a := r.set.Assignment()
+	if len(a) != 1 || len(a["md-1"]) != 70 {
+		t.Fatalf("assignment %v: want all 70 on md-1 (cap 100)", a)
+	}
+	if n := len(r.pool.Clients()); n != 1 {
+		t.Fatalf("%d feeds in the pool", n)
+	}
+	var rejected bool
+	for _, err := range r.errors() {
+		var te *topics.Error
+		if !errors.As(err, &te) || !slices.Equal(te.Topics, []string{"bad-1"}) {
+			t.Fatalf("reported %v", err)
+		}
+		rejected = rejected || errors.Is(err, topics.ErrRejected)
+	}
+	if !rejected {
+		t.Fatalf("bad-1 not reported with ErrRejected: %v", r.errors())
+	}
+}
+
+// TestTopicsPacedReplayLongerThanAckTimeout: a replay paced to 20 requests
+// a second takes three AckTimeouts; every request is answered within its
+// timeout from when it was written, the connection's answers being read
+// while the replay goes on. One request the server never answers is
+// reported once and its connection replaced, and the next connection
+// subscribes everything. Before, each request's timer started when the
+// replay was queued and answers were read only after OnConnect, so every
+// request timed out; the reconnect failed unseen (Reconnect during
+// OnConnect) and the answers that came later were ignored: Unconfirmed
+// stayed at 60 with every topic subscribed.
+func TestTopicsPacedReplayLongerThanAckTimeout(t *testing.T) {
+	r := newTopicRig(t, 100, topics.Config{Name: "pace", Cap: 100, Batch: 1, AckTimeout: time.Second,
+		Options: []wspool.Option{wspool.WithSendPacing(wspool.SendPacing{Messages: 5, Per: 250 * time.Millisecond})}})
+	all := names("p", 0, 60)
+	r.ts.mu.Lock()
+	r.ts.silent["p030"] = true // its first request is not answered
+	r.ts.mu.Unlock()
+	if err := r.set.Add(all...); err != nil {
+		t.Fatal(err)
+	}
+	r.run(t)
+	r.settled(t, all, nil)
+	errs := r.errors()
+	var te *topics.Error
+	if len(errs) != 1 || !errors.Is(errs[0], topics.ErrAckTimeout) || !errors.As(errs[0], &te) || !slices.Equal(te.Topics, []string{"p030"}) {
+		t.Fatalf("errors %v: want one ErrAckTimeout for p030", errs)
+	}
+	if n := r.ts.Accepted(); n != 2 {
+		t.Fatalf("%d connections: want the first and the one that replaced it", n)
+	}
+}
+
+// TestTopicsOptionsThatCannotApplyFail: Options that the set would override
+// for its feeds (their names, OnConnect, OnStateChange) are an error at New
+// rather than silently ignored.
+func TestTopicsOptionsThatCannotApplyFail(t *testing.T) {
+	p, err := wspool.NewPool()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	sub := func(uint64, []string) (wspool.MessageType, []byte) { return wspool.TextMessage, nil }
+	for name, o := range map[string]wspool.Option{
+		"WithName":          wspool.WithName("mine"),
+		"WithOnConnect":     wspool.WithOnConnect(func(context.Context, *wspool.Conn) error { return nil }),
+		"WithOnStateChange": wspool.WithOnStateChange(func(wspool.StateChange) {}),
+	} {
+		_, err := topics.New(p, topics.Config{URL: "ws://127.0.0.1:1/", Cap: 10, Subscribe: sub,
+			Options: []wspool.Option{wspool.WithPingInterval(time.Second), o}})
+		if !errors.Is(err, wspool.ErrInvalidOption) {
+			t.Errorf("%s in Options: New = %v, want ErrInvalidOption", name, err)
+		}
+	}
+	if _, err := topics.New(p, topics.Config{URL: "ws://127.0.0.1:1/", Cap: 10, Subscribe: sub,
+		Options: []wspool.Option{wspool.WithPingInterval(time.Second), wspool.WithOnError(func(string, error) {})}}); err != nil {
+		t.Fatalf("New with options that apply: %v", err)
 	}
 }
