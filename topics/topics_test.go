@@ -740,3 +740,59 @@ func TestTopicsOptionsThatCannotApplyFail(t *testing.T) {
 		t.Fatalf("New with options that apply: %v", err)
 	}
 }
+
+// TestTopicsStandbyConnectionsSubscribed: with hot standby connections
+// (WithStandby) every connection of a feed subscribes the feed's topics and
+// gets its live changes; a standby connection that is lost subscribes them
+// again on its new connection, and Unconfirmed counts a topic until every
+// connection has acknowledged it.
+func TestTopicsStandbyConnectionsSubscribed(t *testing.T) {
+	r := newTopicRig(t, 10, topics.Config{Name: "sb", Cap: 10, Options: []wspool.Option{
+		wspool.WithSequence(wspool.Sequence{Extract: func(wspool.Message) (string, uint64, bool) { return "", 0, false }}),
+		wspool.WithStandby(wspool.Standby{Connections: 1}),
+	}})
+	first := names("s", 0, 5)
+	if err := r.set.Add(first...); err != nil {
+		t.Fatal(err)
+	}
+	r.run(t)
+	onBoth := func(want []string) {
+		t.Helper()
+		waitFor(t, 30*time.Second, fmt.Sprintf("%v subscribed on both connections", want), func() bool {
+			all, _ := r.ts.subscribed()
+			if len(all) != len(want) || r.set.Unconfirmed() != 0 || len(r.ts.Conns()) != 2 {
+				return false
+			}
+			for _, tp := range want {
+				if all[tp] != 2 {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	onBoth(first)
+	r.set.Remove("s000")
+	if err := r.set.Add("s100"); err != nil {
+		t.Fatal(err)
+	}
+	want := append(slices.Clone(first[1:]), "s100")
+	onBoth(want)
+	r.ts.Conns()[1].Drop() // one of the two, primary or standby
+	waitFor(t, 30*time.Second, "a new connection", func() bool { return r.ts.Accepted() == 3 })
+	onBoth(want)
+	if errs := r.errors(); len(errs) != 0 {
+		t.Fatalf("errors: %v", errs)
+	}
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
