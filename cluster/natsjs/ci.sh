@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # CI for cluster/natsjs (run by .ci/run from this directory).
 #
-# 1. Everything but the multi-process cluster tests, with -race (unit tests
-#    and members running inside the test process).
+# 1. Everything but the multi-process cluster timings, with -race: unit
+#    tests, members running inside the test process, and the fault tests
+#    (TestFault*: a member partitioned from NATS through a proxy, NATS
+#    restarted with 0, 3 and 8 s down, a member killed after a restart),
+#    whose collector processes are race-built too; they run 100 feeds at
+#    one message per 200 ms (NATSJS_FAULT_FEEDS) and check correctness and
+#    loose time bounds.
 # 2. The cluster tests (TestCluster*) without -race: each starts collector
 #    processes (re-executions of the test binary) that run hundreds of feeds
 #    each next to an embedded nats-server, and measures takeover and stall

@@ -3,6 +3,7 @@
 package natsjs_test
 
 import (
+	"fmt"
 	"os"
 	"syscall"
 	"testing"
@@ -50,6 +51,19 @@ func (c *testCluster) startMembers(names ...string) {
 }
 
 func (c *testCluster) owners() map[string]int { return c.w.owners() }
+
+// settle waits until the owner counts have not changed for d.
+func (c *testCluster) settle(d time.Duration) {
+	c.t.Helper()
+	prev, stable := "", time.Now()
+	waitFor(c.t, "the owners to settle", 60*time.Second, func() bool {
+		o := fmt.Sprint(c.owners())
+		if o != prev {
+			prev, stable = o, time.Now()
+		}
+		return time.Since(stable) > d
+	})
+}
 
 // finish stops every collector, waits for the watcher to read the whole
 // stream, and checks that every feed's numbers are 1, 2, 3, ... with nothing
@@ -246,6 +260,9 @@ func TestClusterRestartSameName(t *testing.T) {
 	c := newTestCluster(t, ns.ClientURL(), tc, feedCount()/5, feedInterval())
 	defer c.dump()
 	c.startMembers("a", "b")
+	// The count is taken once start-up hand-overs (a claimed everything
+	// before b registered) have stopped moving feeds.
+	c.settle(tc.TTL)
 	before := c.owners()["b"]
 	c.kill("b")
 	killed := time.Now()

@@ -37,10 +37,13 @@
 // published twice (by a standby, by a new owner that resumed a little early,
 // by a retry whose acknowledgement was lost) is stored once.
 //
-// With one slot per shard a publish also carries the stream sequence of the
-// feed's previous message (Nats-Expected-Last-Subject-Sequence): a member
-// that lost its lease without noticing cannot append behind its successor,
-// whatever its clock says. Before every dial the owner reads the last stored
+// A publish also carries the stream sequence of the feed's previous message
+// (Nats-Expected-Last-Subject-Sequence), with one slot per shard, and with
+// any number when Config.Seq gives sequence numbers: JetStream stores it only
+// while that message is still the feed's last, so a member that lost its
+// lease without noticing cannot append behind its successor, whatever its
+// clock says, and a copy that arrives late (after a partition, a pause, or
+// the duplicate window) is refused. Before every dial the owner reads the last stored
 // message of the feed and hands its sequence to Config.Resume, which puts the
 // resume point into the URL or headers, so a new owner continues where the
 // old one stopped.
@@ -48,6 +51,17 @@
 // With two (or more) slots every slot holder runs the feed and publishes;
 // JetStream keeps the first copy of each message. A member that dies costs
 // nothing but the standby's lag.
+//
+// # The NATS connection
+//
+// A member's connection must not buffer while it reconnects
+// (nats.ReconnectBufSize(-1); New refuses it otherwise), so that no renewal
+// or publish is sent after its lease ended; and it should notice a frozen
+// server within TTL-Margin (nats.PingInterval, nats.MaxPingsOutstanding).
+// When the connection comes back (NATS restarted, or a partition healed)
+// Run watches the buckets again at once and counts the outage as nobody's
+// silence: a member that died meanwhile is taken over a TTL after NATS is
+// back, and the others keep their leases.
 //
 // # Feeds
 //

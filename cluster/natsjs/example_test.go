@@ -21,7 +21,8 @@ import (
 // over. Feeds carry a sequence number ("42") and resume with ?from=.
 func ExampleMember_Run() {
 	nc, err := nats.Connect("nats://nats-0:4222,nats://nats-1:4222,nats://nats-2:4222",
-		nats.MaxReconnects(-1), nats.PingInterval(time.Second), nats.MaxPingsOutstanding(2))
+		nats.MaxReconnects(-1), nats.ReconnectBufSize(-1), // nothing sent late after a reconnect
+		nats.PingInterval(time.Second), nats.MaxPingsOutstanding(2)) // a frozen server left within ~3 s
 	if err != nil {
 		log.Fatal(err)
 	}

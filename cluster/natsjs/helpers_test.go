@@ -68,17 +68,39 @@ type testConfig struct {
 	TTL    time.Duration `json:"ttl"`
 	// Replicas of the buckets and the stream (3 on a NATS cluster).
 	Replicas int `json:"replicas"`
+	// File storage for the buckets and the stream (memory otherwise: a
+	// NATS restart would lose them).
+	File bool `json:"file"`
+	// DuplicateWindow of the stream (default 2 minutes).
+	DuplicateWindow time.Duration `json:"dup_window"`
+	// ProxyURLs names, per member, another URL to reach NATS by (a
+	// proxy); the others use the cluster's URL.
+	ProxyURLs map[string]string `json:"proxy_urls"`
 }
 
 func (tc testConfig) config(member string) natsjs.Config {
+	storage := jetstream.MemoryStorage
+	if tc.File {
+		storage = jetstream.FileStorage
+	}
 	return natsjs.Config{
 		Name: tc.Name, Member: member, Shards: tc.Shards, Slots: tc.Slots, TTL: tc.TTL,
-		Replicas: tc.Replicas, Storage: jetstream.MemoryStorage, Seq: parseSeq, Resume: resumeFrom,
+		Replicas: tc.Replicas, Storage: storage, DuplicateWindow: tc.DuplicateWindow, Seq: parseSeq, Resume: resumeFrom,
+		Logger:      testLogger(),
 		PoolOptions: []wspool.PoolOption{wspool.WithMaxConcurrentDials(128)},
 		FeedOptions: func(natsjs.Feed) []wspool.Option {
 			return []wspool.Option{wspool.WithBackoff(20*time.Millisecond, 500*time.Millisecond)}
 		},
 	}
+}
+
+// testLogger is the members' logger: discarded, or with NATSJS_LOG=1
+// everything to stderr.
+func testLogger() *slog.Logger {
+	if os.Getenv("NATSJS_LOG") == "" {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 func collectorMain() int {
@@ -102,7 +124,11 @@ func collectorMain() int {
 	}
 	// Pings every second, two unanswered: a frozen server is left within
 	// about 3 s, well inside TTL - Margin.
-	nc, err := nats.Connect(os.Getenv("NATSJS_URL"), nats.Name(member),
+	url := os.Getenv("NATSJS_URL")
+	if u := tc.ProxyURLs[member]; u != "" {
+		url = u
+	}
+	nc, err := nats.Connect(url, nats.Name(member), nats.ReconnectBufSize(-1),
 		nats.PingInterval(time.Second), nats.MaxPingsOutstanding(2),
 		nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.ReconnectJitter(0, 0),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { fmt.Fprintln(os.Stderr, "nats disconnected:", err) }),
@@ -114,9 +140,6 @@ func collectorMain() int {
 	}
 	defer nc.Close()
 	cfg := tc.config(member)
-	if os.Getenv("NATSJS_LOG") != "" {
-		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
 	m, err := natsjs.New(nc, cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "new:", err)
@@ -353,7 +376,7 @@ func newTestCluster(t *testing.T, natsURL string, tc testConfig, nFeeds int, int
 	t.Helper()
 	c := &testCluster{t: t, tc: tc, url: natsURL, procs: map[string]*proc{}}
 	nc, err := nats.Connect(natsURL, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond),
-		nats.PingInterval(time.Second), nats.MaxPingsOutstanding(2))
+		nats.PingInterval(time.Second), nats.MaxPingsOutstanding(2), nats.ReconnectBufSize(-1))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -431,6 +454,9 @@ func (c *testCluster) stop(name string) natsjs.Stats {
 		c.t.Fatalf("%s did not stop on SIGTERM:\n%s", name, p.output())
 	}
 	delete(c.procs, name)
+	if os.Getenv("NATSJS_LOG") != "" {
+		c.t.Logf("--- %s:\n%s", name, p.output())
+	}
 	s, ok := p.stats()
 	if !ok {
 		c.t.Errorf("%s printed no stats:\n%s", name, p.output())
@@ -484,6 +510,7 @@ type feedLog struct {
 	count      int
 	dups, ooo  int
 	lost       uint64
+	moves      int           // changes of the publishing member after gapsFrom
 	maxGap     time.Duration // between consecutive stored messages, after gapsFrom
 	maxGapAt   time.Time     // when the message after the largest gap was stored
 	// per mark: the member of the last message before it, and the time of
@@ -635,6 +662,9 @@ func (w *watcher) on(msg jetstream.Msg) {
 		if g := at.Sub(f.lastAt); g > f.maxGap {
 			f.maxGap, f.maxGapAt = g, at
 		}
+		if member != f.lastMember {
+			f.moves++
+		}
 	}
 	for i, mk := range w.marks {
 		for len(f.before) <= i {
@@ -701,7 +731,7 @@ func (w *watcher) measureGapsFrom() {
 	defer w.mu.Unlock()
 	w.gapsFrom = time.Now()
 	for _, f := range w.feeds {
-		f.maxGap = 0
+		f.maxGap, f.moves = 0, 0
 	}
 }
 
@@ -772,6 +802,8 @@ type summary struct {
 	worstGapFeed        string
 	worstGapAt          time.Time
 	gaps                []time.Duration // every feed's largest gap, sorted
+	movedFeeds          int             // feeds whose publisher changed after gapsFrom
+	maxMoves            int             // the most changes of one feed
 }
 
 func (w *watcher) summary() summary {
@@ -787,6 +819,10 @@ func (w *watcher) summary() summary {
 			s.worstGap, s.worstGapFeed, s.worstGapAt = f.maxGap, n, f.maxGapAt
 		}
 		s.gaps = append(s.gaps, f.maxGap)
+		if f.moves > 0 {
+			s.movedFeeds++
+		}
+		s.maxMoves = max(s.maxMoves, f.moves)
 	}
 	slices.Sort(s.gaps)
 	return s

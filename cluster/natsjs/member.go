@@ -86,7 +86,8 @@ type Config struct {
 	FeedOptions func(f Feed) []wspool.Option
 	// PoolOptions are passed to wspool.NewPool.
 	PoolOptions []wspool.PoolOption
-	// Logger receives the member's events (default: discarded).
+	// Logger receives the member's events and New's warnings (default:
+	// slog.Default(); slog.New(slog.DiscardHandler) silences them).
 	Logger *slog.Logger
 }
 
@@ -131,7 +132,7 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("natsjs: MaxAge %v below DuplicateWindow %v", c.MaxAge, c.DuplicateWindow)
 	}
 	if c.Logger == nil {
-		c.Logger = slog.New(slog.DiscardHandler)
+		c.Logger = slog.Default()
 	}
 	return nil
 }
@@ -159,10 +160,17 @@ type Member struct {
 }
 
 // New returns a Member using the NATS connection nc (which the caller owns
-// and closes after Run returns). It fails for an invalid Config.
+// and closes after Run returns). It fails for an invalid Config, and for a
+// member that can Run (Config.Member set) whose connection buffers
+// publishes while it reconnects: connect with nats.ReconnectBufSize(-1).
+// Buffered lease renewals and publishes would be sent when the connection
+// comes back, however long after their lease ended.
 func New(nc *nats.Conn, cfg Config) (*Member, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
+	}
+	if cfg.Member != "" && nc.Opts.ReconnectBufSize >= 0 {
+		return nil, fmt.Errorf("natsjs: the NATS connection buffers publishes while reconnecting (ReconnectBufSize %d): lease renewals and publishes could be sent after their lease ended; connect with nats.ReconnectBufSize(-1)", nc.Opts.ReconnectBufSize)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -247,6 +255,11 @@ func (m *Member) doSetup(ctx context.Context) error {
 			Replicas:   m.cfg.Replicas,
 			Duplicates: m.cfg.DuplicateWindow,
 			MaxAge:     m.cfg.MaxAge,
+			// A feed's last message is read with a direct get: a
+			// publisher that lost a race to the feed's other slot reads
+			// it for every message, more than JetStream's API queue
+			// takes under load.
+			AllowDirect: true,
 		})
 		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 			m.stream, err = m.js.Stream(ctx, m.cfg.Name)

@@ -17,7 +17,7 @@ import (
 // gracefully and returns its stats (the test's cleanup stops it too).
 func runMember(t *testing.T, url string, tc testConfig, name string) (m *natsjs.Member, stop func() natsjs.Stats) {
 	t.Helper()
-	nc, err := nats.Connect(url, nats.MaxReconnects(-1))
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectBufSize(-1))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -64,8 +64,8 @@ var headerNames = [numHeaders]string{
 }
 
 // message returns the feed's message to publish: the data with its headers
-// (Wspool-Seq only with a sequence number, the expected last subject
-// sequence only with one slot once it is known).
+// (Wspool-Seq only with a sequence number; the expected last subject
+// sequence once it is known, with one slot or with a sequence number).
 func (fr *feedRun) message(data []byte, id, seq string, hasSeq bool) *nats.Msg {
 	nm := &fr.msg
 	if nm.Header == nil {
@@ -87,7 +87,7 @@ func (fr *feedRun) message(data []byte, id, seq string, hasSeq bool) *nats.Msg {
 	set(hLease, true)
 	fr.hv[hSeq] = seq
 	set(hSeq, hasSeq)
-	expect := fr.m.cfg.Slots == 1 && fr.known
+	expect := fr.known && (fr.m.cfg.Slots == 1 || hasSeq)
 	if expect {
 		fr.hv[hExpect] = strconv.FormatUint(fr.lastStream, 10)
 	}
@@ -275,6 +275,8 @@ func (fr *feedRun) handle(ctx context.Context, msg wspool.Message) error {
 		if wrongLastSeq(err) {
 			// Either our own earlier attempt was stored and its ack lost,
 			// or another member appended: the last message tells which.
+			// (JetStream checks the expected sequence before the message
+			// id, so a copy within the duplicate window is refused too.)
 			gctx, gcancel := context.WithTimeout(context.Background(), m.publishTimeout())
 			lm, gerr := m.stream.GetLastMsgForSubject(gctx, fr.subj)
 			gcancel()
@@ -283,7 +285,22 @@ func (fr *feedRun) handle(ctx context.Context, msg wspool.Message) error {
 				fr.stored(lm.Sequence, seq, hasSeq)
 				return nil
 			}
+			if gerr == nil && m.cfg.Slots > 1 && hasSeq {
+				// Another slot's holder is ahead: the feed's numbers are
+				// stored in order without gaps (every append names its
+				// predecessor), so a last number at or above ours means
+				// ours is stored. Later numbers up to it are skipped, and
+				// the next publish names that last message.
+				if ls, perr := strconv.ParseUint(lm.Header.Get(HeaderSeq), 10, 64); perr == nil && ls >= seq {
+					st.duplicates.Add(1)
+					fr.lastStream = lm.Sequence
+					fr.last = ls
+					return nil
+				}
+			}
 			if gerr == nil {
+				m.log.Debug("natsjs: publish refused: the feed's last message is not ours", "feed", fr.f.Name, "id", id,
+					"expected", fr.lastStream, "last", lm.Sequence, "last_id", lm.Header.Get(jetstream.MsgIDHeader), "err", err)
 				st.fencedDrops.Add(1)
 				if fr.refused.CompareAndSwap(false, true) {
 					m.kick()

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/wspool/wspool"
 )
@@ -65,6 +66,17 @@ type run struct {
 	mu    sync.Mutex
 	renew map[*shardRun]struct{}
 
+	lw, fw     jetstream.KeyWatcher // loop-owned, replaced when the connection comes back
+	stopWatch  context.CancelFunc   // ends lw and fw
+	rewatch    bool                 // the watchers are to be started again
+	down       bool                 // the NATS connection was seen down
+	blind      bool                 // reconnected, but the watchers are not back yet
+	reconnects uint64               // the connection's reconnect count last seen
+	// Claims back off while they fail for other reasons than a race
+	// (NATS unavailable): claimAfter is the member time before which none
+	// is sent, claimBackoff the current pause (TTL/10 doubling to TTL/2).
+	claimAfter, claimBackoff time.Duration
+
 	registered     atomic.Bool
 	memberDeadline atomic.Int64
 	renewEvery     time.Duration
@@ -105,17 +117,6 @@ func (m *Member) Run(ctx context.Context) error {
 
 	wctx, wcancel := context.WithCancel(context.Background())
 	defer wcancel()
-	lw, err := m.leases.WatchAll(wctx)
-	if err != nil {
-		return fmt.Errorf("natsjs: watch leases: %w", err)
-	}
-	defer lw.Stop()
-	fw, err := m.feedsKV.WatchAll(wctx)
-	if err != nil {
-		return fmt.Errorf("natsjs: watch feeds: %w", err)
-	}
-	defer fw.Stop()
-
 	r := &run{
 		m: m, pool: pool,
 		view: map[string]*entry{}, desired: map[string]Feed{}, byShard: map[int][]string{}, keyNames: map[string]string{},
@@ -123,20 +124,25 @@ func (m *Member) Run(ctx context.Context) error {
 		renew:      map[*shardRun]struct{}{},
 		renewEvery: m.cfg.TTL / 4,
 		released:   make(chan *shardRun),
+		reconnects: m.nc.Stats().Reconnects,
 	}
+	if err := r.watch(wctx); err != nil {
+		return err
+	}
+	defer r.stopWatchers()
 	// Learn the current members, leases and feeds before claiming anything:
 	// the watchers first deliver every key's current value, then nil.
 	for lDone, fDone := false, false; !lDone || !fDone; {
 		select {
 		case <-ctx.Done():
 			return nil
-		case e, ok := <-lw.Updates():
+		case e, ok := <-r.lw.Updates():
 			if !ok {
 				return errors.New("natsjs: leases watcher ended")
 			}
 			lDone = lDone || e == nil
 			r.applyLease(e)
-		case e, ok := <-fw.Updates():
+		case e, ok := <-r.fw.Updates():
 			if !ok {
 				return errors.New("natsjs: feeds watcher ended")
 			}
@@ -161,7 +167,13 @@ func (m *Member) Run(ctx context.Context) error {
 	defer ticker.Stop()
 	dirty := true
 	for {
-		if dirty && len(lw.Updates()) == 0 && len(fw.Updates()) == 0 {
+		lupd, fupd := r.updates()
+		if err := r.checkConn(wctx); err != nil {
+			stopRenewer()
+			r.shutdown()
+			return err
+		}
+		if dirty && len(lupd) == 0 && len(fupd) == 0 {
 			r.reconcile(ctx)
 			dirty = false
 		}
@@ -170,18 +182,16 @@ func (m *Member) Run(ctx context.Context) error {
 			stopRenewer()
 			r.shutdown()
 			return nil
-		case e, ok := <-lw.Updates():
+		case e, ok := <-lupd:
 			if !ok {
-				stopRenewer()
-				r.shutdown()
-				return errors.New("natsjs: leases watcher ended")
+				r.lost("leases")
+				continue
 			}
 			r.applyLease(e)
-		case e, ok := <-fw.Updates():
+		case e, ok := <-fupd:
 			if !ok {
-				stopRenewer()
-				r.shutdown()
-				return errors.New("natsjs: feeds watcher ended")
+				r.lost("feeds")
+				continue
 			}
 			r.applyFeed(e)
 		case sr := <-r.released:
@@ -192,6 +202,118 @@ func (m *Member) Run(ctx context.Context) error {
 			r.checkStopped(ctx)
 		}
 		dirty = true
+	}
+}
+
+// watch starts the watchers of both buckets (they deliver every key's
+// current value, then nil, then the changes).
+// The watchers live as long as the context they are made with.
+func (r *run) watch(ctx context.Context) error {
+	m := r.m
+	wctx, cancel := context.WithCancel(ctx)
+	lw, err := m.leases.WatchAll(wctx)
+	if err != nil {
+		cancel()
+		return fmt.Errorf("natsjs: watch leases: %w", err)
+	}
+	fw, err := m.feedsKV.WatchAll(wctx)
+	if err != nil {
+		lw.Stop()
+		cancel()
+		return fmt.Errorf("natsjs: watch feeds: %w", err)
+	}
+	r.stopWatchers()
+	r.lw, r.fw, r.stopWatch = lw, fw, cancel
+	return nil
+}
+
+func (r *run) stopWatchers() {
+	if r.lw != nil {
+		r.lw.Stop()
+		r.fw.Stop()
+		r.stopWatch()
+		r.lw, r.fw, r.stopWatch = nil, nil, nil
+	}
+}
+
+// updates returns the channels the loop reads: none while the watchers are
+// to be replaced.
+func (r *run) updates() (l, f <-chan jetstream.KeyValueEntry) {
+	if r.lw == nil || r.rewatch {
+		return nil, nil
+	}
+	return r.lw.Updates(), r.fw.Updates()
+}
+
+// lost notes that a watcher ended (its consumer was lost, e.g. with the
+// server): both are started again at the next check.
+func (r *run) lost(which string) {
+	if !r.rewatch {
+		r.m.log.Warn("natsjs: watcher ended, starting it again", "bucket", which)
+	}
+	r.rewatch = true
+}
+
+// checkConn follows the NATS connection. While it is down the member is
+// blind: nothing it sees (or does not see) can be trusted, so it claims
+// nothing. Once it is back (a reconnect, possibly to a restarted server) the
+// watchers are started again at once (a watcher's consumer does not survive
+// a server restart, and would only be replaced after missed heartbeats), and
+// every member and lease key counts as seen now: the time NATS was away is
+// not silence of their holders, who could not write either. A member that
+// died meanwhile is then taken over a TTL after NATS is back. It returns an
+// error only when a bucket is gone (memory storage lost on a restart).
+func (r *run) checkConn(ctx context.Context) error {
+	m := r.m
+	if m.nc.Status() != nats.CONNECTED {
+		r.down = true
+		return nil
+	}
+	if n := m.nc.Stats().Reconnects; n != r.reconnects || r.down {
+		r.reconnects, r.down = n, false
+		r.seenNow()
+		r.claimBackoff, r.claimAfter = 0, 0
+		r.rewatch, r.blind = true, true
+		m.log.Info("natsjs: NATS connection back, watching the buckets again")
+	}
+	if !r.rewatch {
+		return nil
+	}
+	if err := r.watch(ctx); err != nil {
+		if bucketGone(err) {
+			return fmt.Errorf("%w (with memory storage a NATS restart loses the buckets and the stream)", err)
+		}
+		m.log.Debug("natsjs: watchers not started, will retry", "err", err)
+		return nil
+	}
+	// Keys written while nobody watched arrive with the new watchers'
+	// first values. After a reconnect JetStream may have answered only
+	// now (a restarted server recovers its streams first): the time until
+	// then was not silence either.
+	r.rewatch = false
+	if r.blind {
+		r.blind = false
+		r.seenNow()
+		// Register at once (the renewer would within TTL/4): until its
+		// key is proven again the member claims nothing, not even its
+		// own leases back.
+		r.register(ctx)
+	}
+	return nil
+}
+
+// bucketGone reports whether a watch failed because its bucket's stream
+// does not exist.
+func bucketGone(err error) bool {
+	return errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) ||
+		errors.Is(err, nats.ErrStreamNotFound)
+}
+
+// seenNow counts every member and lease key as seen now.
+func (r *run) seenNow() {
+	now := r.m.mono()
+	for _, e := range r.view {
+		e.seen = now
 	}
 }
 
@@ -485,7 +607,7 @@ func (r *run) reconcile(ctx context.Context) {
 			claims = append(claims, claimResult{shard: shard, slot: free[0]})
 		}
 	}
-	if len(claims) == 0 {
+	if len(claims) == 0 || r.down || r.blind || now < r.claimAfter {
 		return
 	}
 	// Claim all at once (a takeover of many shards costs one round trip),
@@ -499,9 +621,26 @@ func (r *run) reconcile(ctx context.Context) {
 			done <- c
 		}()
 	}
+	won, unavailable := false, false
 	for range claims {
-		r.claimed(<-done)
+		c := <-done
+		r.claimed(c)
+		switch {
+		case c.err == nil:
+			won = true
+		case !errors.Is(c.err, jetstream.ErrKeyExists) && !errors.Is(c.err, jetstream.ErrKeyRevisionMismatch):
+			unavailable = true
+		}
 	}
+	// No claim storm while NATS does not answer: the next round waits,
+	// longer after each round that failed that way.
+	if won || !unavailable {
+		r.claimBackoff, r.claimAfter = 0, 0
+		return
+	}
+	r.claimBackoff = min(max(2*r.claimBackoff, m.cfg.TTL/10), m.cfg.TTL/2)
+	r.claimAfter = m.mono() + r.claimBackoff
+	m.log.Debug("natsjs: claims failed, backing off", "claims", len(claims), "backoff", r.claimBackoff, "err", claims[0].err)
 }
 
 // claim tries to take a slot lease: Create for a missing or deleted key,
@@ -522,6 +661,30 @@ func (r *run) claim(ctx context.Context, c *claimResult) {
 		// Expired on the server, or written meanwhile: Create tells.
 		c.rev, c.err = m.leases.Create(cctx, key, []byte(m.holder))
 	}
+	r.claimReadBack(cctx, c)
+}
+
+// claimReadBack handles a claim refused because the key is not what we
+// last saw: like a renewal (see renewLease), it reads the key, and if the
+// write we did not hear of was our own (our holder value), it claims at the
+// key's revision.
+// Writes that land unheard (a create or renewal whose answer was lost with
+// a NATS server) would otherwise keep every claim failing until the key
+// expires on the server.
+func (r *run) claimReadBack(ctx context.Context, c *claimResult) {
+	if !errors.Is(c.err, jetstream.ErrKeyExists) && !errors.Is(c.err, jetstream.ErrKeyRevisionMismatch) {
+		return
+	}
+	m := r.m
+	g, err := m.leases.Get(ctx, slotKey(c.shard, c.slot))
+	if err != nil {
+		return
+	}
+	if string(g.Value()) != m.holder {
+		return
+	}
+	m.log.Debug("natsjs: claimed lease written behind our back, claiming from its revision", "shard", c.shard, "rev", g.Revision())
+	c.rev, c.err = m.leases.Update(ctx, slotKey(c.shard, c.slot), []byte(m.holder), g.Revision())
 }
 
 // claimed applies a claim's outcome in the loop.
