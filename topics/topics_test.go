@@ -163,9 +163,10 @@ func (ts *topicServer) connOf(topic string) *wspooltest.Conn {
 // topicRig is a running pool with a Topics set against a topicServer; it
 // counts the data messages of each topic and collects reported errors.
 type topicRig struct {
-	ts   *topicServer
-	set  *topics.Set
-	pool *wspool.Pool
+	ts    *topicServer
+	set   *topics.Set
+	pool  *wspool.Pool
+	proxy *wspooltest.Proxy // between the feeds and the server, with viaProxy
 
 	mu   sync.Mutex
 	data map[string]int
@@ -179,6 +180,10 @@ func (r *topicRig) fire(callback string) {
 	}
 }
 
+// viaProxy as Config.URL puts a fault proxy (topicRig.proxy) between the
+// feeds and the server.
+const viaProxy = "via proxy"
+
 func newTopicRig(t *testing.T, serverCap int, cfg topics.Config) *topicRig {
 	t.Helper()
 	r := &topicRig{ts: newTopicServer(t, serverCap), data: map[string]int{}}
@@ -187,7 +192,15 @@ func newTopicRig(t *testing.T, serverCap int, cfg topics.Config) *topicRig {
 		t.Fatal(err)
 	}
 	r.pool = pool
-	cfg.URL = r.ts.URL("/stream")
+	if cfg.URL == viaProxy {
+		if r.proxy, err = wspooltest.NewProxy(r.ts.Addr()); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { r.proxy.Close() })
+		cfg.URL = "ws://" + r.proxy.Addr() + "/stream"
+	} else {
+		cfg.URL = r.ts.URL("/stream")
+	}
 	cfg.Subscribe = func(id uint64, topics []string) (wspool.MessageType, []byte) {
 		r.fire("Subscribe")
 		b, _ := json.Marshal(topicReq{Op: "sub", ID: id, Topics: topics})
@@ -794,5 +807,38 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 			t.Fatalf("timed out after %v waiting for %s", timeout, what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestTopicsBlackholedReplayResubscribes: a connection blackholed halfway
+// through its paced replay (the kernel still takes the writes, nothing comes
+// back) is found dead by its pings; its writer stops with it and the next
+// connection, once the path is back, subscribes every topic exactly once.
+func TestTopicsBlackholedReplayResubscribes(t *testing.T) {
+	r := newTopicRig(t, 100, topics.Config{URL: viaProxy, Name: "bh", Cap: 100, Batch: 1, AckTimeout: 5 * time.Second,
+		Options: []wspool.Option{
+			wspool.WithSendPacing(wspool.SendPacing{Messages: 10, Per: 250 * time.Millisecond}),
+			wspool.WithPingInterval(100 * time.Millisecond), wspool.WithPongTimeout(400 * time.Millisecond),
+			wspool.WithHandshakeTimeout(time.Second),
+		}})
+	all := names("b", 0, 40)
+	if err := r.set.Add(all...); err != nil {
+		t.Fatal(err)
+	}
+	r.run(t)
+	waitFor(t, 30*time.Second, "part of the replay subscribed", func() bool {
+		got, _ := r.ts.subscribed()
+		return len(got) >= 10
+	})
+	r.proxy.Blackhole(true)
+	feed := r.pool.Client("bh-1")
+	waitFor(t, 30*time.Second, "the blackholed connection found dead", func() bool { return feed.State() != wspool.StateConnected })
+	if got, _ := r.ts.subscribed(); len(got) == len(all) {
+		t.Fatal("the replay ended before the blackhole: the test proves nothing")
+	}
+	r.proxy.Blackhole(false)
+	r.settled(t, all, nil)
+	if errs := r.errors(); len(errs) != 0 {
+		t.Fatalf("errors: %v", errs)
 	}
 }
