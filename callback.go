@@ -27,18 +27,11 @@ import (
 // And no library lock is held while user code runs (see the lock table in
 // doc.go), so user code can never wait on a lock its own caller holds.
 
-// callbackKey marks the contexts the library hands to user code.
-type callbackKey struct{}
-
-// markCallback returns ctx with the callback mark.
-func markCallback(ctx context.Context) context.Context {
-	return context.WithValue(ctx, callbackKey{}, true)
-}
-
 // inCallback reports whether ctx is, or derives from, a context the library
-// passed to a callback.
+// passed to a callback: the mark is the feed that ClientFromContext returns,
+// set on the feed's context by begin.
 func inCallback(ctx context.Context) bool {
-	return ctx != nil && ctx.Value(callbackKey{}) != nil
+	return ctx != nil && ctx.Value(clientKey{}) != nil
 }
 
 // The event dispatcher.

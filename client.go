@@ -355,11 +355,10 @@ func (c *Client) begin(parent context.Context, spawn func(func() error)) (contex
 		return nil, ErrAlreadyRunning
 	}
 	c.started = true
-	ctx, cancel := context.WithCancel(context.WithValue(parent, clientKey{}, c)) // ClientFromContext
-	// Every context the feed hands to user code (the handler's, OnConnect's,
-	// the request func's, ...) derives from this one and so carries the
-	// callback mark (see inCallback).
-	ctx = markCallback(ctx)
+	// The feed in the context is ClientFromContext's and the callback mark
+	// (callback.go): every context the feed hands to user code derives from
+	// this one.
+	ctx, cancel := context.WithCancel(context.WithValue(parent, clientKey{}, c))
 	c.cancel = cancel
 	c.feedCtx = ctx
 	c.spawn = spawn
