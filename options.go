@@ -159,9 +159,19 @@ func OptionsOverlap(o Option, opts ...Option) bool {
 	for _, x := range opts {
 		x(&theirs)
 	}
-	a, b := reflect.ValueOf(mine), reflect.ValueOf(theirs)
+	mine.diag, theirs.diag = nil, nil // errors, not settings
+	return bothSet(reflect.ValueOf(mine), reflect.ValueOf(theirs))
+}
+
+// bothSet reports whether a and b (values of one struct type, applied to
+// zero values) have a field set in both, looking into nested structs field
+// by field.
+func bothSet(a, b reflect.Value) bool {
+	if a.Kind() != reflect.Struct {
+		return !a.IsZero() && !b.IsZero()
+	}
 	for i := range a.NumField() {
-		if a.Type().Field(i).Name != "diag" && !a.Field(i).IsZero() && !b.Field(i).IsZero() {
+		if bothSet(a.Field(i), b.Field(i)) {
 			return true
 		}
 	}

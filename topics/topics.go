@@ -144,7 +144,6 @@ type Set struct {
 // feed is one feed of the set.
 type feed struct {
 	name      string
-	client    *wspool.Client
 	cap       int
 	topics    map[string]struct{} // the feed's share
 	conns     []*conn             // its connections that ran OnConnect and have not ended
@@ -382,11 +381,9 @@ func (s *Set) newFeedLocked() (*feed, error) {
 		wspool.WithName(f.name),
 		wspool.WithOnConnect(func(ctx context.Context, c *wspool.Conn) error { return s.onConnect(ctx, f, c) }),
 		wspool.WithOnStateChange(func(sc wspool.StateChange) { s.onStateChange(f, sc) }))
-	c, err := s.pool.Add(s.cfg.URL, s.handler(f), opts...)
-	if err != nil {
+	if _, err := s.pool.Add(s.cfg.URL, s.handler(f), opts...); err != nil {
 		return nil, fmt.Errorf("topics: adding feed %s: %w", f.name, err)
 	}
-	f.client = c
 	s.feeds = append(s.feeds, f)
 	return f, nil
 }
