@@ -3,7 +3,9 @@
 package natsjs_test
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -257,5 +259,64 @@ func TestRefusedFeedLeaseStillOurs(t *testing.T) {
 	if s.Lost != 0 || s.Fenced != 0 || s.LeasesHeld != tc.Shards || s.Acquired != before.Acquired {
 		t.Errorf("lost %d, fenced %d, held %d of %d, acquired %d then %d (want 0, 0, all, unchanged)",
 			s.Lost, s.Fenced, s.LeasesHeld, tc.Shards, before.Acquired, s.Acquired)
+	}
+}
+
+// TestNewRefusesBufferingConnection: a member's connection must not buffer
+// while it reconnects (a buffered renewal or publish would be sent when the
+// connection is back, however long after its lease ended): New fails for
+// one that does, says what to use, and accepts nats.ReconnectBufSize(-1). A
+// Member that only registers feeds (no Config.Member) is not held to it.
+func TestNewRefusesBufferingConnection(t *testing.T) {
+	ns := startNATS(t)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	cfg := natsjs.Config{Member: "a", Logger: slog.New(slog.DiscardHandler)}
+	if _, err := natsjs.New(nc, cfg); err == nil || !strings.Contains(err.Error(), "nats.ReconnectBufSize(-1)") {
+		t.Errorf("New with a buffering connection: %v, want an error naming nats.ReconnectBufSize(-1)", err)
+	}
+	if _, err := natsjs.New(nc, natsjs.Config{Logger: cfg.Logger}); err != nil {
+		t.Errorf("New without a Member: %v", err)
+	}
+	nb, err := nats.Connect(ns.ClientURL(), nats.ReconnectBufSize(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nb.Close()
+	if _, err := natsjs.New(nb, cfg); err != nil {
+		t.Errorf("New with nats.ReconnectBufSize(-1): %v", err)
+	}
+}
+
+// TestNewWarningReachesDefaultLogger: New's warning about ping options that
+// notice a frozen server later than a lease can wait goes to slog.Default()
+// when Config.Logger is nil (it used to be discarded), and to
+// Config.Logger when set.
+func TestNewWarningReachesDefaultLogger(t *testing.T) {
+	ns := startNATS(t)
+	nc, err := nats.Connect(ns.ClientURL(), nats.ReconnectBufSize(-1)) // pings every 2 minutes
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	var def, own bytes.Buffer
+	old := slog.Default()
+	slog.SetDefault(slog.New(slog.NewTextHandler(&def, nil)))
+	defer slog.SetDefault(old)
+	if _, err := natsjs.New(nc, natsjs.Config{Member: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(def.String(), "level=WARN") || !strings.Contains(def.String(), "nats.PingInterval") {
+		t.Errorf("slog.Default() got %q, want the ping warning", def.String())
+	}
+	def.Reset()
+	if _, err := natsjs.New(nc, natsjs.Config{Member: "a", Logger: slog.New(slog.NewTextHandler(&own, nil))}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(own.String(), "nats.PingInterval") || def.Len() != 0 {
+		t.Errorf("Config.Logger got %q and slog.Default() %q, want the warning in the first only", own.String(), def.String())
 	}
 }
