@@ -8,7 +8,7 @@
 //	go run ./examples/heartbeats            app-level heartbeats with their own interval per feed
 //	go run ./examples/tail --demo           tail feeds as JSON lines (or: tail [--raw] URL...)
 //	go run ./examples/backpressure          the three queue overflow policies against a fast server
-//	cd examples/prometheus && go run .      Pool.Stats as Prometheus metrics on 127.0.0.1:9464/metrics
+//	cd examples/prometheus && go run .      Pool.Stats and timings as Prometheus metrics (metrics/wspoolprom) on 127.0.0.1:9464/metrics
 //
 // The Prometheus example is a separate module (its client_golang dependency
 // stays out of the library's go.mod).

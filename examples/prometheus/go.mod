@@ -2,7 +2,10 @@ module github.com/wspool/wspool/examples/prometheus
 
 go 1.26.0
 
-replace github.com/wspool/wspool => ../..
+replace (
+	github.com/wspool/wspool => ../..
+	github.com/wspool/wspool/metrics/wspoolprom => ../../metrics/wspoolprom
+)
 
 require (
 	github.com/gorilla/websocket v1.5.3
@@ -10,6 +13,7 @@ require (
 	github.com/prometheus/client_model v0.6.3
 	github.com/prometheus/common v0.73.1
 	github.com/wspool/wspool v0.0.0-00010101000000-000000000000
+	github.com/wspool/wspool/metrics/wspoolprom v0.0.0-00010101000000-000000000000
 )
 
 require (

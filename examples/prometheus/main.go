@@ -1,8 +1,10 @@
-// Prometheus exports the statistics of a wspool.Pool as Prometheus metrics,
-// with a Collector (collector.go) that takes one Pool.Stats snapshot per
-// scrape: no goroutine keeps gauges up to date between scrapes.
+// Prometheus serves the statistics and timings of a wspool.Pool as
+// Prometheus metrics with the package
+// github.com/wspool/wspool/metrics/wspoolprom: its Collector takes one
+// Pool.Stats snapshot per scrape (no goroutine keeps gauges up to date
+// between scrapes) and its Timings turn wspool.WithTimings into histograms.
 //
-// An embedded server on 127.0.0.1 gives four feeds something to report:
+// An embedded server on 127.0.0.1 gives five feeds something to report:
 //
 //   - ticker: a steady JSON stream (20 messages a second), one in ten not
 //     valid JSON, so wspool.JSON reports decode errors
@@ -17,16 +19,20 @@
 //     backing off (connect_attempts_total, wspool_feeds{state="backing_off"});
 //     orders sent to it wait in a 4-message send buffer and fail when it is
 //     full or after 2s (send_buffered, send_failures_total).
+//   - prices: a numbered stream (wspooltest.Stream) that skips numbers now
+//     and then, read with WithSequence and one hot standby connection
+//     (sequence_gaps_total, won_messages_total, the wspool_feed_standby_
+//     families).
 //
 // Pings go out every -ping, so rtt_seconds and smoothed_rtt_seconds appear
 // after the first pong. The metrics, the Go runtime's and the process's are
 // served on http://127.0.0.1:9464/metrics (-addr), for Prometheus or curl:
 //
-//	go run . &                       # from examples/prometheus, a module of its own
+//	go run . -duration 1m &          # from examples/prometheus, a module of its own
 //	curl -s 127.0.0.1:9464/metrics | grep '^wspool_'
 //
-// The Collector's doc comment lists every metric. State changes are logged
-// to stderr.
+// It runs until Ctrl-C, or for -duration. The wspoolprom package
+// documentation lists every metric. State changes are logged to stderr.
 //
 // Flags:
 //
@@ -45,6 +51,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -53,6 +60,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/wspool/wspool"
+	"github.com/wspool/wspool/metrics/wspoolprom"
+	"github.com/wspool/wspool/wspooltest"
 )
 
 type config struct {
@@ -114,17 +123,10 @@ func run(ctx context.Context, cfg config, logw io.Writer, ready func(metricsURL 
 		fmt.Fprintf(logw, format+"\n", args...)
 	}
 	// Timings as histograms: handshake, OnConnect, time to first message,
-	// handler time and queue wait per feed. Buckets from 50 µs to 10 s
-	// cover a handler call on one end and a slow TLS handshake on the other.
-	timings := prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name:    "wspool_feed_timing_seconds",
-		Help:    "Durations reported by wspool.WithTimings, by feed and kind (handshake, on_connect, first_message, handler, queue_wait).",
-		Buckets: prometheus.ExponentialBucketsRange(50e-6, 10, 18),
-	}, []string{"feed", "kind"})
+	// handler time and queue wait, for the whole pool.
+	timings := wspoolprom.NewTimings("example", wspoolprom.TimingOpts{})
 	pool, err := wspool.NewPool(
-		wspool.WithTimings(func(t wspool.Timing) {
-			timings.WithLabelValues(t.Feed, t.Kind.String()).Observe(t.D.Seconds())
-		}),
+		wspool.WithTimings(timings.Observe),
 		wspool.WithPingInterval(cfg.ping),
 		wspool.WithPongTimeout(cfg.ping),
 		wspool.WithBackoff(200*time.Millisecond, 2*time.Second),
@@ -172,9 +174,26 @@ func run(ctx context.Context, cfg config, logw io.Writer, ready func(metricsURL 
 		return err
 	}
 
+	stream := wspooltest.NewStream(20 * time.Millisecond)
+	defer stream.Close()
+	streamSrv, err := wspooltest.NewServer(stream.Serve)
+	if err != nil {
+		return err
+	}
+	defer streamSrv.Close()
+	if _, err := pool.Add(streamSrv.URL("/prices"), func(context.Context, wspool.Message) error { return nil },
+		wspool.WithName("prices"),
+		wspool.WithSequence(wspool.Sequence{Extract: func(m wspool.Message) (string, uint64, bool) {
+			n, err := strconv.ParseUint(string(m.Data), 10, 64)
+			return "", n, err == nil
+		}}),
+		wspool.WithStandby(wspool.Standby{Connections: 1})); err != nil {
+		return err
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
-		NewCollector(pool),
+		wspoolprom.NewCollector(pool, "example"),
 		timings,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -200,7 +219,7 @@ func run(ctx context.Context, cfg config, logw io.Writer, ready func(metricsURL 
 	}
 
 	// Orders every 250ms: written at once on ticker, buffered (and failing)
-	// on down.
+	// on down; and a gap in the prices stream every 2s.
 	sendCtx, stopSending := context.WithCancel(ctx)
 	sent := make(chan struct{})
 	go func() {
@@ -216,6 +235,9 @@ func run(ctx context.Context, cfg config, logw io.Writer, ready func(metricsURL 
 			order := fmt.Appendf(nil, `{"op":"order","id":%d}`, n)
 			ticker.SendAsync(wspool.TextMessage, order, nil)
 			down.SendAsync(wspool.TextMessage, order, nil)
+			if n%8 == 0 {
+				stream.Skip("/prices", 3) // a gap every 2s
+			}
 		}
 	}()
 

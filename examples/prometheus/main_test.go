@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"io"
 	"math"
 	"net/http"
@@ -14,49 +13,82 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
-	"github.com/wspool/wspool"
 )
 
 var (
-	feedNames  = []string{"burst", "down", "flaky", "ticker"}
+	feedNames  = []string{"burst", "down", "flaky", "prices", "ticker"}
 	stateNames = []string{"backing_off", "closed", "connected", "connecting", "idle"}
 )
 
-// perFeed lists every per-feed family and its type. The ones in optional
-// are exported only for some feeds (after a pong, while connected).
-var (
-	perFeed = map[string]dto.MetricType{
-		"wspool_feed_state":                    dto.MetricType_GAUGE,
-		"wspool_feed_connected":                dto.MetricType_GAUGE,
-		"wspool_feed_connected_since_seconds":  dto.MetricType_GAUGE,
-		"wspool_feed_connects_total":           dto.MetricType_COUNTER,
-		"wspool_feed_disconnects_total":        dto.MetricType_COUNTER,
-		"wspool_feed_connect_attempts_total":   dto.MetricType_COUNTER,
-		"wspool_feed_messages_received_total":  dto.MetricType_COUNTER,
-		"wspool_feed_received_bytes_total":     dto.MetricType_COUNTER,
-		"wspool_feed_messages_delivered_total": dto.MetricType_COUNTER,
-		"wspool_feed_heartbeat_replies_total":  dto.MetricType_COUNTER,
-		"wspool_feed_messages_sent_total":      dto.MetricType_COUNTER,
-		"wspool_feed_sent_bytes_total":         dto.MetricType_COUNTER,
-		"wspool_feed_send_failures_total":      dto.MetricType_COUNTER,
-		"wspool_feed_send_buffered":            dto.MetricType_GAUGE,
-		"wspool_feed_handler_errors_total":     dto.MetricType_COUNTER,
-		"wspool_feed_dropped_messages_total":   dto.MetricType_COUNTER,
-		"wspool_feed_queue_depth":              dto.MetricType_GAUGE,
-		"wspool_feed_queue_high_water":         dto.MetricType_GAUGE,
-		"wspool_feed_rotations_total":          dto.MetricType_COUNTER,
-		"wspool_feed_duplicates_dropped_total": dto.MetricType_COUNTER,
-		"wspool_feed_rtt_seconds":              dto.MetricType_GAUGE,
-		"wspool_feed_smoothed_rtt_seconds":     dto.MetricType_GAUGE,
-	}
-	optional = []string{"wspool_feed_connected_since_seconds", "wspool_feed_rtt_seconds", "wspool_feed_smoothed_rtt_seconds"}
-)
+// families lists every family wspoolprom exports (its package documentation)
+// and its type: the scrape must show each one.
+var families = map[string]dto.MetricType{
+	"wspool_feeds":                                dto.MetricType_GAUGE,
+	"wspool_pool_connects_total":                  dto.MetricType_COUNTER,
+	"wspool_pool_disconnects_total":               dto.MetricType_COUNTER,
+	"wspool_pool_connect_attempts_total":          dto.MetricType_COUNTER,
+	"wspool_pool_messages_received_total":         dto.MetricType_COUNTER,
+	"wspool_pool_received_bytes_total":            dto.MetricType_COUNTER,
+	"wspool_pool_messages_sent_total":             dto.MetricType_COUNTER,
+	"wspool_pool_sent_bytes_total":                dto.MetricType_COUNTER,
+	"wspool_pool_handler_errors_total":            dto.MetricType_COUNTER,
+	"wspool_pool_dropped_messages_total":          dto.MetricType_COUNTER,
+	"wspool_pool_send_failures_total":             dto.MetricType_COUNTER,
+	"wspool_pool_admission_waiting":               dto.MetricType_GAUGE,
+	"wspool_feed_state":                           dto.MetricType_GAUGE,
+	"wspool_feed_connected":                       dto.MetricType_GAUGE,
+	"wspool_feed_connected_since_seconds":         dto.MetricType_GAUGE,
+	"wspool_feed_connects_total":                  dto.MetricType_COUNTER,
+	"wspool_feed_disconnects_total":               dto.MetricType_COUNTER,
+	"wspool_feed_connect_attempts_total":          dto.MetricType_COUNTER,
+	"wspool_feed_last_error_timestamp_seconds":    dto.MetricType_GAUGE,
+	"wspool_feed_messages_received_total":         dto.MetricType_COUNTER,
+	"wspool_feed_received_bytes_total":            dto.MetricType_COUNTER,
+	"wspool_feed_messages_sent_total":             dto.MetricType_COUNTER,
+	"wspool_feed_sent_bytes_total":                dto.MetricType_COUNTER,
+	"wspool_feed_messages_delivered_total":        dto.MetricType_COUNTER,
+	"wspool_feed_heartbeat_replies_total":         dto.MetricType_COUNTER,
+	"wspool_feed_handler_errors_total":            dto.MetricType_COUNTER,
+	"wspool_feed_dropped_messages_total":          dto.MetricType_COUNTER,
+	"wspool_feed_queue_depth":                     dto.MetricType_GAUGE,
+	"wspool_feed_queue_high_water":                dto.MetricType_GAUGE,
+	"wspool_feed_send_buffered":                   dto.MetricType_GAUGE,
+	"wspool_feed_send_failures_total":             dto.MetricType_COUNTER,
+	"wspool_feed_rotations_total":                 dto.MetricType_COUNTER,
+	"wspool_feed_duplicates_dropped_total":        dto.MetricType_COUNTER,
+	"wspool_feed_sequence_gaps_total":             dto.MetricType_COUNTER,
+	"wspool_feed_sequence_gap_messages_total":     dto.MetricType_COUNTER,
+	"wspool_feed_server_pings_total":              dto.MetricType_COUNTER,
+	"wspool_feed_rtt_seconds":                     dto.MetricType_GAUGE,
+	"wspool_feed_smoothed_rtt_seconds":            dto.MetricType_GAUGE,
+	"wspool_feed_won_messages_total":              dto.MetricType_COUNTER,
+	"wspool_feed_admission_waits_total":           dto.MetricType_COUNTER,
+	"wspool_feed_admission_wait_seconds_total":    dto.MetricType_COUNTER,
+	"wspool_feed_admission_waiting":               dto.MetricType_GAUGE,
+	"wspool_feed_standby_connected":               dto.MetricType_GAUGE,
+	"wspool_feed_standby_connects_total":          dto.MetricType_COUNTER,
+	"wspool_feed_standby_disconnects_total":       dto.MetricType_COUNTER,
+	"wspool_feed_standby_messages_received_total": dto.MetricType_COUNTER,
+	"wspool_feed_standby_won_messages_total":      dto.MetricType_COUNTER,
+	"wspool_handshake_duration_seconds":           dto.MetricType_HISTOGRAM,
+	"wspool_on_connect_duration_seconds":          dto.MetricType_HISTOGRAM,
+	"wspool_first_message_duration_seconds":       dto.MetricType_HISTOGRAM,
+	"wspool_handler_duration_seconds":             dto.MetricType_HISTOGRAM,
+	"wspool_queue_wait_duration_seconds":          dto.MetricType_HISTOGRAM,
+}
+
+// partial lists the per-feed families exported only for some feeds: after a
+// pong, while connected, after an error, with a standby connection.
+var partial = []string{
+	"wspool_feed_connected_since_seconds", "wspool_feed_rtt_seconds", "wspool_feed_smoothed_rtt_seconds",
+	"wspool_feed_last_error_timestamp_seconds",
+	"wspool_feed_standby_connected", "wspool_feed_standby_connects_total", "wspool_feed_standby_disconnects_total",
+	"wspool_feed_standby_messages_received_total", "wspool_feed_standby_won_messages_total",
+}
 
 // syncBuffer collects run's log for the failure message.
 type syncBuffer struct {
@@ -159,17 +191,16 @@ func value(m *dto.Metric) float64 {
 	return math.NaN()
 }
 
-const timingFamily = "wspool_feed_timing_seconds"
-
-// series is one scrape's wspool values: family name -> feed (or state, for
-// wspool_feeds; feed/state for wspool_feed_state) -> value.
+// series is one scrape's wspool gauges and counters: family name -> feed (or
+// state, for wspool_feeds; feed/state for wspool_feed_state; "" for the
+// other pool-wide families) -> value.
 type series map[string]map[string]float64
 
 func wspoolSeries(mfs map[string]*dto.MetricFamily) series {
 	s := series{}
 	for name, mf := range mfs {
-		if !strings.HasPrefix(name, "wspool_") || name == timingFamily {
-			continue // the timing histogram is checked on its own
+		if !strings.HasPrefix(name, "wspool_") || mf.GetType() == dto.MetricType_HISTOGRAM {
+			continue // the timing histograms are checked on their own
 		}
 		s[name] = map[string]float64{}
 		for _, m := range mf.GetMetric() {
@@ -209,10 +240,12 @@ func (s series) unmet() []string {
 	want(at("wspool_feed_connect_attempts_total", "down") >= 2, "down retried")
 	want(at("wspool_feed_send_failures_total", "down") >= 1 && at("wspool_feed_send_buffered", "down") >= 1, "down buffering and failing sends")
 	want(at("wspool_feed_state", "down/backing_off") == 1, "down backing off")
-	for _, f := range []string{"ticker", "flaky", "burst"} {
+	for _, f := range []string{"ticker", "flaky", "burst", "prices"} {
 		_, ok := s.get("wspool_feed_rtt_seconds", f)
 		want(ok, f+" rtt measured")
 	}
+	want(at("wspool_feed_standby_connected", "prices") == 1, "prices standby connected")
+	want(at("wspool_feed_sequence_gaps_total", "prices") >= 1, "prices gap seen")
 	return missing
 }
 
@@ -254,8 +287,8 @@ func TestMetrics(t *testing.T) {
 		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
 	}
 
-	// Every family, with its type, help and labels.
-	for name, typ := range perFeed {
+	// Every family, with its type, help and labels: what curl shows.
+	for name, typ := range families {
 		mf, ok := mfs[name]
 		if !ok {
 			t.Errorf("no %s", name)
@@ -267,9 +300,18 @@ func TestMetrics(t *testing.T) {
 		if mf.GetHelp() == "" {
 			t.Errorf("%s: no help", name)
 		}
-		wantLabels := []string{"feed"}
-		if name == "wspool_feed_state" {
-			wantLabels = []string{"feed", "state"}
+		var wantLabels []string
+		switch {
+		case name == "wspool_feeds":
+			wantLabels = []string{"pool", "state"}
+		case name == "wspool_feed_state":
+			wantLabels = []string{"feed", "pool", "state"}
+		case strings.HasPrefix(name, "wspool_feed_standby_"):
+			wantLabels = []string{"feed", "pool", "standby"}
+		case strings.HasPrefix(name, "wspool_feed_"):
+			wantLabels = []string{"feed", "pool"}
+		case typ == dto.MetricType_HISTOGRAM, strings.HasPrefix(name, "wspool_pool_"):
+			wantLabels = []string{"pool"}
 		}
 		feeds := map[string]bool{}
 		for _, m := range mf.GetMetric() {
@@ -281,53 +323,37 @@ func TestMetrics(t *testing.T) {
 			if !slices.Equal(got, wantLabels) {
 				t.Errorf("%s: labels %v, want %v", name, got, wantLabels)
 			}
+			if label(m, "pool") != "example" {
+				t.Errorf("%s: pool label %q, want example", name, label(m, "pool"))
+			}
+			if typ == dto.MetricType_HISTOGRAM && m.GetHistogram().GetSampleCount() == 0 {
+				t.Errorf("%s: no observations", name)
+			}
 			feeds[label(m, "feed")] = true
+		}
+		if !strings.HasPrefix(name, "wspool_feed_") || slices.Contains(partial, name) {
+			continue
 		}
 		var got []string
 		for f := range feeds {
 			got = append(got, f)
 		}
 		sort.Strings(got)
-		switch {
-		case slices.Contains(optional, name):
-			// Only feeds that connected; never down.
-			want := []string{"burst", "flaky", "ticker"}
-			if name == "wspool_feed_connected_since_seconds" {
-				want = nil
-				for _, f := range []string{"burst", "flaky", "ticker"} {
-					if s["wspool_feed_connected"][f] == 1 {
-						want = append(want, f)
-					}
-				}
-			}
-			if !slices.Equal(got, want) {
-				t.Errorf("%s for feeds %v, want %v", name, got, want)
-			}
-		case !slices.Equal(got, feedNames):
+		if !slices.Equal(got, feedNames) {
 			t.Errorf("%s for feeds %v, want %v", name, got, feedNames)
 		}
 	}
-	// Timings (WithTimings) as a histogram by feed and kind: handshakes and
-	// handler calls observed.
-	if mf := mfs[timingFamily]; mf == nil || mf.GetType() != dto.MetricType_HISTOGRAM {
-		t.Errorf("%s: want a histogram: %v", timingFamily, mf)
-	} else {
-		kinds := map[string]uint64{}
-		for _, m := range mf.GetMetric() {
-			kinds[label(m, "kind")] += m.GetHistogram().GetSampleCount()
-		}
-		for _, k := range []string{"handshake", "on_connect", "first_message", "handler", "queue_wait"} {
-			if kinds[k] == 0 {
-				t.Errorf("%s: no %s observations (%v)", timingFamily, k, kinds)
-			}
+	for _, name := range []string{"wspool_feed_rtt_seconds", "wspool_feed_smoothed_rtt_seconds"} {
+		if _, ok := s.get(name, "down"); ok {
+			t.Errorf("%s for down, which never connected", name)
 		}
 	}
-	if mf := mfs["wspool_feeds"]; mf == nil || mf.GetType() != dto.MetricType_GAUGE || len(mf.GetMetric()) != len(stateNames) {
-		t.Errorf("wspool_feeds: want a gauge with one series per state: %v", mf)
+	if mf := mfs["wspool_feeds"]; mf == nil || len(mf.GetMetric()) != len(stateNames) {
+		t.Errorf("wspool_feeds: want one series per state: %v", mf)
 	}
-	for name := range s {
-		if _, ok := perFeed[name]; !ok && name != "wspool_feeds" {
-			t.Errorf("unexpected family %s", name)
+	for name, mf := range mfs {
+		if _, ok := families[name]; !ok && strings.HasPrefix(name, "wspool_") {
+			t.Errorf("unexpected family %s (%v)", name, mf.GetType())
 		}
 	}
 
@@ -357,7 +383,7 @@ func TestMetrics(t *testing.T) {
 	}
 
 	// Values in their units.
-	for _, f := range []string{"ticker", "flaky", "burst"} {
+	for _, f := range []string{"ticker", "flaky", "burst", "prices"} {
 		for _, name := range []string{"wspool_feed_rtt_seconds", "wspool_feed_smoothed_rtt_seconds"} {
 			if v := s[name][f]; v <= 0 || v >= 1 { // loopback: microseconds
 				t.Errorf("%s{feed=%q} = %v, want seconds in (0, 1)", name, f, v)
@@ -378,7 +404,7 @@ func TestMetrics(t *testing.T) {
 	}
 
 	// Counters never go down between scrapes.
-	for name, typ := range perFeed {
+	for name, typ := range families {
 		if typ != dto.MetricType_COUNTER {
 			continue
 		}
@@ -392,66 +418,3 @@ func TestMetrics(t *testing.T) {
 
 // TestCollectorIdle checks the exact exposition for a feed that never ran,
 // and the Collector's consistency under a pedantic registry.
-func TestCollectorIdle(t *testing.T) {
-	pool, err := wspool.NewPool()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	if _, err := pool.Add("ws://127.0.0.1:1/never", nil, wspool.WithName("idle-feed")); err != nil {
-		t.Fatal(err)
-	}
-	c := NewCollector(pool)
-
-	reg := prometheus.NewPedanticRegistry()
-	if err := reg.Register(c); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := reg.Gather(); err != nil {
-		t.Fatalf("pedantic gather: %v", err)
-	}
-	problems, err := testutil.CollectAndLint(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range problems {
-		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
-	}
-	// 5 states, 18 per-feed metrics (no RTT, no connected_since), 5 pool states.
-	if n := testutil.CollectAndCount(c); n != 5+18+5 {
-		t.Errorf("%d series for one idle feed, want 28", n)
-	}
-
-	var want strings.Builder
-	want.WriteString("# HELP wspool_feeds Number of feeds in the pool in each state.\n# TYPE wspool_feeds gauge\n")
-	for _, st := range stateNames {
-		fmt.Fprintf(&want, "wspool_feeds{state=%q} %d\n", st, b2i(st == "idle"))
-	}
-	want.WriteString("# HELP wspool_feed_state Current state of the feed: 1 for the state it is in, 0 for the others.\n# TYPE wspool_feed_state gauge\n")
-	for _, st := range stateNames {
-		fmt.Fprintf(&want, "wspool_feed_state{feed=\"idle-feed\",state=%q} %d\n", st, b2i(st == "idle"))
-	}
-	want.WriteString(`# HELP wspool_feed_connected 1 while the feed is connected, else 0.
-# TYPE wspool_feed_connected gauge
-wspool_feed_connected{feed="idle-feed"} 0
-# HELP wspool_feed_connects_total Connections that completed the handshake and OnConnect.
-# TYPE wspool_feed_connects_total counter
-wspool_feed_connects_total{feed="idle-feed"} 0
-# HELP wspool_feed_rtt_seconds Latest ping round-trip time; absent until the first pong.
-# TYPE wspool_feed_rtt_seconds gauge
-# HELP wspool_feed_connected_since_seconds Unix time at which the current connection was established; absent while not connected.
-# TYPE wspool_feed_connected_since_seconds gauge
-`)
-	if err := testutil.CollectAndCompare(c, strings.NewReader(want.String()),
-		"wspool_feeds", "wspool_feed_state", "wspool_feed_connected", "wspool_feed_connects_total",
-		"wspool_feed_rtt_seconds", "wspool_feed_connected_since_seconds"); err != nil {
-		t.Error(err)
-	}
-}
-
-func b2i(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}
