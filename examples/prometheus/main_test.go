@@ -53,6 +53,7 @@ var families = map[string]dto.MetricType{
 	"wspool_feed_messages_delivered_total":        dto.MetricType_COUNTER,
 	"wspool_feed_heartbeat_replies_total":         dto.MetricType_COUNTER,
 	"wspool_feed_handler_errors_total":            dto.MetricType_COUNTER,
+	"wspool_feed_callback_events_dropped_total":   dto.MetricType_COUNTER,
 	"wspool_feed_dropped_messages_total":          dto.MetricType_COUNTER,
 	"wspool_feed_queue_depth":                     dto.MetricType_GAUGE,
 	"wspool_feed_queue_high_water":                dto.MetricType_GAUGE,

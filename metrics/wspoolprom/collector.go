@@ -62,7 +62,7 @@ func StateLabel(s wspool.State) string { return strings.ReplaceAll(s.String(), "
 // pool=name; register it with a prometheus.Registerer. Several pools can
 // be registered in one registry under different names.
 //
-// A feed costs 30 to 34 series (5 more per standby connection); for pools
+// A feed costs 31 to 35 series (5 more per standby connection); for pools
 // of many thousands of feeds, see NewTotalsCollector and the package
 // documentation's cardinality note.
 func NewCollector(pool *wspool.Pool, name string) *Collector {
@@ -151,6 +151,8 @@ func feedMetrics(constLabels prometheus.Labels) []feedMetric {
 		counter("heartbeat_replies_total", "Inbound messages recognised as replies to the application heartbeat (WithHeartbeat).",
 			func(st *wspool.Stats) int64 { return st.HeartbeatReplies }),
 		counter("handler_errors_total", "Handler and callback errors and panics, decode errors included.", func(st *wspool.Stats) int64 { return st.HandlerErrors }),
+		counter("callback_events_dropped_total", "OnStateChange and OnError calls dropped because those callbacks fell too far behind.",
+			func(st *wspool.Stats) int64 { return st.EventsDropped }),
 		counter("dropped_messages_total", "Inbound messages dropped by the queue's overflow policy or discarded at shutdown (WithQueue).",
 			func(st *wspool.Stats) int64 { return st.Dropped }),
 		gauge("queue_depth", "Messages in the inbound queue (WithQueue).", always(func(st *wspool.Stats) float64 { return float64(st.QueueDepth) })),

@@ -39,6 +39,7 @@ var statsMetric = map[string][]string{
 	"Delivered":        {"wspool_feed_messages_delivered_total"},
 	"HeartbeatReplies": {"wspool_feed_heartbeat_replies_total"},
 	"HandlerErrors":    {"wspool_feed_handler_errors_total"},
+	"EventsDropped":    {"wspool_feed_callback_events_dropped_total"},
 	"Dropped":          {"wspool_feed_dropped_messages_total"},
 	"QueueDepth":       {"wspool_feed_queue_depth"},
 	"QueueHighWater":   {"wspool_feed_queue_high_water"},

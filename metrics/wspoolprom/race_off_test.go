@@ -1,0 +1,5 @@
+//go:build !race
+
+package wspoolprom_test
+
+const raceEnabled = false
