@@ -65,7 +65,8 @@ var (
 // Error reports topics that a request failed for (Config.OnError). Err
 // wraps ErrAckTimeout, ErrRejected (with the upstream's error from Ack: the
 // topics left the set) or ErrFeedEnded (with the feed's error), or, for
-// topics rejected once and moved to another feed, the upstream's error alone.
+// topics rejected once and moved to another feed, the upstream's error alone,
+// or a panic in Subscribe or Unsubscribe (the connection is then replaced).
 type Error struct {
 	Feed   string
 	Topics []string
@@ -437,8 +438,16 @@ func (s *Set) write(cn *conn) {
 			cn.queue[0] = nil
 			cn.queue = cn.queue[1:]
 			s.mu.Unlock()
-			typ, data := s.build(r)
-			err := cn.c.Send(context.Background(), typ, data)
+			typ, data, err := s.build(r)
+			if err != nil { // a panic: report it, and start afresh on a new connection
+				s.mu.Lock()
+				s.dropLocked(r)
+				s.mu.Unlock()
+				s.report(cn.f.name, r.topics, err)
+				cn.c.Reconnect(err)
+				continue
+			}
+			err = cn.c.Send(context.Background(), typ, data)
 			s.mu.Lock()
 			if err != nil {
 				s.dropLocked(r) // the connection is ending: the next one subscribes afresh
@@ -454,11 +463,24 @@ func (s *Set) write(cn *conn) {
 	}
 }
 
-func (s *Set) build(r *request) (wspool.MessageType, []byte) {
+// build runs Subscribe or Unsubscribe for r; a panic in it is returned as
+// an error.
+func (s *Set) build(r *request) (typ wspool.MessageType, data []byte, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			name := "Unsubscribe"
+			if r.sub {
+				name = "Subscribe"
+			}
+			err = fmt.Errorf("topics: %s panicked: %v", name, p)
+		}
+	}()
 	if r.sub {
-		return s.cfg.Subscribe(r.id, r.topics)
+		typ, data = s.cfg.Subscribe(r.id, r.topics)
+	} else {
+		typ, data = s.cfg.Unsubscribe(r.id, r.topics)
 	}
-	return s.cfg.Unsubscribe(r.id, r.topics)
+	return typ, data, nil
 }
 
 // ended forgets a connection that ended: its requests are dropped, and its

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -840,5 +841,31 @@ func TestTopicsBlackholedReplayResubscribes(t *testing.T) {
 	r.settled(t, all, nil)
 	if errs := r.errors(); len(errs) != 0 {
 		t.Fatalf("errors: %v", errs)
+	}
+}
+
+// TestTopicsSubscribePanicReported: a panic in Subscribe (run on the
+// connection's writer, not a library callback) is recovered and reported
+// with the request's topics, and the connection is replaced, whose replay
+// subscribes everything.
+func TestTopicsSubscribePanicReported(t *testing.T) {
+	r := newTopicRig(t, 10, topics.Config{Name: "pn", Cap: 10})
+	var once atomic.Bool
+	hook := func(name string) {
+		if name == "Subscribe" && once.CompareAndSwap(false, true) {
+			panic("subscribe blew up")
+		}
+	}
+	r.hook.Store(&hook)
+	all := names("p", 0, 5)
+	if err := r.set.Add(all...); err != nil {
+		t.Fatal(err)
+	}
+	r.run(t)
+	r.settled(t, all, nil)
+	errs := r.errors()
+	var te *topics.Error
+	if len(errs) != 1 || !errors.As(errs[0], &te) || !strings.Contains(te.Err.Error(), "Subscribe panicked: subscribe blew up") || !slices.Equal(te.Topics, all) {
+		t.Fatalf("errors %v: want the panic reported once with the replay's topics", errs)
 	}
 }
