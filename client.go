@@ -398,7 +398,7 @@ func (c *Client) finish(err error) error {
 	if c.inq != nil {
 		// After a permanent failure the handler still gets what was queued;
 		// on shutdown (ctx ended) the rest is discarded and counted as dropped.
-		c.inq.close()
+		c.inq.Close()
 		<-c.delivered
 		c.qcancel()
 	}
@@ -550,8 +550,8 @@ func (c *Client) connectLoop(ctx context.Context, cause error) error {
 		if ctx.Err() != nil {
 			return c.finish(nil)
 		}
-		if c.inq != nil && c.inq.cfg.DrainBeforeReconnect && cause != nil {
-			if !c.inq.waitDrained(ctx) {
+		if c.inq != nil && c.cfg.queue.DrainBeforeReconnect && cause != nil {
+			if !c.inq.WaitDrained(ctx) {
 				return c.finish(nil)
 			}
 		}

@@ -1,10 +1,6 @@
 package wspool
 
-import (
-	"context"
-	"sync"
-	"sync/atomic"
-)
+import "github.com/wspool/wspool/internal/inqueue"
 
 // OverflowPolicy says what a feed's inbound queue does when it is full.
 type OverflowPolicy int
@@ -89,202 +85,18 @@ func WithQueue(q Queue) Option {
 	}
 }
 
-// inQueue is a bounded FIFO of owned messages with an overflow policy.
-type inQueue struct {
-	cfg Queue
-
-	mu       sync.Mutex
-	buf      []Message // ring
-	head, n  int
-	bytes    int
-	closed   bool
-	dropping bool // reported ErrSlowConsumer; re-armed when the queue empties
-
-	notEmpty chan struct{} // capacity 1
-	notFull  chan struct{} // capacity 1
-	drained  chan struct{} // capacity 1: the handler finished and the queue is empty
-	busy     bool          // the handler is running on a popped message
-
-	depth, highWater atomic.Int64
-	dropped          atomic.Int64
-}
+// inQueue is the feed's queue (internal/inqueue) of Messages.
+type inQueue = inqueue.Queue[Message]
 
 func newInQueue(q Queue) *inQueue {
-	return &inQueue{
-		cfg:      q,
-		buf:      make([]Message, q.Messages),
-		notEmpty: make(chan struct{}, 1),
-		notFull:  make(chan struct{}, 1),
-		drained:  make(chan struct{}, 1),
+	cfg := inqueue.Config{Messages: q.Messages, Bytes: q.Bytes}
+	switch q.Policy {
+	case Block:
+		cfg.Policy = inqueue.Block
+	case DropOldest:
+		cfg.Policy = inqueue.DropOldest
+	case DropNewest:
+		cfg.Policy = inqueue.DropNewest
 	}
-}
-
-func signal(ch chan struct{}) {
-	select {
-	case ch <- struct{}{}:
-	default:
-	}
-}
-
-func (q *inQueue) fullLocked(size int) bool {
-	return q.n == len(q.buf) || (q.n > 0 && q.bytes+size > q.cfg.Bytes)
-}
-
-func (q *inQueue) pushLocked(m Message) {
-	q.buf[(q.head+q.n)%len(q.buf)] = m
-	q.n++
-	q.bytes += len(m.Data)
-	d := int64(q.n)
-	q.depth.Store(d)
-	if d > q.highWater.Load() {
-		q.highWater.Store(d)
-	}
-	signal(q.notEmpty)
-}
-
-func (q *inQueue) popLocked() Message {
-	m := q.buf[q.head]
-	q.buf[q.head] = Message{}
-	q.head = (q.head + 1) % len(q.buf)
-	q.n--
-	q.bytes -= len(m.Data)
-	q.depth.Store(int64(q.n))
-	if q.n == 0 {
-		q.dropping = false
-	}
-	return m
-}
-
-// push adds a copy of m (m.Data is the reader's buffer, borrowed). The copy
-// is made only once the message has room, so a reader waiting under Block
-// holds nothing beyond its own read buffer, and a message DropNewest drops is
-// never copied. Under Block it waits for room until stop is closed (shutdown),
-// and then returns false. It keeps waiting when the connection dies
-// meanwhile: the message was received and must not be lost between messages
-// the reader still finds buffered. It reports whether the feed just started
-// dropping.
-//
-// Only the feed's reader pushes, so room found stays room while the copy is
-// made outside the lock (the handler can only pop).
-func (q *inQueue) push(m Message, stop <-chan struct{}) (ok, startedDropping bool) {
-	size := len(m.Data)
-	for {
-		q.mu.Lock()
-		if q.closed {
-			q.mu.Unlock()
-			return false, false
-		}
-		if !q.fullLocked(size) {
-			q.mu.Unlock()
-			return q.commit(m), false
-		}
-		switch q.cfg.Policy {
-		case DropNewest:
-			q.dropped.Add(1)
-			started := !q.dropping
-			q.dropping = true
-			q.mu.Unlock()
-			return true, started
-		case DropOldest:
-			for q.n > 0 && q.fullLocked(size) {
-				q.popLocked()
-				q.dropped.Add(1)
-			}
-			started := !q.dropping
-			q.dropping = true
-			q.mu.Unlock()
-			return q.commit(m), started
-		}
-		q.mu.Unlock()
-		select {
-		case <-q.notFull:
-		case <-stop:
-			return false, false
-		}
-	}
-}
-
-// commit copies m into the queue, which has room for it; false if the queue
-// was closed meanwhile.
-func (q *inQueue) commit(m Message) bool {
-	m.Data = append([]byte(nil), m.Data...)
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.closed {
-		return false
-	}
-	q.pushLocked(m)
-	return true
-}
-
-// pop waits for a message until ctx ends or the queue is closed and empty.
-func (q *inQueue) pop(ctx context.Context) (Message, bool) {
-	for {
-		q.mu.Lock()
-		if q.n > 0 {
-			m := q.popLocked()
-			q.busy = true
-			q.mu.Unlock()
-			signal(q.notFull)
-			return m, true
-		}
-		closed := q.closed
-		q.mu.Unlock()
-		if closed {
-			return Message{}, false
-		}
-		select {
-		case <-q.notEmpty:
-		case <-ctx.Done():
-			return Message{}, false
-		}
-	}
-}
-
-// close stops pushes; pop drains what is left and then reports false.
-func (q *inQueue) close() {
-	q.mu.Lock()
-	q.closed = true
-	q.mu.Unlock()
-	signal(q.notEmpty)
-	signal(q.notFull)
-}
-
-// discardAll empties the queue at shutdown, counting what is left as dropped.
-func (q *inQueue) discardAll() {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	for q.n > 0 {
-		q.popLocked()
-		q.dropped.Add(1)
-	}
-}
-
-// delivered marks the end of the handler's work on a popped message.
-func (q *inQueue) delivered() {
-	q.mu.Lock()
-	q.busy = false
-	empty := q.n == 0
-	q.mu.Unlock()
-	if empty {
-		signal(q.drained)
-	}
-}
-
-// waitDrained waits until the queue is empty and the handler idle; false if
-// ctx ended first.
-func (q *inQueue) waitDrained(ctx context.Context) bool {
-	for {
-		q.mu.Lock()
-		idle := q.n == 0 && !q.busy
-		q.mu.Unlock()
-		if idle {
-			return true
-		}
-		select {
-		case <-q.drained:
-		case <-ctx.Done():
-			return false
-		}
-	}
+	return inqueue.New(cfg, func(m *Message) *[]byte { return &m.Data })
 }

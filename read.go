@@ -93,12 +93,12 @@ func (c *Client) enqueue(ctx context.Context, conn *Conn, msg Message) {
 	// The wait for room ends with the queue handler's context: at shutdown,
 	// or with Drain at its deadline (a drain keeps the message the reader
 	// holds: it was received).
-	ok, started := c.inq.push(msg, c.qdone)
+	ok, started := c.inq.Push(msg, c.qdone)
 	if !ok {
-		c.inq.dropped.Add(1) // given up at shutdown: counted like the queue's leftovers
+		c.inq.CountDropped() // given up at shutdown: counted like the queue's leftovers
 	}
 	if started {
-		err := fmt.Errorf("%w: queue full (%d messages), dropping (%v)", ErrSlowConsumer, c.inq.cfg.Messages, c.inq.cfg.Policy)
+		err := fmt.Errorf("%w: queue full (%d messages), dropping (%v)", ErrSlowConsumer, c.cfg.queue.Messages, c.cfg.queue.Policy)
 		c.recordError(err)
 		c.log.Warn("slow consumer", "err", err)
 		if c.cfg.onError != nil {
@@ -118,15 +118,15 @@ func (c *Client) deliverQueued(ctx context.Context, done chan<- struct{}) {
 		var m Message
 		ok := ctx.Err() == nil // shutting down (or a drain's deadline): the rest is dropped
 		if ok {
-			m, ok = c.inq.pop(ctx)
+			m, ok = c.inq.Pop(ctx)
 		}
 		if !ok {
-			c.inq.close()
-			c.inq.discardAll()
+			c.inq.Close()
+			c.inq.DiscardAll()
 			return
 		}
 		c.deliver(ctx, m)
-		c.inq.delivered()
+		c.inq.Delivered()
 	}
 }
 

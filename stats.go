@@ -102,9 +102,9 @@ func (c *Client) Stats() Stats {
 	s.AdmissionWaited = time.Duration(c.admit.waited.Load())
 	s.AdmissionWaiting = c.admit.waiting.Load()
 	if q := c.inq; q != nil {
-		s.Dropped = q.dropped.Load()
-		s.QueueDepth = int(q.depth.Load())
-		s.QueueHighWater = int(q.highWater.Load())
+		s.Dropped = q.Dropped()
+		s.QueueDepth = q.Depth()
+		s.QueueHighWater = q.HighWater()
 	}
 	return s
 }
@@ -141,7 +141,7 @@ func (ps *PoolStats) addTotals(c *Client) {
 		HandlerErrors: st.handlerErrs.Load(), SendFailed: st.sendFailed.Load(),
 	}
 	if q := c.inq; q != nil {
-		s.Dropped = q.dropped.Load()
+		s.Dropped = q.Dropped()
 	}
 	ps.addCounts(&s)
 }
