@@ -124,7 +124,11 @@ type Config struct {
 	OnConnect func(ctx context.Context, c *wspool.Conn) error
 	// OnStateChange, if set, gets every state change of every feed of the set.
 	OnStateChange func(wspool.StateChange)
-	// OnError, if set, gets an *Error for every request that failed.
+	// OnError, if set, gets an *Error for every request that failed. A
+	// panic in it is reported like a callback's of the feed (a
+	// *wspool.HandlerError) where it runs inside one (the handler, state
+	// changes), and dropped where it runs on the set's own goroutines (ack
+	// timeouts, a panic in Subscribe).
 	OnError func(err error)
 }
 
@@ -443,8 +447,8 @@ func (s *Set) write(cn *conn) {
 				s.mu.Lock()
 				s.dropLocked(r)
 				s.mu.Unlock()
-				s.report(cn.f.name, r.topics, err)
 				cn.c.Reconnect(err)
+				s.reportOutside(cn.f.name, r.topics, err)
 				continue
 			}
 			err = cn.c.Send(context.Background(), typ, data)
@@ -541,10 +545,16 @@ func (s *Set) timeout(r *request) {
 	r.timedOut = true
 	s.mu.Unlock()
 	err := &Error{Feed: r.cn.f.name, Topics: r.topics, Err: ErrAckTimeout}
-	if s.cfg.OnError != nil {
-		s.cfg.OnError(err)
-	}
 	r.cn.c.Reconnect(err)
+	s.reportOutside(err.Feed, err.Topics, ErrAckTimeout)
+}
+
+// reportOutside reports from the set's own goroutines (a connection's
+// writer, a timer), where no library callback would recover a panic in
+// OnError: such a panic is recovered and dropped.
+func (s *Set) reportOutside(feed string, topics []string, err error) {
+	defer func() { _ = recover() }()
+	s.report(feed, topics, err)
 }
 
 // handler wraps the user's handler: answers go to the set, the rest on.
