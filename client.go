@@ -55,6 +55,10 @@ type Message struct {
 	// feed's first, counting every connection the feed made (reconnects,
 	// rotations, standby connections). Conn.ID returns the same number.
 	ConnID uint64
+	// Decoded is what Sequence.Position decoded from Data to find the
+	// message's number (Position.Decoded), handed on so that the handler
+	// need not decode it again (Decoded and JSON use it); nil otherwise.
+	Decoded any
 }
 
 // Clone returns a copy of m whose Data the caller owns.

@@ -18,21 +18,33 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/wspool/wspool"
 	"github.com/wspool/wspool/internal/faultproxy"
-	"github.com/wspool/wspool/internal/seqserver"
 	"github.com/wspool/wspool/internal/wstest"
+	"github.com/wspool/wspool/wspooltest"
 )
 
-func startSeqServer(t *testing.T, interval time.Duration) *seqserver.Server {
-	t.Helper()
-	s, err := seqserver.New(interval)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
-	return s
+// streamServer is a wspooltest.Stream served on its own server.
+type streamServer struct {
+	*wspooltest.Server
+	st *wspooltest.Stream
 }
 
-// seqOf is the Sequence.Extract of the seqserver's messages.
+func startSeqServer(t *testing.T, interval time.Duration, opts ...wspooltest.StreamOption) *streamServer {
+	t.Helper()
+	st := wspooltest.NewStream(interval, opts...)
+	srv, err := wspooltest.NewServer(st.Serve)
+	if err != nil {
+		st.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	t.Cleanup(st.Close) // first: every Serve returns
+	return &streamServer{Server: srv, st: st}
+}
+
+// Conns returns the stream's open connections, oldest first.
+func (s *streamServer) Conns(path string) []*wspooltest.Conn { return s.st.Conns(path) }
+
+// seqOf is the Sequence.Extract of a plain wspooltest.Stream's messages.
 func seqOf(m wspool.Message) (string, uint64, bool) {
 	n, err := strconv.ParseUint(string(m.Data), 10, 64)
 	return "", n, err == nil
@@ -146,7 +158,7 @@ func TestGapReportedAndResynced(t *testing.T) {
 	}
 	runClient(t, c)
 	waitFor(t, 10*time.Second, "delivery", func() bool { return o.lastSeen() > 10 })
-	srv.Skip("/feed", 3)
+	srv.st.Skip("/feed", 3)
 	g := recv(t, gaps, 10*time.Second, "the gap")
 	if g.Next != g.Last+4 || g.Missing() != 3 {
 		t.Fatalf("gap %+v, want 3 numbers missing", g)
@@ -208,8 +220,7 @@ func TestStandbyLosesNothing(t *testing.T) {
 		case "freeze":
 			// The server side of the victim: its newest connection.
 			if cs := srv.Conns("/feed"); len(cs) > 0 {
-				slices.SortFunc(cs, func(a, b *seqserver.Conn) int { return int(a.ID - b.ID) })
-				cs[len(cs)-1-victim%len(cs)].Freeze(true)
+				srv.st.Pause(cs[len(cs)-1-victim%len(cs)], true)
 			}
 		}
 		// The stream must go on meanwhile: the next number after the fault.
@@ -426,5 +437,305 @@ func TestReconnectAndRotateOnDemand(t *testing.T) {
 	}
 	if st := c.Stats(); st.HandlerErrors != 0 {
 		t.Fatalf("ErrReconnect from the handler reported as a failure: %v", st.LastError)
+	}
+}
+
+// updatePosition reads a wspooltest.Update's place in its stream.
+func updatePosition(u *wspooltest.Update) (wspool.Position, bool) {
+	return wspool.Position{Key: u.Stream, First: u.First, Last: u.Last, Prev: u.Prev, Epoch: u.Epoch}, true
+}
+
+// seqRecorder records what a sequenced feed delivered and reported.
+type seqRecorder struct {
+	mu        sync.Mutex
+	delivered []wspooltest.Update
+	gaps      []wspool.Gap
+	undecoded int // messages delivered without Message.Decoded
+	onGap     func(wspool.Gap) error
+}
+
+func (r *seqRecorder) handle(_ context.Context, m wspool.Message) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	u, ok := m.Decoded.(*wspooltest.Update)
+	if !ok {
+		r.undecoded++
+		return nil
+	}
+	r.delivered = append(r.delivered, *u)
+	return nil
+}
+
+func (r *seqRecorder) gap(g wspool.Gap) error {
+	if _, ok := g.Message.Decoded.(*wspooltest.Update); !ok {
+		panic("the gap's message has no decoded value")
+	}
+	g.Message = g.Message.Clone()
+	r.mu.Lock()
+	r.gaps = append(r.gaps, g)
+	f := r.onGap
+	r.mu.Unlock()
+	if f != nil {
+		return f(g)
+	}
+	return nil
+}
+
+func (r *seqRecorder) count() (delivered, gaps int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.delivered), len(r.gaps)
+}
+
+func (r *seqRecorder) last() wspooltest.Update {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.delivered) == 0 {
+		return wspooltest.Update{}
+	}
+	return r.delivered[len(r.delivered)-1]
+}
+
+// startShapeFeed runs a feed on a Stream of JSON updates in shape, produced
+// only by Publish, and waits for its connection.
+func startShapeFeed(t *testing.T, shape wspool.SequenceShape, seq wspool.Sequence, opts ...wspool.Option) (*streamServer, *wspool.Client, *seqRecorder) {
+	t.Helper()
+	srv := startSeqServer(t, 0, wspooltest.Updates(shape, 20, 1))
+	r := &seqRecorder{}
+	seq.Shape = shape
+	if seq.Position == nil {
+		seq.Position = wspool.JSONPosition(updatePosition)
+	}
+	seq.OnGap = r.gap
+	c, err := wspool.NewClient(srv.URL("/book"), r.handle, append([]wspool.Option{wspool.WithSequence(seq),
+		wspool.WithBackoff(5*time.Millisecond, 20*time.Millisecond)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runClient(t, c)
+	waitFor(t, 10*time.Second, "the stream's connection", func() bool {
+		return len(srv.Conns("/book")) == 1 && c.State() == wspool.StateConnected
+	})
+	return srv, c, r
+}
+
+// publishAndWait publishes n updates and waits until the handler has seen
+// want messages in all.
+func publishAndWait(t *testing.T, srv *streamServer, r *seqRecorder, n, want int) {
+	t.Helper()
+	srv.st.Publish("/book", n)
+	waitFor(t, 10*time.Second, fmt.Sprintf("%d messages delivered", want), func() bool { d, _ := r.count(); return d >= want })
+}
+
+// Each shape against a stream that leaves updates out: every gap is
+// reported, with its kind and the message that revealed it (decoded once),
+// every update that was sent is delivered once and in order, and the numbers
+// missing are exactly the ones left out.
+func TestSequenceShapesReportEveryGap(t *testing.T) {
+	for _, shape := range []wspool.SequenceShape{wspool.SingleNumber, wspool.NumberRange, wspool.LinkedIDs} {
+		t.Run(shape.String(), func(t *testing.T) {
+			srv, c, r := startShapeFeed(t, shape, wspool.Sequence{})
+			srv.st.Publish("/book", 10)
+			waitFor(t, 10*time.Second, "the first updates", func() bool { return r.last().Last == srv.st.Head("/book") })
+			for i := range 5 {
+				srv.st.Skip("/book", i+1)
+				srv.st.Publish("/book", i+1+5)
+				waitFor(t, 10*time.Second, "the updates after the gap", func() bool { return r.last().Last == srv.st.Head("/book") })
+			}
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			if r.undecoded != 0 {
+				t.Fatalf("%d messages reached the handler without their decoded value", r.undecoded)
+			}
+			if len(r.gaps) != 5 {
+				t.Fatalf("%d gaps reported, want 5: %+v", len(r.gaps), r.gaps)
+			}
+			want := wspool.GapSkip
+			if shape == wspool.LinkedIDs {
+				want = wspool.GapBrokenLink
+			}
+			var missing uint64
+			for i, g := range r.gaps {
+				if g.Kind != want || g.Key != "/book" {
+					t.Fatalf("gap %d: %+v, want kind %v", i, g, want)
+				}
+				u := g.Message.Decoded.(*wspooltest.Update)
+				if shape != wspool.LinkedIDs && g.Missing() != uint64(i+1) {
+					t.Fatalf("gap %d skipped %d numbers, want %d", i, g.Missing(), i+1)
+				}
+				if shape == wspool.LinkedIDs && g.Prev != u.Prev {
+					t.Fatalf("gap %d: Prev %d, the message says %d", i, g.Prev, u.Prev)
+				}
+				missing += g.Missing()
+			}
+			// Delivered updates: in order, each covering numbers after the
+			// last, and all of them together with the gaps cover the stream.
+			var covered uint64
+			prev := uint64(0)
+			for _, u := range r.delivered {
+				if u.First <= prev && shape != wspool.LinkedIDs || u.Last <= prev {
+					t.Fatalf("update %d..%d delivered after %d", u.First, u.Last, prev)
+				}
+				prev = u.Last
+				covered += u.Last - u.First + 1
+			}
+			if shape != wspool.LinkedIDs && covered+missing != srv.st.Head("/book") {
+				t.Fatalf("%d numbers delivered and %d reported missing, of %d", covered, missing, srv.st.Head("/book"))
+			}
+			st := c.Stats()
+			if st.Gaps != 5 || st.Duplicates != 0 || st.Restarts != 0 {
+				t.Fatalf("stats: %d gaps, %d duplicates, %d restarts", st.Gaps, st.Duplicates, st.Restarts)
+			}
+		})
+	}
+}
+
+// An upstream that starts numbering again at 1 on an open connection (its
+// own restart, or a new snapshot as some exchanges do) is reported as a
+// restart and the stream goes on from the new epoch: nothing is dropped as a
+// duplicate. Plain numbers read by Extract, as WithSequence always took.
+func TestSequenceRestartOnOneConnectionReported(t *testing.T) {
+	srv := startSeqServer(t, 0)
+	var o orderChecker
+	restarts := make(chan wspool.Gap, 10)
+	c, err := wspool.NewClient(srv.URL("/feed"), o.handle, wspool.WithSequence(wspool.Sequence{Extract: seqOf,
+		OnGap: func(g wspool.Gap) error { g.Message = g.Message.Clone(); restarts <- g; return nil }}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runClient(t, c)
+	waitFor(t, 10*time.Second, "the connection", func() bool { return len(srv.Conns("/feed")) == 1 })
+	srv.st.Publish("/feed", 20)
+	waitFor(t, 10*time.Second, "20 numbers", func() bool { return o.lastSeen() == 20 })
+	srv.st.Restart("/feed")
+	srv.st.Publish("/feed", 5)
+	g := recv(t, restarts, 10*time.Second, "the restart report")
+	if g.Kind != wspool.GapRestart || g.Last != 20 || g.Next != 1 || string(g.Message.Data) != "1" {
+		t.Fatalf("report %+v (message %q), want a restart from 20 to 1", g, g.Message.Data)
+	}
+	waitFor(t, 10*time.Second, "the new epoch delivered", func() bool { return o.lastSeen() == 5 })
+	if st := c.Stats(); st.Restarts != 1 || st.Duplicates != 0 || st.Gaps != 0 {
+		t.Fatalf("stats: %d restarts, %d duplicates, %d gaps; want 1, 0, 0", st.Restarts, st.Duplicates, st.Gaps)
+	}
+	if n, _ := c.LastSequence(""); n != 5 {
+		t.Fatalf("LastSequence %d, want 5", n)
+	}
+}
+
+// An upstream that restarts and comes back on a new connection numbering
+// from 1: a number more than Sequence.Restart below the last is a restart;
+// one within the bound is a copy (a replay's overlap) and dropped as a
+// duplicate. An Epoch in the position catches a restart within the bound.
+func TestSequenceRestartOnNewConnection(t *testing.T) {
+	cases := []struct {
+		name      string
+		seq       wspool.Sequence
+		position  func(*wspooltest.Update) (wspool.Position, bool)
+		restarted bool
+	}{
+		{"past the bound", wspool.Sequence{Restart: 10}, noEpoch, true},
+		{"within the bound", wspool.Sequence{Restart: 100}, noEpoch, false},
+		{"new epoch within the bound", wspool.Sequence{Restart: 100}, updatePosition, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.seq.Position = wspool.JSONPosition(tc.position)
+			srv, c, r := startShapeFeed(t, wspool.SingleNumber, tc.seq)
+			publishAndWait(t, srv, r, 30, 30)
+			srv.st.Restart("/book")
+			srv.Conns("/book")[0].Drop()
+			waitFor(t, 10*time.Second, "a new connection", func() bool {
+				cs := srv.Conns("/book")
+				return len(cs) == 1 && c.Stats().Connects == 2
+			})
+			srv.st.Publish("/book", 5)
+			if tc.restarted {
+				waitFor(t, 10*time.Second, "the new epoch delivered", func() bool { return r.last().Epoch == 2 && r.last().Last == 5 })
+				r.mu.Lock()
+				g := r.gaps[len(r.gaps)-1]
+				r.mu.Unlock()
+				if g.Kind != wspool.GapRestart || g.Last != 30 || g.Next != 1 {
+					t.Fatalf("report %+v, want a restart from 30 to 1", g)
+				}
+				return
+			}
+			waitFor(t, 10*time.Second, "5 duplicates", func() bool { return c.Stats().Duplicates == 5 })
+			if d, g := r.count(); d != 30 || g != 0 {
+				t.Fatalf("%d delivered, %d reported; want 30 and none", d, g)
+			}
+		})
+	}
+}
+
+func noEpoch(u *wspooltest.Update) (wspool.Position, bool) {
+	p, ok := updatePosition(u)
+	p.Epoch = 0
+	return p, ok
+}
+
+// A restart whose OnGap asks for a resync: the message is not delivered, the
+// connection is redialled, and the key starts again with the new
+// connection's first message (no gap, no duplicate). ResetSequence does the
+// same for the user who knows before a message shows it.
+func TestSequenceRestartResyncsAndResetSequence(t *testing.T) {
+	srv, c, r := startShapeFeed(t, wspool.SingleNumber, wspool.Sequence{})
+	r.mu.Lock()
+	r.onGap = func(g wspool.Gap) error {
+		if g.Kind == wspool.GapRestart {
+			return fmt.Errorf("resync: %w", wspool.ErrReconnect)
+		}
+		return nil
+	}
+	r.mu.Unlock()
+	publishAndWait(t, srv, r, 10, 10)
+	srv.st.Restart("/book")
+	srv.st.Publish("/book", 3) // 1 reveals the restart; 2 and 3 go with the closing connection
+	waitFor(t, 10*time.Second, "the redial", func() bool {
+		return c.Stats().Connects == 2 && len(srv.Conns("/book")) == 1
+	})
+	publishAndWait(t, srv, r, 4, 14) // the new connection starts live: 4..7
+	if u := r.last(); u.Epoch != 2 || u.Last != 7 {
+		t.Fatalf("after the resync: update %d of epoch %d, want 7 of 2", u.Last, u.Epoch)
+	}
+	// ResetSequence: the key starts again with whatever comes next.
+	c.ResetSequence("/book")
+	if _, ok := c.LastSequence("/book"); ok {
+		t.Fatal("LastSequence after ResetSequence: still known")
+	}
+	srv.st.Skip("/book", 2)
+	publishAndWait(t, srv, r, 3, 15) // 8, 9 left out: no gap, the key was reset
+	if n, _ := c.LastSequence("/book"); n != 10 {
+		t.Fatalf("LastSequence %d, want 10", n)
+	}
+	st := c.Stats()
+	if st.Restarts != 1 || st.Gaps != 0 || st.Duplicates != 0 {
+		t.Fatalf("stats: %d restarts, %d gaps, %d duplicates; want 1, 0, 0", st.Restarts, st.Gaps, st.Duplicates)
+	}
+}
+
+// Decode once: a JSON handler of the type Position decoded into takes the
+// decoded value; it does not decode again.
+func TestSequenceDecodedOnceForJSONHandler(t *testing.T) {
+	srv := startSeqServer(t, 0, wspooltest.Updates(wspool.NumberRange, 5, 2))
+	var decodes atomic.Int64
+	got := make(chan wspooltest.Update, 100)
+	c, err := wspool.NewClient(srv.URL("/x"), wspool.JSON(func(_ context.Context, u wspooltest.Update) error { got <- u; return nil }),
+		wspool.WithSequence(wspool.Sequence{Shape: wspool.NumberRange, Position: wspool.DecodedPosition(func(b []byte, u *wspooltest.Update) error {
+			decodes.Add(1)
+			return json.Unmarshal(b, u)
+		}, updatePosition)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runClient(t, c)
+	waitFor(t, 10*time.Second, "the connection", func() bool { return len(srv.Conns("/x")) == 1 })
+	srv.st.Publish("/x", 9)
+	var n uint64
+	for n < 9 {
+		n = recv(t, got, 10*time.Second, "an update").Last
+	}
+	waitFor(t, 10*time.Second, "one decode per message delivered", func() bool { return c.Stats().Delivered == decodes.Load() })
+	if st := c.Stats(); st.MessagesIn != decodes.Load() {
+		t.Fatalf("%d decodes for %d messages", decodes.Load(), st.MessagesIn)
 	}
 }

@@ -51,7 +51,7 @@ func (c *Client) serve(ctx context.Context, conn *Conn) error {
 				}
 			}
 			if deliver && c.cfg.sequence != nil && c.lanes == nil {
-				switch c.checkSequence(conn, msg) {
+				switch c.checkSequence(conn, &msg) {
 				case seqDuplicate:
 					c.stats.duplicates.Add(1)
 					deliver = false

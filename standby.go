@@ -222,7 +222,7 @@ func (c *Client) deliverMerged(ctx context.Context, conn *Conn, msg Message, dat
 	c.mergeMu.Lock()
 	defer c.mergeMu.Unlock()
 	if data {
-		switch c.checkSequence(conn, msg) {
+		switch c.checkSequence(conn, &msg) {
 		case seqDuplicate:
 			c.stats.duplicates.Add(1)
 			return false

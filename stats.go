@@ -44,6 +44,9 @@ type Stats struct {
 	// numbers they skipped; ServerPings the upstream pings answered
 	// (WithServerPing).
 	Gaps, GapMessages, ServerPings int64
+	// Restarts counts restarts of an upstream's numbering (WithSequence:
+	// GapRestart), which Gaps does not count.
+	Restarts int64
 	// RTT is the latest ping round-trip time, SmoothedRTT an exponentially
 	// weighted average (weight 1/8); zero until the first pong.
 	RTT, SmoothedRTT time.Duration
@@ -95,6 +98,7 @@ func (c *Client) Stats() Stats {
 	s.Duplicates = st.duplicates.Load()
 	s.Gaps = st.gaps.Load()
 	s.GapMessages = st.gapMsgs.Load()
+	s.Restarts = c.sequenceRestarts()
 	s.ServerPings = st.serverPings.Load()
 	s.Won = st.won.Load()
 	s.Standby = standbyStats(lanes)

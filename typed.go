@@ -29,11 +29,16 @@ func (e *DecodeError) Unwrap() []error { return []error{ErrDecode, e.Err} }
 
 // Decoded adapts a handler of decoded values into a Handler: each message is
 // decoded into a fresh T by decode (any codec: MessagePack, Protobuf, CBOR),
-// then passed to h. A decode error is reported as a *DecodeError and the
-// message skipped. decode must not keep data past its return (the buffer is
-// reused), though the decoded value may own copies.
+// then passed to h. A message that Sequence.Position already decoded into a
+// *T (Message.Decoded, see DecodedPosition) is not decoded again. A decode
+// error is reported as a *DecodeError and the message skipped. decode must
+// not keep data past its return (the buffer is reused), though the decoded
+// value may own copies.
 func Decoded[T any](decode func(data []byte, v *T) error, h func(ctx context.Context, v T) error) Handler {
 	return func(ctx context.Context, m Message) error {
+		if p, ok := m.Decoded.(*T); ok && p != nil {
+			return h(ctx, *p)
+		}
 		var v T
 		if err := decode(m.Data, &v); err != nil {
 			return &DecodeError{Type: m.Type, Size: len(m.Data), Err: err}
@@ -44,5 +49,30 @@ func Decoded[T any](decode func(data []byte, v *T) error, h func(ctx context.Con
 
 // JSON adapts a handler of JSON-decoded values (encoding/json) into a Handler.
 func JSON[T any](h func(ctx context.Context, v T) error) Handler {
-	return Decoded(func(data []byte, v *T) error { return json.Unmarshal(data, v) }, h)
+	return Decoded(jsonDecode[T], h)
 }
+
+// DecodedPosition returns a Sequence.Position that decodes each message once
+// into a fresh T with decode, reads its place with pos, and hands the *T on
+// in Message.Decoded, where a Decoded or JSON handler of the same T takes it
+// instead of decoding again. A message that does not decode, or for which
+// pos returns false, is unnumbered (delivered as it is; the handler then
+// reports its decode error).
+func DecodedPosition[T any](decode func(data []byte, v *T) error, pos func(v *T) (Position, bool)) func(Message) (Position, bool) {
+	return func(m Message) (Position, bool) {
+		v := new(T)
+		if decode(m.Data, v) != nil {
+			return Position{}, false
+		}
+		p, ok := pos(v)
+		p.Decoded = v
+		return p, ok
+	}
+}
+
+// JSONPosition is DecodedPosition with encoding/json.
+func JSONPosition[T any](pos func(v *T) (Position, bool)) func(Message) (Position, bool) {
+	return DecodedPosition(jsonDecode[T], pos)
+}
+
+func jsonDecode[T any](data []byte, v *T) error { return json.Unmarshal(data, v) }

@@ -20,10 +20,19 @@
 //
 // # Sequenced streams
 //
-// A [Stream] is a script producing numbered messages (1, 2, 3, ... as decimal
-// text) per URL path, with a resume point in the URL (?from=N replays N and
-// everything after it), and can leave numbers out of the live stream
-// ([Stream.Skip]): what a test of gap detection and resume needs.
+// A [Stream] is a script producing numbered messages per URL path, with a
+// resume point in the URL (?from=N replays N and everything after it): plain
+// decimal numbers by default, or with [Updates] JSON updates of a key-value
+// state numbered as upstreams number them (single numbers, ranges First..Last,
+// or ids linked to the previous one), each with a checksum of the state, plus
+// an HTTP snapshot endpoint ([Stream.SnapshotURL]) whose answer can lag the
+// stream. Its faults are those a sequenced client must survive: numbers left
+// out ([Stream.Skip]), numbering started again in a new epoch
+// ([Stream.Restart]), wrong updates ([Stream.Corrupt]), a lagging snapshot
+// ([Stream.SnapshotLag], [Stream.SnapshotDelay]) and a connection that stops
+// publishing while alive ([Stream.Pause]); it can require a subscription
+// ([Subscribe]) and close a client that sends too fast with 1008
+// ([MessageLimit]).
 //
 // # Faults on the network
 //

@@ -23,8 +23,7 @@ import (
 	"time"
 
 	"github.com/wspool/wspool"
-	"github.com/wspool/wspool/internal/faultproxy"
-	"github.com/wspool/wspool/internal/seqserver"
+	"github.com/wspool/wspool/wspooltest"
 )
 
 func main() {
@@ -38,14 +37,16 @@ func main() {
 }
 
 func run(faults int, interval time.Duration) error {
-	srv, err := seqserver.New(interval)
+	stream := wspooltest.NewStream(interval)
+	defer stream.Close()
+	srv, err := wspooltest.NewServer(stream.Serve)
 	if err != nil {
 		return err
 	}
 	defer srv.Close()
-	var proxies [2]*faultproxy.Proxy
+	var proxies [2]*wspooltest.Proxy
 	for i := range proxies {
-		if proxies[i], err = faultproxy.New(srv.Addr()); err != nil {
+		if proxies[i], err = wspooltest.NewProxy(srv.Addr()); err != nil {
 			return err
 		}
 		defer proxies[i].Close()
@@ -125,13 +126,12 @@ func run(faults int, interval time.Duration) error {
 		start := time.Now()
 		switch kind {
 		case "kill":
-			proxies[victim].ResetAll()
+			proxies[victim].Reset()
 		case "blackhole":
-			proxies[victim].SetMode(faultproxy.Blackhole)
+			proxies[victim].Blackhole(true)
 		case "freeze":
-			if cs := srv.Conns("/ticker"); len(cs) > 0 {
-				slices.SortFunc(cs, func(a, b *seqserver.Conn) int { return int(a.ID - b.ID) })
-				cs[rng.IntN(len(cs))].Freeze(true)
+			if cs := stream.Conns("/ticker"); len(cs) > 0 {
+				stream.Pause(cs[rng.IntN(len(cs))], true) // alive, but publishes nothing
 			}
 		}
 		// The stream goes on from the other connection.
@@ -144,7 +144,7 @@ func run(faults int, interval time.Duration) error {
 		fmt.Printf("fault %2d: %-9s on connection %d; next message after %v\n", i, kind, victim+1, stall.Round(time.Microsecond))
 		if kind == "blackhole" {
 			time.Sleep(100 * time.Millisecond) // the fault lasts a while
-			proxies[victim].SetMode(faultproxy.PassThrough)
+			proxies[victim].Blackhole(false)
 		}
 	}
 	waitUntil(20*time.Second, bothUp)
