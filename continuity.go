@@ -333,12 +333,13 @@ func (c *Client) ResetSequence(key string) {
 // position reads msg's place in its stream; a panic is reported and the
 // message treated as unnumbered.
 func (c *Client) position(msg Message) (p Position, ok bool) {
-	defer c.recoverCallback("Sequence.Position")
 	sq := c.cfg.sequence
 	if sq.Extract != nil {
+		defer c.recoverCallback("Sequence.Extract")
 		p.Key, p.Last, ok = sq.Extract(msg)
 		return p, ok
 	}
+	defer c.recoverCallback("Sequence.Position")
 	return sq.Position(msg)
 }
 

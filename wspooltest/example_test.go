@@ -88,6 +88,9 @@ func ExampleStream() {
 	done := make(chan struct{})
 	c, err := wspool.NewClient(srv.URL("/trades"), func(_ context.Context, m wspool.Message) error {
 		n, _ := strconv.ParseUint(string(m.Data), 10, 64)
+		if n > 6 { // until Close returns, the stream goes on
+			return nil
+		}
 		if n != last.Load()+1 {
 			fmt.Println("unexpected", n)
 		}
