@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -174,4 +175,44 @@ func ExampleProxy() {
 	// connection 1: hello
 	// dead peer noticed: true
 	// connection 2: hello
+}
+
+// Testing your own order book code against an upstream that serves numbered
+// updates: applied by the code under test, the updates must give the
+// stream's true state, checksum by checksum.
+func ExampleUpdates() {
+	st := wspooltest.NewStream(0, wspooltest.Updates(wspool.NumberRange, 10, 1))
+	defer st.Close()
+	srv, err := wspooltest.NewServer(st.Serve)
+	if err != nil {
+		panic(err)
+	}
+	defer srv.Close()
+
+	book := map[string]int64{} // the code under test applies each update to it
+	applied := make(chan uint64, 100)
+	c, err := wspool.NewClient(srv.URL("/book?from=1"), wspool.JSON(func(_ context.Context, u wspooltest.Update) error {
+		for _, ch := range u.Changes {
+			if ch.Value == 0 {
+				delete(book, ch.Key)
+			} else {
+				book[ch.Key] = ch.Value
+			}
+		}
+		if wspooltest.Checksum(book) != u.Checksum {
+			fmt.Println("checksum mismatch after update", u.Last)
+		}
+		applied <- u.Last
+		return nil
+	}))
+	if err != nil {
+		panic(err)
+	}
+	go c.Run(context.Background())
+	st.Publish("/book", 50)
+	for <-applied != st.Head("/book") {
+	}
+	c.Close()
+	fmt.Println(maps.Equal(book, st.State("/book")))
+	// Output: true
 }
