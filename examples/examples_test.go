@@ -27,7 +27,7 @@ import (
 	"time"
 )
 
-var programs = []string{"demo", "resume", "heartbeats", "tail", "backpressure", "standby", "topics"}
+var programs = []string{"demo", "resume", "heartbeats", "tail", "backpressure", "standby", "topics", "orderbook"}
 
 var (
 	binDir   string
@@ -366,6 +366,25 @@ func TestStandby(t *testing.T) {
 	}
 	if n := strings.Count(out, "fault "); n < 10 {
 		t.Errorf("%d faults reported, want 10", n)
+	}
+}
+
+func TestOrderbook(t *testing.T) {
+	t.Parallel()
+	p := start(t, 2*time.Minute, "orderbook", "-duration", "3s")
+	p.mustExit(90*time.Second, 0)
+	out := p.output()
+	m := regexp.MustCompile(`OK: the book matched the exchange's after all (\d+) faults`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no verdict that the book matched the exchange's")
+	}
+	if n, _ := strconv.Atoi(m[1]); n < 3 || strings.Count(out, "book matches the exchange") != n {
+		t.Errorf("%s faults in the verdict, %d compared", m[1], strings.Count(out, "book matches the exchange"))
+	}
+	for _, want := range []string{"resyncs by cause:", "time in sync:", "time to resync:", "none by a resync"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q in the output", want)
+		}
 	}
 }
 
