@@ -201,8 +201,10 @@ func TestCollectorLive(t *testing.T) {
 	var mfs map[string]*dto.MetricFamily
 	for {
 		mfs = gather(t, reg)
-		st := seq.Stats()
-		ready := st.RTT > 0 && st.Delivered > 10 && st.Won > 0 && len(st.Standby) == 1 && st.Standby[0].Connected &&
+		ready := value(mfs, "wspool_feed_rtt_seconds", "prices") > 0 &&
+			value(mfs, "wspool_feed_messages_delivered_total", "prices") > 10 &&
+			value(mfs, "wspool_feed_won_messages_total", "prices") > 0 &&
+			value(mfs, "wspool_feed_standby_connected", "prices") == 1 &&
 			has(mfs, "wspool_feed_last_error_timestamp_seconds", "down")
 		for _, name := range timingKinds {
 			ready = ready && mfs[name] != nil && mfs[name].GetMetric()[0].GetHistogram().GetSampleCount() > 0
@@ -211,7 +213,7 @@ func TestCollectorLive(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after 30s the feeds have not shown everything: prices %+v; families %v", st, slices.Sorted(maps.Keys(mfs)))
+			t.Fatalf("after 30s the feeds have not shown everything: prices %+v; families %v", seq.Stats(), slices.Sorted(maps.Keys(mfs)))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
