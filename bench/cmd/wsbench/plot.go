@@ -12,26 +12,27 @@ import (
 	"gonum.org/v1/plot/vg"
 )
 
-// plotName is the file name of a cell's plot.
-func plotName(c latencyCell) string {
+// plotName is the file name of a cell's plot; ext (svg, png, pdf) picks
+// the format.
+func plotName(c latencyCell, ext string) string {
 	gc := ""
 	if c.GC {
 		gc = "-gc"
 	}
-	return fmt.Sprintf("latency-%dx%d-%dB%s.svg", c.Feeds, c.Rate, c.Size, gc)
+	return fmt.Sprintf("latency-%dx%d-%dB%s.%s", c.Feeds, c.Rate, c.Size, gc, ext)
 }
 
 // writePlots writes one plot per latency cell into dir: every client's
 // latency (log scale) against the percentile, spread as HdrHistogram plots
 // it (the distance to 100 %% on a log scale), so that the tail is as wide as
 // the median.
-func writePlots(dir string, rows []latencyRow) error {
+func writePlots(dir, ext string, rows []latencyRow) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
 	cells, byCell := mergeLatency(rows)
 	for _, c := range cells {
-		if err := plotCell(filepath.Join(dir, plotName(c)), c, byCell[c]); err != nil {
+		if err := plotCell(filepath.Join(dir, plotName(c, ext)), c, byCell[c]); err != nil {
 			return err
 		}
 	}
@@ -45,7 +46,9 @@ func plotCell(path string, c latencyCell, ms []*latencyMerged) error {
 	p.Y.Label.Text = "latency (µs, log scale)"
 	p.Y.Scale = plot.LogScale{}
 	p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
-	p.Legend.Top, p.Legend.Left = true, true
+	// Bottom right: the curves rise to the right, so that corner stays empty.
+	p.Legend.Top, p.Legend.Left = false, false
+	p.Legend.XOffs, p.Legend.YOffs = vg.Points(-8), vg.Points(8)
 	p.Add(plotter.NewGrid())
 	xmax := 0.0
 	for i, m := range ms {
@@ -74,7 +77,7 @@ func plotCell(path string, c latencyCell, ms []*latencyMerged) error {
 		p.Legend.Add(m.mode, l)
 	}
 	var ticks []plot.Tick
-	for k, label := range []string{"0%", "90%", "99%", "99.9%", "99.99%", "99.999%", "99.9999%"} {
+	for k, label := range []string{"", "90%", "99%", "99.9%", "99.99%", "99.999%", "99.9999%"} {
 		if float64(k) <= xmax+0.01 {
 			ticks = append(ticks, plot.Tick{Value: float64(k), Label: label})
 		}

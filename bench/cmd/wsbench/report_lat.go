@@ -59,7 +59,7 @@ func (r *results) printLatency(w io.Writer) []target {
 		return nil
 	}
 	fmt.Fprintf(w, "### Latency: wire to handler\n\n")
-	fmt.Fprintf(w, "A server process stamps every message with the wall clock just before it writes it (one write per batch of messages due; at most one batch per timer wake-up, about 1 ms); each client reads the clock at its handler's first statement and records the difference into a log-linear histogram per feed (3 %% buckets, no allocation). Only messages stamped in the window count; a message timed in no histogram after a grace period is missing from 'timed'. wspool reads with default options: the handler on the reader goroutine, or (wspool+queue) behind WithQueue(Queue{Messages: 1024}) on the queue's goroutine. gws is lxzan/gws with its defaults (OnMessage), raw is gorilla's ReadMessage loop, gobwas the bare frame loop. With the GC load the client process also allocates a steady stream of short-lived 1 KiB pointer slices and holds a linked list of 64-byte nodes that every collection marks; %s.\n\n", gcSettingsOf(r.Latency))
+	fmt.Fprintf(w, "A server process stamps every message with the wall clock just before it writes it (one write per batch of messages due; at most one batch per timer wake-up, about 1 ms); each client reads the clock at its handler's first statement and records the difference into a log-linear histogram per feed (3 %% buckets, no allocation). Only messages stamped in the window count; 'nominal' is rate x window x feeds (a server that fell behind catches up in bursts stamped when written, so 'timed' may exceed it; a message still unread after a grace period is missing from it). wspool reads with default options: the handler on the reader goroutine, or (wspool+queue) behind WithQueue(Queue{Messages: 1024}) on the queue's goroutine. gws is lxzan/gws with its defaults (OnMessage), raw is gorilla's ReadMessage loop, gobwas the bare frame loop. With the GC load the client process also allocates a steady stream of short-lived 1 KiB pointer slices and holds a linked list of 64-byte nodes that every collection marks; %s.\n\n", gcSettingsOf(r.Latency))
 	cells, byCell := mergeLatency(r.Latency)
 	var rows [][]string
 	var targets []target
@@ -99,7 +99,7 @@ func (r *results) printLatency(w io.Writer) []target {
 			}
 		}
 	}
-	table(w, []string{"cell", "client", "p50", "p90", "p99", "p99.9", "max", "timed / sent", "CPU (of a core)", "MB/s allocated", "GCs"}, rows)
+	table(w, []string{"cell", "client", "p50", "p90", "p99", "p99.9", "max", "timed / nominal", "CPU (of a core)", "MB/s allocated", "GCs"}, rows)
 	return targets
 }
 
