@@ -2,8 +2,8 @@
 # Runs every wspool benchmark (each client and server in its own process) and
 # prints a results table (Markdown) on stdout; progress goes to stderr.
 #
-#   bench/run.sh                 # full run, about 12 minutes on 2 cores
-#   QUICK=1 bench/run.sh         # about 2 minutes
+#   bench/run.sh                 # full run, about 25 minutes on 2 cores (latency: 12)
+#   QUICK=1 bench/run.sh         # about 8 minutes
 #   PROFILE=dir bench/run.sh     # also write CPU/heap profiles of the wspool runs
 #   bench/run.sh -only idle -v   # extra arguments go to wsbench
 #
@@ -15,10 +15,10 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
 
 args=()
-limit=22m
+limit=45m
 if [ -n "${QUICK:-}" ] && [ "${QUICK}" != 0 ]; then
 	args+=(-quick)
-	limit=6m
+	limit=17m
 fi
 if [ -n "${PROFILE:-}" ]; then
 	args+=(-profile "$PROFILE")

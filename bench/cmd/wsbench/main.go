@@ -1,10 +1,11 @@
 // Command wsbench runs wspool's benchmarks, each client and server in its own
 // process, and prints a results table.
 //
-//	wsbench                      # everything (about 5 minutes)
-//	wsbench -quick               # a shorter version (about 1-2 minutes)
+//	wsbench                      # everything (about 25 minutes)
+//	wsbench -quick               # a shorter version (about 8 minutes)
 //	wsbench -smoke               # a few seconds, 100 feeds, for CI
 //	wsbench -only throughput,idle
+//	wsbench -only latency -plots dir   # the latency table and one plot per cell
 //
 // The orchestrator starts copies of itself in roles:
 //

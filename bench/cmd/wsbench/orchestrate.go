@@ -121,7 +121,7 @@ func parseSettings(args []string) (*settings, error) {
 		sendRounds: 5, sendWindow: 2 * time.Second,
 		idleFeeds: []int{10000}, idleSettle: 2 * time.Second, idleWindow: 30 * time.Second, idleRounds: 3,
 		recFeeds: []int{10000, 200}, outage: 3 * time.Second,
-		timeout: 20 * time.Minute,
+		timeout: 40 * time.Minute,
 	}
 	s.latRounds, s.latWarmup, s.latWind, s.latGrace = 2, time.Second, 4*time.Second, 500*time.Millisecond
 	switch {
@@ -150,7 +150,7 @@ func parseSettings(args []string) (*settings, error) {
 		s.bigRounds, s.bigWindow = 3, time.Second
 		s.sendRounds, s.sendWindow = 3, time.Second
 		s.idleFeeds, s.idleSettle, s.idleWindow, s.idleRounds = []int{1000, 10000}, time.Second, 5*time.Second, 1
-		s.timeout = 5 * time.Minute
+		s.timeout = 15 * time.Minute
 	}
 	var err error
 	if *rounds > 0 {

@@ -64,30 +64,33 @@ func dialGws(url string, h gws.Event) (*gws.Conn, error) {
 
 func startGws(ctx context.Context, url string, feeds int, on onMessage) (*Receiver, error) {
 	counters := make([]paddedCounter, feeds)
-	conns := make([]*gws.Conn, 0, feeds)
+	conns := make([]*gws.Conn, feeds)
 	var wg sync.WaitGroup
 	closeAll := func() {
 		for _, c := range conns {
-			_ = c.NetConn().Close()
+			if c != nil {
+				_ = c.NetConn().Close()
+			}
 		}
 		wg.Wait()
 	}
-	for i := range feeds {
-		if err := ctx.Err(); err != nil {
-			closeAll()
-			return nil, err
-		}
+	// As many handshakes at once as wspool's default, as the raw client.
+	err := parallel(ctx, feeds, wspool.DefaultMaxConcurrentDials, func(i int) error {
 		h := &gwsFeed{n: &counters[i].n}
 		if on != nil {
 			h.on = on(i)
 		}
 		c, err := dialGws(url, h)
 		if err != nil {
-			closeAll()
-			return nil, fmt.Errorf("runner: gws dial %d: %w", i, err)
+			return fmt.Errorf("runner: gws dial %d: %w", i, err)
 		}
-		conns = append(conns, c)
+		conns[i] = c
 		wg.Go(c.ReadLoop)
+		return nil
+	})
+	if err != nil {
+		closeAll()
+		return nil, err
 	}
 	r := &Receiver{Mode: ModeGws, Feeds: feeds, errs: make(chan error, 1), close: closeAll}
 	r.perFeed = countersOf(counters)
@@ -149,27 +152,33 @@ func frameLoop(br *bufio.Reader, n *atomic.Int64, on func([]byte)) error {
 
 func startFrames(ctx context.Context, url string, feeds int, on onMessage) (*Receiver, error) {
 	counters := make([]paddedCounter, feeds)
-	conns := make([]net.Conn, 0, feeds)
+	conns := make([]net.Conn, feeds)
 	var wg sync.WaitGroup
 	closeAll := func() {
 		for _, c := range conns {
-			_ = c.Close()
+			if c != nil {
+				_ = c.Close()
+			}
 		}
 		wg.Wait()
 	}
-	for i := range feeds {
+	err := parallel(ctx, feeds, wspool.DefaultMaxConcurrentDials, func(i int) error {
 		c, br, err := dialFrames(ctx, url, framesReadBuffer)
 		if err != nil {
-			closeAll()
-			return nil, fmt.Errorf("runner: gobwas dial %d: %w", i, err)
+			return fmt.Errorf("runner: gobwas dial %d: %w", i, err)
 		}
-		conns = append(conns, c)
+		conns[i] = c
 		n := &counters[i].n
 		var f func([]byte)
 		if on != nil {
 			f = on(i)
 		}
 		wg.Go(func() { _ = frameLoop(br, n, f) })
+		return nil
+	})
+	if err != nil {
+		closeAll()
+		return nil, err
 	}
 	r := &Receiver{Mode: ModeFrames, Feeds: feeds, errs: make(chan error, 1), close: closeAll}
 	r.perFeed = countersOf(counters)
