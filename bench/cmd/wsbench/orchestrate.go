@@ -742,7 +742,7 @@ func (o *orch) latencyCell(ctx context.Context, addr string, cell latencyCell) e
 	}
 	for range len(o.s.latModes) * o.s.latRounds {
 		var r latencyRow
-		if err := c.result(ctx, o.s.latWarmup+o.s.latWind+2*time.Minute, &r); err != nil {
+		if err := c.result(ctx, o.s.latWarmup+o.s.latWind+4*time.Minute, &r); err != nil {
 			c.kill()
 			return err
 		}

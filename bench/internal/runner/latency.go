@@ -92,7 +92,10 @@ func RunLatency(ctx context.Context, cfg LatencyConfig) (LatencyResult, error) {
 			r.Close()
 		}
 	}()
-	if err := r.WaitAll(ctx, time.Minute); err != nil {
+	// Generous: at 1,000 feeds of 4 KiB the server streams to the feeds
+	// already up while it answers the others' handshakes, and on a loaded
+	// 2-core machine the last ones take minutes.
+	if err := r.WaitAll(ctx, 3*time.Minute); err != nil {
 		return res, err
 	}
 	if err := sleep(ctx, cfg.Warmup); err != nil {
