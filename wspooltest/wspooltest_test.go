@@ -332,3 +332,129 @@ func TestProxyLatencyThrottle(t *testing.T) {
 	}
 	proxy.Throttle(0)
 }
+
+// dialStream dials a Stream's server with a raw gorilla client.
+func dialStream(t *testing.T, url string) *websocket.Conn {
+	t.Helper()
+	ws, _, err := websocket.DefaultDialer.Dial(url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ws.Close() })
+	ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	return ws
+}
+
+func readUpdate(t *testing.T, ws *websocket.Conn) wspooltest.Update {
+	t.Helper()
+	var u wspooltest.Update
+	if err := ws.ReadJSON(&u); err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// waitConns waits until the stream of path has n connections.
+func waitConns(t *testing.T, st *wspooltest.Stream, path string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(st.Conns(path)) != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections, want %d", len(st.Conns(path)), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// With Subscribe, data flows only after the client subscribed and was
+// acknowledged, live from then on, and stops after unsubscribe's ack.
+func TestStreamSubscribeAndAck(t *testing.T) {
+	st := wspooltest.NewStream(0, wspooltest.Updates(wspool.SingleNumber, 5, 1), wspooltest.Subscribe())
+	t.Cleanup(st.Close)
+	srv := newServer(t, st.Serve)
+	ws := dialStream(t, srv.URL("/s"))
+	waitConns(t, st, "/s", 1)
+	st.Publish("/s", 3) // before the subscription: not sent
+	if err := ws.WriteMessage(websocket.TextMessage, []byte(`{"op":"subscribe","id":7}`)); err != nil {
+		t.Fatal(err)
+	}
+	_, ack, err := ws.ReadMessage()
+	if err != nil || string(ack) != `{"op":"ack","id":7}` {
+		t.Fatalf("ack %q, %v", ack, err)
+	}
+	st.Publish("/s", 2)
+	if u := readUpdate(t, ws); u.Last != 4 {
+		t.Fatalf("first update after subscribing: %d, want 4", u.Last)
+	}
+	readUpdate(t, ws)
+	if err := ws.WriteMessage(websocket.TextMessage, []byte(`{"op":"unsubscribe","id":8}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, ack, err := ws.ReadMessage(); err != nil || string(ack) != `{"op":"ack","id":8}` {
+		t.Fatalf("ack %q, %v", ack, err)
+	}
+	st.Publish("/s", 2)
+	ws.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if _, data, err := ws.ReadMessage(); err == nil {
+		t.Fatalf("after unsubscribing: %q", data)
+	}
+}
+
+// With MessageLimit a client that sends too fast is closed with 1008.
+func TestStreamMessageLimitCloses1008(t *testing.T) {
+	st := wspooltest.NewStream(0, wspooltest.MessageLimit(5, time.Minute))
+	t.Cleanup(st.Close)
+	srv := newServer(t, st.Serve)
+	ws := dialStream(t, srv.URL("/s"))
+	for i := range 6 {
+		if err := ws.WriteMessage(websocket.TextMessage, []byte("hello")); err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+	}
+	_, _, err := ws.ReadMessage()
+	if !websocket.IsCloseError(err, websocket.ClosePolicyViolation) {
+		t.Fatalf("read after 6 messages: %v, want a 1008 close", err)
+	}
+}
+
+// Updates in each shape number and link correctly; Restart starts a new
+// epoch at 1; a lagging snapshot is older than the head; the snapshot's
+// checksum is the state's.
+func TestStreamUpdatesShapesRestartAndSnapshot(t *testing.T) {
+	for _, shape := range []wspool.SequenceShape{wspool.SingleNumber, wspool.NumberRange, wspool.LinkedIDs} {
+		t.Run(shape.String(), func(t *testing.T) {
+			st := wspooltest.NewStream(0, wspooltest.Updates(shape, 8, 3))
+			t.Cleanup(st.Close)
+			srv := newServer(t, st.Serve)
+			ws := dialStream(t, srv.URL("/s?from=1"))
+			st.Publish("/s", 10)
+			var prev wspooltest.Update
+			for prev.Last != st.Head("/s") {
+				u := readUpdate(t, ws)
+				switch shape {
+				case wspool.LinkedIDs:
+					if u.Prev != prev.Last || u.Last <= u.Prev+1 {
+						t.Fatalf("id %d links to %d after %d (ids should skip)", u.Last, u.Prev, prev.Last)
+					}
+				default:
+					if u.First != prev.Last+1 || u.Last < u.First {
+						t.Fatalf("update %d..%d after %d", u.First, u.Last, prev.Last)
+					}
+				}
+				prev = u
+			}
+			if prev.Checksum != wspooltest.Checksum(st.State("/s")) {
+				t.Fatal("the last update's checksum is not the state's")
+			}
+			st.SnapshotLag("/s", 4)
+			if s := st.Snapshot("/s"); s.Last >= st.Head("/s") || s.Checksum != wspooltest.Checksum(s.State) {
+				t.Fatalf("lagging snapshot at %d, head %d", s.Last, st.Head("/s"))
+			}
+			st.Restart("/s")
+			st.Publish("/s", 1)
+			if u := readUpdate(t, ws); u.Epoch != 2 || u.Last != st.Head("/s") {
+				t.Fatalf("after Restart: update %d of epoch %d", u.Last, u.Epoch)
+			}
+		})
+	}
+}
