@@ -501,7 +501,14 @@ func (cn *Conn) requestEnd(cause error) {
 	if !cn.endReason.CompareAndSwap(nil, &reason) {
 		return
 	}
-	go cn.sendClose()
+	c := cn.client
+	if !c.bgEnter() {
+		return // the feed is stopping: its shutdown closes the connection
+	}
+	go func() { // a goroutine Run waits for (bounded by the close timeout)
+		defer c.bgLeave()
+		cn.sendClose()
+	}()
 }
 
 // Close stops the feed: it cancels Run, which sends a close frame (1000) on
