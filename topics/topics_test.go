@@ -1,6 +1,7 @@
 package topics_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/wspool/wspool"
 	"github.com/wspool/wspool/internal/leakcheck"
 	"github.com/wspool/wspool/topics"
@@ -30,6 +32,14 @@ func TestMain(m *testing.M) { leakcheck.Main(m) }
 type topicServer struct {
 	*wspooltest.Server
 	cap int
+	// rateLimit, if set, is the most messages a connection may send in any
+	// sliding second (as they arrive): over it the server closes with 1008.
+	// pingEvery, if set, makes the server send {"ping":N} at that interval
+	// and count the {"pong":N} answers.
+	rateLimit int
+	pingEvery time.Duration
+	cuts      atomic.Int64 // connections closed with 1008
+	pongs     atomic.Int64
 
 	mu       sync.Mutex
 	conns    map[*wspooltest.Conn]map[string]bool
@@ -70,10 +80,43 @@ func (ts *topicServer) serve(c *wspooltest.Conn) {
 		delete(ts.conns, c)
 		ts.mu.Unlock()
 	}()
+	if ts.pingEvery > 0 {
+		go func() {
+			tk := time.NewTicker(ts.pingEvery)
+			defer tk.Stop()
+			for n := 1; ; n++ {
+				select {
+				case <-c.Done():
+					return
+				case <-tk.C:
+				}
+				if c.SendText(fmt.Sprintf(`{"ping":%d}`, n)) != nil {
+					return
+				}
+			}
+		}()
+	}
+	var arrived []time.Time // within the last second
 	for {
 		_, data, err := c.Read(context.Background())
 		if err != nil {
 			return
+		}
+		if ts.rateLimit > 0 {
+			now := time.Now()
+			arrived = append(arrived, now)
+			for len(arrived) > 0 && now.Sub(arrived[0]) >= time.Second {
+				arrived = arrived[1:]
+			}
+			if len(arrived) > ts.rateLimit {
+				ts.cuts.Add(1)
+				c.Close(websocket.ClosePolicyViolation, "too many requests")
+				return
+			}
+		}
+		if bytes.HasPrefix(data, []byte(`{"pong":`)) {
+			ts.pongs.Add(1)
+			continue
 		}
 		var req topicReq
 		if json.Unmarshal(data, &req) != nil {
@@ -867,5 +910,63 @@ func TestTopicsSubscribePanicReported(t *testing.T) {
 	var te *topics.Error
 	if len(errs) != 1 || !errors.As(errs[0], &te) || !strings.Contains(te.Err.Error(), "Subscribe panicked: subscribe blew up") || !slices.Equal(te.Topics, all) {
 		t.Fatalf("errors %v: want the panic reported once with the replay's topics", errs)
+	}
+}
+
+// TestTopicsStandbyPacingServerPingsTogether: the features a market-data
+// collector combines, against an upstream that enforces them: a topic set
+// over feeds with a standby connection each, paced as the README advises
+// (4 per 500 ms: at most 8 in any second) against an upstream that closes
+// with 1008 over 10 messages in any sliding second, which also sends
+// data-level pings that are answered (the answers are paced too). Every
+// topic ends up subscribed on both connections of its feed, with one
+// connection dropped halfway; no 1008, no reported error.
+func TestTopicsStandbyPacingServerPingsTogether(t *testing.T) {
+	r := newTopicRig(t, 40, topics.Config{Name: "combo", Cap: 40, Batch: 1, Options: []wspool.Option{
+		wspool.WithSequence(wspool.Sequence{Extract: func(wspool.Message) (string, uint64, bool) { return "", 0, false }}),
+		wspool.WithStandby(wspool.Standby{Connections: 1}),
+		wspool.WithSendPacing(wspool.SendPacing{Messages: 4, Per: 500 * time.Millisecond, Pings: true}),
+		wspool.WithServerPing(wspool.ServerPing{Reply: func(m wspool.Message) (wspool.MessageType, []byte, bool) {
+			n, ok := bytes.CutPrefix(m.Data, []byte(`{"ping":`))
+			if !ok {
+				return 0, nil, false
+			}
+			return wspool.TextMessage, append([]byte(`{"pong":`), n...), true
+		}}),
+	}})
+	r.ts.rateLimit = 10
+	r.ts.pingEvery = 300 * time.Millisecond
+	all := names("c", 0, 12)
+	if err := r.set.Add(all...); err != nil {
+		t.Fatal(err)
+	}
+	r.run(t)
+	onBoth := func() {
+		t.Helper()
+		waitFor(t, 60*time.Second, "every topic subscribed on both connections", func() bool {
+			sub, _ := r.ts.subscribed()
+			if len(sub) != len(all) || r.set.Unconfirmed() != 0 || len(r.ts.Conns()) != 2 {
+				return false
+			}
+			for _, tp := range all {
+				if sub[tp] != 2 {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	onBoth()
+	r.ts.Conns()[0].Drop() // primary or standby: its next connection replays, paced
+	waitFor(t, 30*time.Second, "a new connection", func() bool { return r.ts.Accepted() == 3 })
+	onBoth()
+	if n := r.ts.cuts.Load(); n != 0 {
+		t.Fatalf("the upstream closed %d connection(s) with 1008: the README's pacing went over 10 messages in a second", n)
+	}
+	if r.ts.pongs.Load() == 0 {
+		t.Fatal("no server ping was answered")
+	}
+	if errs := r.errors(); len(errs) != 0 {
+		t.Fatalf("errors: %v", errs)
 	}
 }
