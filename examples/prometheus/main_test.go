@@ -64,6 +64,7 @@ var families = map[string]dto.MetricType{
 	"wspool_feed_sequence_gaps_total":             dto.MetricType_COUNTER,
 	"wspool_feed_sequence_gap_messages_total":     dto.MetricType_COUNTER,
 	"wspool_feed_server_pings_total":              dto.MetricType_COUNTER,
+	"wspool_feed_sequence_restarts_total":         dto.MetricType_COUNTER,
 	"wspool_feed_rtt_seconds":                     dto.MetricType_GAUGE,
 	"wspool_feed_smoothed_rtt_seconds":            dto.MetricType_GAUGE,
 	"wspool_feed_won_messages_total":              dto.MetricType_COUNTER,

@@ -47,6 +47,7 @@ var statsInstrument = map[string][]string{
 	"Gaps":             {"wspool.feed.sequence.gaps"},
 	"GapMessages":      {"wspool.feed.sequence.gap_messages"},
 	"ServerPings":      {"wspool.feed.server_pings"},
+	"Restarts":         {"wspool.feed.sequence.restarts"},
 	"RTT":              {"wspool.feed.rtt"},
 	"SmoothedRTT":      {"wspool.feed.rtt.smoothed"},
 	"ConnectedSince":   {"wspool.feed.connected_since"},

@@ -105,6 +105,8 @@ func feedStats() []*stat {
 		count("duplicates.dropped", "{message}", "Messages dropped as duplicates.", func(st *wspool.Stats) int64 { return st.Duplicates }),
 		count("sequence.gaps", "{gap}", "Sequence gaps seen.", func(st *wspool.Stats) int64 { return st.Gaps }),
 		count("sequence.gap_messages", "{message}", "Sequence numbers the gaps skipped.", func(st *wspool.Stats) int64 { return st.GapMessages }),
+		count("sequence.restarts", "{restart}", "Restarts of the upstream's numbering, which sequence.gaps does not count.",
+			func(st *wspool.Stats) int64 { return st.Restarts }),
 		count("server_pings", "{message}", "Upstream data-level pings answered.", func(st *wspool.Stats) int64 { return st.ServerPings }),
 		gauge("rtt", "s", "Latest ping round-trip time; absent until the first pong.", floatGauge,
 			func(st *wspool.Stats) (float64, bool) { return st.RTT.Seconds(), st.RTT > 0 }),

@@ -62,7 +62,7 @@ func StateLabel(s wspool.State) string { return strings.ReplaceAll(s.String(), "
 // pool=name; register it with a prometheus.Registerer. Several pools can
 // be registered in one registry under different names.
 //
-// A feed costs 31 to 35 series (5 more per standby connection); for pools
+// A feed costs 32 to 36 series (5 more per standby connection); for pools
 // of many thousands of feeds, see NewTotalsCollector and the package
 // documentation's cardinality note.
 func NewCollector(pool *wspool.Pool, name string) *Collector {
@@ -167,6 +167,8 @@ func feedMetrics(constLabels prometheus.Labels) []feedMetric {
 			func(st *wspool.Stats) int64 { return st.Duplicates }),
 		counter("sequence_gaps_total", "Sequence gaps seen (WithSequence).", func(st *wspool.Stats) int64 { return st.Gaps }),
 		counter("sequence_gap_messages_total", "Sequence numbers the gaps skipped (WithSequence).", func(st *wspool.Stats) int64 { return st.GapMessages }),
+		counter("sequence_restarts_total", "Restarts of the upstream's numbering (WithSequence), which sequence_gaps_total does not count.",
+			func(st *wspool.Stats) int64 { return st.Restarts }),
 		counter("server_pings_total", "Upstream data-level pings answered (WithServerPing).", func(st *wspool.Stats) int64 { return st.ServerPings }),
 		gauge("rtt_seconds", "Latest ping round-trip time; absent until the first pong.",
 			func(st *wspool.Stats) (float64, bool) { return st.RTT.Seconds(), st.RTT > 0 }),

@@ -50,6 +50,7 @@ var statsMetric = map[string][]string{
 	"Gaps":             {"wspool_feed_sequence_gaps_total"},
 	"GapMessages":      {"wspool_feed_sequence_gap_messages_total"},
 	"ServerPings":      {"wspool_feed_server_pings_total"},
+	"Restarts":         {"wspool_feed_sequence_restarts_total"},
 	"RTT":              {"wspool_feed_rtt_seconds"},
 	"SmoothedRTT":      {"wspool_feed_smoothed_rtt_seconds"},
 	"ConnectedSince":   {"wspool_feed_connected_since_seconds"},
