@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/wspool/wspool/internal/ratewindow"
 )
 
 // Admission and dial slots.
@@ -135,14 +137,12 @@ type gateWaiter struct {
 	ch      chan struct{}
 	seq     uint64
 	granted bool
-	slot    int // admission: its entry in the key's window
 }
 
 // keyGate is one admission key's line and history.
 type keyGate struct {
 	queue    []*gateWaiter
-	window   []time.Time // the last Rate dials' end times, pending for those in flight
-	next     int         // oldest entry of window
+	window   *ratewindow.Window // the end times of the key's dials (nil: no Rate)
 	tokens   float64
 	refilled time.Time
 	inflight int
@@ -150,9 +150,6 @@ type keyGate struct {
 	lastEnd  time.Time
 	timer    *time.Timer
 }
-
-// pendingEnd marks a window entry whose dial has not ended yet.
-var pendingEnd = time.Unix(1<<40, 0)
 
 func newDialGate(slots int, adm *Admission) *dialGate {
 	return &dialGate{adm: adm, slots: slots, hosts: map[string]*hostSlots{}, keys: map[string]*keyGate{}}
@@ -212,8 +209,8 @@ func (t *dialTicket) leaveKey() {
 	g.mu.Lock()
 	k := t.key
 	now := time.Now()
-	if len(k.window) > 0 {
-		k.window[t.w.slot] = now
+	if k.window != nil {
+		k.window.Add(now)
 	}
 	k.lastEnd = now
 	k.inflight--
@@ -279,7 +276,7 @@ func (g *dialGate) keyLocked(key string) *keyGate {
 	}
 	k := &keyGate{}
 	if g.adm.Rate > 0 {
-		k.window = make([]time.Time, g.adm.Rate)
+		k.window = ratewindow.New(g.adm.Rate, g.adm.Per)
 	}
 	if g.adm.Burst > 0 && g.adm.Burst < g.adm.Rate {
 		k.tokens = float64(g.adm.Burst)
@@ -320,15 +317,13 @@ func (g *dialGate) delayLocked(k *keyGate, now time.Time) (time.Duration, string
 	if a.MaxConcurrent > 0 && k.inflight >= a.MaxConcurrent {
 		return -1, "concurrency"
 	}
-	if len(k.window) > 0 {
-		e := k.window[k.next]
-		if e.Equal(pendingEnd) {
+	if k.window != nil {
+		w := k.window.Wait(now, k.inflight)
+		if w < 0 {
 			return -1, "rate"
 		}
-		if !e.IsZero() {
-			if w := e.Add(a.Per).Sub(now); w > d {
-				d, reason = w, "rate"
-			}
+		if w > d {
+			d, reason = w, "rate"
 		}
 	}
 	if a.Burst > 0 && a.Burst < a.Rate {
@@ -377,11 +372,6 @@ func (g *dialGate) pumpLocked(k *keyGate) {
 		w := k.queue[0]
 		k.queue[0] = nil
 		k.queue = k.queue[1:]
-		if len(k.window) > 0 {
-			w.slot = k.next
-			k.window[k.next] = pendingEnd
-			k.next = (k.next + 1) % len(k.window)
-		}
 		if g.adm.Burst > 0 && g.adm.Burst < g.adm.Rate {
 			k.tokens--
 		}

@@ -328,8 +328,12 @@ func (cn *Conn) lockWriterUntil(deadline time.Time) bool {
 	}
 }
 
-// close releases the socket.
-func (cn *Conn) close() { cn.kill(ErrConnectionClosed) }
+// close releases the socket and waits for a ping reply still waiting for
+// its pacing turn (pacing.go) to give up.
+func (cn *Conn) close() {
+	cn.kill(ErrConnectionClosed)
+	cn.pacer.wait()
+}
 
 // dataCount is the number of data messages read on this connection's side
 // of the feed (the primary's, or its standby connection's), for the

@@ -433,7 +433,7 @@ func (c *Client) answerPing(conn *Conn, msg Message) bool {
 		c.reportHandlerError(&HandlerError{Feed: c.name, Callback: "ServerPing.Reply", Err: err})
 		return true
 	}
-	if err := conn.write(nil, typ, reply); err != nil && err != errNotSent {
+	if err := conn.writeReply(typ, reply); err != nil && err != errNotSent {
 		c.log.Warn("server ping reply failed", "err", err)
 	}
 	return true

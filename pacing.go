@@ -4,15 +4,27 @@ import (
 	"errors"
 	"sync"
 	"time"
+
+	"github.com/wspool/wspool/internal/ratewindow"
 )
 
 // SendPacing limits the messages written on one connection, for upstreams
 // that close a connection (or ban its IP) when it sends too fast.
 type SendPacing struct {
 	// Messages is the most messages written on one connection within any
-	// window of length Per. Required (> 0), with Per.
+	// window of length Per, as the upstream counts them. Required (> 0),
+	// with Per: set them to the upstream's own limit (10 per second for
+	// "10 messages per second").
 	Messages int
 	Per      time.Duration
+	// Margin is how much the time from the end of a message's write to the
+	// upstream's count of it may vary between messages (network, the
+	// upstream's scheduling) without the upstream ever counting more than
+	// Messages within a window of Per: the library keeps Messages per
+	// Per+Margin from the end of one write to the start of another. Zero
+	// means Per/10; it costs that much throughput (10 per second with the
+	// default margin is at most 10 every 1.1 s).
+	Margin time.Duration
 	// Pings counts ping control frames too (some upstreams count every
 	// frame); a ping that finds no room is put off to a later tick. By
 	// default pings are not paced.
@@ -21,26 +33,37 @@ type SendPacing struct {
 
 // WithSendPacing paces what the library writes on a connection for the
 // user: OnConnect's Conn.Send, the flush of the send buffer after a
-// reconnect, Send and SendAsync, heartbeat messages, and with Pings ping
-// frames; at most Messages within any window of Per on one connection (a new
-// connection starts a fresh count). A window counts each message from the
-// moment its write ended, so the upstream never sees more than Messages per
-// Per however the writes are delayed on the way. Close frames are not paced.
+// reconnect, Send and SendAsync, heartbeat messages, replies to server pings
+// (WithServerPing), and with Pings ping frames; a new connection starts a
+// fresh count. Close frames are not paced.
+//
+// The limit holds at the receiver: the library lets a message start only
+// while fewer than Messages writes ended within the last Per+Margin, so as
+// long as the delay from a write's end to the upstream's count of it varies
+// by less than Margin, no window of Per at the upstream holds more than
+// Messages, however the writes were delayed on the way (see SendPacing).
+// The window's memory follows use, not Messages (internal/ratewindow).
 //
 // A write waits for its turn without holding the writer role's lock, and
 // the wait ends if the connection dies (the message is then carried to the
 // next connection or fails, as without pacing) or, for Send and Conn.Send,
 // if ctx ends (Send returns ctx.Err(); nothing was written). Pacing waits
 // are waits for a turn, never for a connection, so a Send from a callback
-// may wait for them. Note the OnConnect hook's context (the handshake
-// timeout) bounds a paced resubscription done there: 500 subscriptions at
-// 100 per second need a handshake timeout above 5 s, or go through the send
-// buffer (SendAsync while disconnected), which has no such bound.
+// may wait for them. A reply to a server ping that finds no room is written
+// later by a goroutine of the connection: the reader never waits for a
+// turn, so neither Close nor the dead-peer check waits for one. Note the
+// OnConnect hook's context (the handshake timeout) bounds a paced
+// resubscription done there: 500 subscriptions at 100 per second need a
+// handshake timeout above 5 s, or go through the send buffer (SendAsync
+// while disconnected), which has no such bound.
 func WithSendPacing(p SendPacing) Option {
 	return func(c *config) {
-		if p.Messages <= 0 || p.Per <= 0 {
-			c.errorf("send pacing needs Messages > 0 and Per > 0, got %d per %v", p.Messages, p.Per)
+		if p.Messages <= 0 || p.Per <= 0 || p.Margin < 0 {
+			c.errorf("send pacing needs Messages > 0, Per > 0 and Margin >= 0, got %d per %v (margin %v)", p.Messages, p.Per, p.Margin)
 			return
+		}
+		if p.Margin == 0 {
+			p.Margin = p.Per / 10
 		}
 		c.pacing = &p
 	}
@@ -48,57 +71,127 @@ func WithSendPacing(p SendPacing) Option {
 
 // pacer is one connection's sliding window of write end times.
 type pacer struct {
-	per   time.Duration
 	pings bool
 
-	mu     sync.Mutex
-	window []time.Time // end times of the last Messages writes (zero: unused)
-	next   int         // oldest entry
-	last   int         // entry of the write in progress
+	mu  sync.Mutex
+	win *ratewindow.Window // end times of the writes, over Per+Margin
+
+	// A server ping's reply that found no room waits here for the replier
+	// goroutine (at most one at a time, tracked by wg).
+	reply    *pendingReply
+	replying bool
+	wg       sync.WaitGroup
+}
+
+type pendingReply struct {
+	typ  MessageType
+	data []byte
 }
 
 func newPacer(p *SendPacing) *pacer {
 	if p == nil {
 		return nil
 	}
-	return &pacer{per: p.Per, pings: p.Pings, window: make([]time.Time, p.Messages)}
+	return &pacer{pings: p.Pings, win: ratewindow.New(p.Messages, p.Per+p.Margin)}
 }
 
 // delay is how long until one more message fits the window.
 func (p *pacer) delay(now time.Time) time.Duration {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.delayLocked(now)
-}
-
-func (p *pacer) delayLocked(now time.Time) time.Duration {
-	e := p.window[p.next]
-	if e.IsZero() {
-		return 0
-	}
-	return max(e.Add(p.per).Sub(now), 0)
+	return max(p.win.Wait(now, 0), 0)
 }
 
 // take claims room for one message now; false if there is none. The writer
-// lock is held, so at most one claim is in progress.
+// lock is held, so at most one claim is in progress; done records its end.
 func (p *pacer) take() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	now := time.Now()
-	if p.delayLocked(now) > 0 {
-		return false
-	}
-	p.window[p.next] = now
-	p.last = p.next
-	p.next = (p.next + 1) % len(p.window)
-	return true
+	return p.win.Wait(time.Now(), 0) == 0
 }
 
-// done records when the claimed message's write ended.
+// done records that the claimed message's write ended now: the window
+// counts it from then, since it may reach the upstream as late as that.
 func (p *pacer) done() {
 	p.mu.Lock()
-	p.window[p.last] = time.Now()
+	p.win.Add(time.Now())
 	p.mu.Unlock()
+}
+
+// wait waits for the replier goroutine, if any, to end (it ends once the
+// connection is torn down). Nil-safe.
+func (p *pacer) wait() {
+	if p != nil {
+		p.wg.Wait()
+	}
+}
+
+// writeReply writes the reply to a server ping without ever making the
+// reader wait for a pacing turn: with no room now, the reply waits for one
+// on a goroutine of its own (a newer reply replaces one still waiting: the
+// upstream wants its latest ping answered). It returns errNotSent or the
+// write's error when it wrote at once, nil otherwise.
+func (cn *Conn) writeReply(typ MessageType, data []byte) error {
+	p := cn.pacer
+	if p == nil {
+		return cn.write(nil, typ, data)
+	}
+	p.mu.Lock()
+	if p.replying {
+		p.reply = &pendingReply{typ, data}
+		p.mu.Unlock()
+		return nil
+	}
+	p.mu.Unlock()
+	if !cn.lockWriter(nil) {
+		return errNotSent
+	}
+	if p.take() {
+		err := cn.writeLocked(typ, data)
+		cn.unlockWriterPaced()
+		return err
+	}
+	cn.unlockWriter()
+	p.mu.Lock()
+	p.reply = &pendingReply{typ, data}
+	if !p.replying {
+		p.replying = true
+		p.wg.Add(1)
+		go cn.replyLater()
+	}
+	p.mu.Unlock()
+	return nil
+}
+
+// replyLater writes the waiting ping replies as the window makes room; it
+// ends when none is left or the connection is torn down.
+func (cn *Conn) replyLater() {
+	p := cn.pacer
+	defer p.wg.Done()
+	for {
+		p.mu.Lock()
+		if p.reply == nil {
+			p.replying = false
+			p.mu.Unlock()
+			return
+		}
+		p.mu.Unlock()
+		ok := cn.lockWriterPaced(nil) // ends when the connection dies
+		p.mu.Lock()
+		r := p.reply
+		p.reply = nil
+		if !ok {
+			p.replying = false
+			p.mu.Unlock()
+			return
+		}
+		p.mu.Unlock()
+		err := cn.writeLocked(r.typ, r.data)
+		cn.unlockWriterPaced()
+		if err != nil && err != errNotSent {
+			cn.client.log.Warn("server ping reply failed", "err", err)
+		}
+	}
 }
 
 // errStopped is Conn.write's answer when its stop channel (the sender's

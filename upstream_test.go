@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -602,7 +603,15 @@ func TestPacedPingsNotStarvedBySends(t *testing.T) {
 		wg.Wait()
 	}()
 	waitFor(t, 10*time.Second, "sends filling the window", func() bool { return c.Stats().MessagesOut > 10 })
+	blackholeNoticedByPongTimeout(t, proxy, ev)
+}
+
+// blackholeNoticedByPongTimeout blackholes proxy and checks that the feed
+// whose state changes ev records notices it by its pong timeout.
+func blackholeNoticedByPongTimeout(t *testing.T, proxy *faultproxy.Proxy, ev *events) {
+	t.Helper()
 	proxy.SetMode(faultproxy.Blackhole)
+	defer proxy.SetMode(faultproxy.PassThrough)
 	start := time.Now()
 	ev.waitCount(t, wspool.StateBackingOff, 1, 10*time.Second)
 	var cause error
@@ -614,5 +623,177 @@ func TestPacedPingsNotStarvedBySends(t *testing.T) {
 	if !errors.Is(cause, wspool.ErrPongTimeout) {
 		t.Fatalf("the dead peer was noticed after %v by %v, want the pong timeout", time.Since(start), cause)
 	}
-	proxy.SetMode(faultproxy.PassThrough)
+}
+
+// A pacing limit holds as a sliding window measured at the receiver: an
+// exchange that closes with 1008 when more than 10 messages arrive within any
+// second never does so for a feed that sends as fast as its pacer lets it,
+// paced at the exchange's own limit (10 per second, the default margin) or at
+// the 4 per 500 ms the README used to advise. Before, the pacer let Messages
+// go back to back and Messages more exactly Per after the first ones ended,
+// so the receiver counted 11 or 12 within one second and closed with 1008
+// (issue 20, item 7).
+func TestPacingHoldsAtTheReceiver(t *testing.T) {
+	for _, p := range []wspool.SendPacing{
+		{Messages: 10, Per: time.Second},
+		{Messages: 4, Per: 500 * time.Millisecond},
+	} {
+		t.Run(fmt.Sprintf("%d per %v", p.Messages, p.Per), func(t *testing.T) {
+			// The exchange counts arrivals in whole milliseconds, boundaries
+			// included, with up to 20 ms of network jitter (the default
+			// margin is a tenth of the window: 100 ms and 50 ms here).
+			ex := startExchange(t, exchange.Config{MsgLimit: 10, MsgWindow: time.Second, MsgJitter: 20 * time.Millisecond})
+			c, err := wspool.NewClient(ex.URL("/"), nil, wspool.WithSendPacing(p), wspool.WithPingInterval(0))
+			if err != nil {
+				t.Fatal(err)
+			}
+			runClient(t, c)
+			waitFor(t, 10*time.Second, "connected", func() bool { return c.State() == wspool.StateConnected })
+			const n = 32
+			for i := range n {
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				err := c.Send(ctx, wspool.TextMessage, []byte(fmt.Sprint("m", i)))
+				cancel()
+				if err != nil {
+					t.Fatalf("send %d: %v (the exchange closed %d connections with 1008)", i, err, ex.Closed1008.Load())
+				}
+			}
+			waitFor(t, 10*time.Second, "every message at the exchange", func() bool { return ex.Messages.Load() >= n || ex.Closed1008.Load() > 0 })
+			if k := ex.Closed1008.Load(); k != 0 {
+				t.Fatalf("the exchange closed the paced feed with 1008 (%d times)", k)
+			}
+			if st := c.Stats(); st.Connects != 1 {
+				t.Fatalf("%d connections, want 1", st.Connects)
+			}
+		})
+	}
+}
+
+// allocatedBy returns the bytes allocated while f ran (the whole process's:
+// a bound for f's).
+func allocatedBy(f func()) uint64 {
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	f()
+	runtime.ReadMemStats(&after)
+	return after.TotalAlloc - before.TotalAlloc
+}
+
+// Memory follows use, not the configured limit: a connection paced at 10
+// million messages per hour, and a pool admitting 10 million dials per hour
+// per key, allocate no more for it than for a small limit. Before, each
+// allocated one timestamp per allowed message or dial: 229 MB per
+// connection, reallocated at every reconnect (issue 20, item 8).
+func TestRateLimitMemoryFollowsUse(t *testing.T) {
+	srv := newServer(t, drainHandler)
+	const bound = 32 << 20
+	pacedBytes := allocatedBy(func() {
+		c, err := wspool.NewClient(srv.URL("/"), nil, wspool.WithSendPacing(wspool.SendPacing{Messages: 10_000_000, Per: time.Hour}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop := runClient(t, c)
+		waitFor(t, 10*time.Second, "connected", func() bool { return c.State() == wspool.StateConnected })
+		if err := c.Send(context.Background(), wspool.TextMessage, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		stop()
+	})
+	admitBytes := allocatedBy(func() {
+		p, err := wspool.NewPool(wspool.WithAdmission(wspool.Admission{Rate: 10_000_000, Per: time.Hour}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := p.Add(srv.URL("/"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop := runPool(t, p)
+		waitFor(t, 10*time.Second, "connected", func() bool { return c.State() == wspool.StateConnected })
+		if err := stop(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Logf("allocated: paced feed %d KiB, admitted pool %d KiB", pacedBytes>>10, admitBytes>>10)
+	if pacedBytes > bound || admitBytes > bound {
+		t.Fatalf("a limit of 10 million per hour allocated %d MiB (pacing) and %d MiB (admission) for one connection", pacedBytes>>20, admitBytes>>20)
+	}
+}
+
+// pingAfterFirst is a server that sends the data-level ping "ping" once the
+// client's first message arrived, and then reads.
+func pingAfterFirst(c *websocket.Conn, r *http.Request) {
+	if _, _, err := c.ReadMessage(); err != nil {
+		return
+	}
+	_ = c.WriteMessage(websocket.TextMessage, []byte("ping"))
+	drainHandler(c, r)
+}
+
+var pongReply = wspool.WithServerPing(wspool.ServerPing{Reply: func(m wspool.Message) (wspool.MessageType, []byte, bool) {
+	return wspool.TextMessage, []byte("pong"), string(m.Data) == "ping"
+}})
+
+// A reply to a server ping that waits for its pacing turn does not hold
+// Close: the close handshake ends within the close timeout, not when the
+// window makes room. Before, the reader waited for the turn and read nothing
+// meanwhile, so Close took the whole pacing window (issue 20, item 10).
+func TestPacedPingReplyDoesNotHoldClose(t *testing.T) {
+	srv := newServer(t, pingAfterFirst)
+	c, err := wspool.NewClient(srv.URL("/"), nil, pongReply, wspool.WithPingInterval(0),
+		wspool.WithSendPacing(wspool.SendPacing{Messages: 1, Per: 20 * time.Second}),
+		wspool.WithCloseTimeout(300*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runClient(t, c)
+	waitFor(t, 10*time.Second, "connected", func() bool { return c.State() == wspool.StateConnected })
+	if err := c.Send(context.Background(), wspool.TextMessage, []byte("fill the window")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the server's ping", func() bool { return c.Stats().ServerPings == 1 })
+	start := time.Now()
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("Close took %v with a ping reply waiting for a 20 s pacing window (close timeout 300ms)", d)
+	}
+}
+
+// While a reply to a server ping waits for its pacing turn, the dead-peer
+// check goes on: a live peer is not taken for dead (the reader still reads
+// its pongs), and a frozen one is noticed by the pong timeout. Before, the
+// reader waited for the turn as if held back by the handler, which suspended
+// the check for the whole window (issue 20, item 10).
+func TestPacedPingReplyKeepsDeadPeerCheck(t *testing.T) {
+	srv := newServer(t, pingAfterFirst)
+	proxy := newProxy(t, srv.Addr())
+	ev := newEvents()
+	const pongTimeout = 300 * time.Millisecond
+	c, err := wspool.NewClient("ws://"+proxy.Addr()+"/", nil, pongReply, ev.option(),
+		wspool.WithPingInterval(100*time.Millisecond), wspool.WithPongTimeout(pongTimeout),
+		wspool.WithSendPacing(wspool.SendPacing{Messages: 1, Per: 30 * time.Second}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runClient(t, c)
+	ev.waitCount(t, wspool.StateConnected, 1, 10*time.Second)
+	if err := c.Send(context.Background(), wspool.TextMessage, []byte("fill the window")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the server's ping", func() bool { return c.Stats().ServerPings == 1 })
+	// Five pong timeouts with the reply waiting: the live peer stays.
+	watch := time.NewTimer(5 * pongTimeout)
+	for n := 0; n == 0; {
+		select {
+		case <-ev.ch:
+			if ev.count(wspool.StateBackingOff) > 0 {
+				t.Fatalf("a live peer was taken for dead while a ping reply waited for pacing: %v", ev.snapshot())
+			}
+		case <-watch.C:
+			n = 1
+		}
+	}
+	blackholeNoticedByPongTimeout(t, proxy, ev)
 }

@@ -6,13 +6,20 @@
 //     ConnWindow. One more is answered 429 (with Retry-After if set), and the
 //     key is then refused (429) for Penalty.
 //   - Messages: a connection that sends more than MsgLimit messages within
-//     any window of MsgWindow is closed with 1008 ("too many requests").
+//     any window of MsgWindow is closed with 1008 ("too many requests"). The
+//     window is measured here, at the receiver, the strictest common way: the
+//     time a message was read, in whole milliseconds, boundaries included (a
+//     message read exactly MsgWindow after another is in its window). With
+//     MsgJitter, each message counts as arriving up to that much later than
+//     it was read (uniformly at random, in order, as TCP delivers): the
+//     network's delay varying between messages.
 //
 // Messages "sub <topic>" are answered "ok <topic>" and counted per
 // connection (Subscribed); every other message is only counted.
 package exchange
 
 import (
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"strconv"
@@ -34,6 +41,7 @@ type Config struct {
 	RetryAfter time.Duration // sent with the 429s, rounded up to seconds; 0: none
 	MsgLimit   int
 	MsgWindow  time.Duration
+	MsgJitter  time.Duration
 	// Key maps an upgrade request to its key; the default is the "key" query
 	// parameter, else the client's IP.
 	Key func(r *http.Request) string
@@ -128,6 +136,7 @@ func (s *Server) admit(r *http.Request) (int, http.Header) {
 // serveConn reads one connection, enforcing the message limit.
 func (s *Server) serveConn(c *websocket.Conn, _ *http.Request) {
 	var recent []time.Time
+	var last time.Time // the latest arrival counted
 	var wmu sync.Mutex
 	for {
 		_, data, err := c.ReadMessage()
@@ -137,9 +146,17 @@ func (s *Server) serveConn(c *websocket.Conn, _ *http.Request) {
 		s.Messages.Add(1)
 		if s.cfg.MsgLimit > 0 {
 			now := time.Now()
+			if j := s.cfg.MsgJitter; j > 0 {
+				now = now.Add(rand.N(j))
+			}
+			if now.Before(last) {
+				now = last
+			}
+			last = now
+			now = now.Truncate(time.Millisecond)
 			keep := recent[:0]
 			for _, t := range recent {
-				if now.Sub(t) < s.cfg.MsgWindow {
+				if now.Sub(t) <= s.cfg.MsgWindow {
 					keep = append(keep, t)
 				}
 			}
