@@ -6,32 +6,33 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/wspool/wspool/internal/ratewindow"
+	"github.com/gorilla/websocket"
+
+	"github.com/wspool/wspool/internal/admission"
 )
 
-// Admission and dial slots.
+// Admission and dial slots: the glue between a feed's dials and the pool's
+// gate (internal/admission), which every dial of a pool's feeds passes
+// (first connects, reconnects, rotations, standby connections, feeds woken
+// after an outage) while holding neither the feed's lock nor anything else a
+// callback could need:
 //
-// Every dial of a pool's feeds (first connects, reconnects, rotations, feeds
-// woken after an outage) passes two gates, in this order, while holding
-// neither the feed's lock nor anything else a callback could need:
+//  1. Admission per upstream key, with limits chosen per key
+//     (WithAdmissionFor, else WithAdmission): a FIFO line per key, let
+//     through while the key is under its rate, burst and concurrency cap and
+//     not held by a penalty. A dial counts in the rate from its end.
+//  2. A pool-wide handshake slot (WithMaxConcurrentDials), shared by host: a
+//     host takes a slot while it has none in flight or while taking it leaves
+//     as many free as it then holds, so a host that stalls handshakes never
+//     delays another host's dial (until log2(slots)+1 hosts stall at once).
 //
-//  1. Admission per upstream key (WithAdmission): a FIFO line per key, let
-//     through while the key is under its rate, its burst and its concurrency
-//     cap, and not held by a penalty. The rate counts each admitted dial from
-//     the moment it ends (response, failure or timeout), not from when it
-//     started, so that N+1 dials never reach the upstream within one window
-//     however their latencies vary: the upstream counted a dial before we saw
-//     its answer.
-//  2. A pool-wide handshake slot (WithMaxConcurrentDials), shared fairly by
-//     host: a freed slot goes to the host with the fewest handshakes in
-//     flight (FIFO within a host, oldest first between equals), so that a
-//     host that stalls every handshake holds only the slots it already has
-//     and a feed to another host gets the next slot that frees, within one
-//     handshake of asking.
+// A penalty is charged to the key of the dial the upstream answered: a 429
+// or 418 to the key of that handshake, a close with 1008 or 1013 to the key
+// of the dial that made the connection it came on (a close handler set at
+// the dial), whichever connection of the feed it was.
 //
 // Waiting at either gate ends with ctx (Close, pool shutdown) and is
 // reported: a StateChange from StateConnecting to StateConnecting whose Err
@@ -81,27 +82,60 @@ type Admission struct {
 }
 
 // WithAdmission limits new connections per upstream key, pool-wide (see
-// Admission). Pool only. By default there is no admission limit; the pool's
-// handshake slots (WithMaxConcurrentDials) are shared fairly by host either way.
+// Admission), for every key that WithAdmissionFor does not name. Pool only.
+// By default there is no admission limit; the pool's handshake slots
+// (WithMaxConcurrentDials) are shared by host either way.
 func WithAdmission(a Admission) PoolOption {
 	return poolOption(func(c *config) {
-		if a.Rate < 0 || a.Burst < 0 || a.MaxConcurrent < 0 || a.Per < 0 {
-			c.errorf("admission limits must not be negative")
-			return
+		if checkAdmission(c, &a) {
+			c.admissionRules().all = &a
 		}
-		if a.Rate > 0 && a.Per <= 0 {
-			c.errorf("admission Rate needs a positive Per")
-			return
+	})
+}
+
+// WithAdmissionFor sets the admission limits of one upstream key (what
+// WithAdmission's Key returns, by default the host as the dial's URL has
+// it: "a.example" or "a.example:9443"), in place of WithAdmission's, so that
+// one pool holds feeds of several upstreams with different limits: each key
+// its own rate, burst, concurrency and penalty, one line per key, the pool's
+// handshake slots shared by host across all of them, one set of Stats. It
+// may be given once per key; a.Key must be nil (keys are chosen by
+// WithAdmission's Key). Keys without limits of their own get WithAdmission's,
+// or none. Pool only.
+func WithAdmissionFor(key string, a Admission) PoolOption {
+	return poolOption(func(c *config) {
+		switch r := c.admissionRules(); {
+		case key == "":
+			c.errorf("WithAdmissionFor needs a key")
+		case a.Key != nil:
+			c.errorf("WithAdmissionFor(%q): Key maps dials to keys for the whole pool; set it in WithAdmission", key)
+		case r.perKey[key] != nil:
+			c.errorf("WithAdmissionFor(%q) given twice", key)
+		case checkAdmission(c, &a):
+			if r.perKey == nil {
+				r.perKey = map[string]*Admission{}
+			}
+			r.perKey[key] = &a
 		}
-		if a.Burst > 0 && a.Rate == 0 {
-			c.errorf("admission Burst needs a Rate")
-			return
-		}
+	})
+}
+
+// checkAdmission validates a and fills in its default penalty.
+func checkAdmission(c *config, a *Admission) bool {
+	switch {
+	case a.Rate < 0 || a.Burst < 0 || a.MaxConcurrent < 0 || a.Per < 0:
+		c.errorf("admission limits must not be negative")
+	case a.Rate > 0 && a.Per <= 0:
+		c.errorf("admission Rate needs a positive Per")
+	case a.Burst > 0 && a.Rate == 0:
+		c.errorf("admission Burst needs a Rate")
+	default:
 		if a.Penalty == 0 {
 			a.Penalty = DefaultPenalty
 		}
-		c.admission = &a
-	})
+		return true
+	}
+	return false
 }
 
 // admitCounters are a feed's admission figures (Stats).
@@ -109,400 +143,71 @@ type admitCounters struct {
 	waits   atomic.Int64
 	waited  atomic.Int64 // nanoseconds
 	waiting atomic.Bool
-	key     atomic.Pointer[string] // the key of the latest dial
 }
 
-// dialGate is a pool's admission and handshake-slot gate (nil for a lone
-// Client: no limit).
-type dialGate struct {
-	adm *Admission // nil: no admission limits or penalties
-
-	mu sync.Mutex
-	// Handshake slots.
-	slots, used  int
-	slotWaiting  int
-	seq          uint64
-	hosts        map[string]*hostSlots
-	keys         map[string]*keyGate
-	sweepAt      int // len(keys) at which the next new key sweeps idle ones
-	maxRetryWait time.Duration
+// admissionRules are a pool's admission limits: per key from
+// WithAdmissionFor, else WithAdmission's. Fixed once the pool is built.
+type admissionRules struct {
+	all    *Admission // WithAdmission; nil: keys not in perKey are not admitted
+	perKey map[string]*Admission
 }
 
-type hostSlots struct {
-	inflight int
-	waiting  []*gateWaiter
+// rules returns the config's admission rules, new if it has none.
+func (c *config) admissionRules() *admissionRules {
+	if c.rules == nil {
+		c.rules = &admissionRules{}
+	}
+	return c.rules
 }
 
-type gateWaiter struct {
-	ch      chan struct{}
-	seq     uint64
-	granted bool
-}
-
-// keyGate is one admission key's line and history.
-type keyGate struct {
-	queue    []*gateWaiter
-	window   *ratewindow.Window // the end times of the key's dials (nil: no Rate)
-	tokens   float64
-	refilled time.Time
-	inflight int
-	penalty  time.Time
-	lastEnd  time.Time
-	timer    *time.Timer
-}
-
-func newDialGate(slots int, adm *Admission) *dialGate {
-	return &dialGate{adm: adm, slots: slots, hosts: map[string]*hostSlots{}, keys: map[string]*keyGate{}}
-}
-
-// dialTicket is what a dial holds between the gates and its end.
-type dialTicket struct {
-	g    *dialGate
-	host string
-	key  *keyGate
-	w    *gateWaiter
-}
-
-// enter waits for admission (key) and then for a handshake slot (host).
-// wait is called, outside any lock, once if the dial has to wait.
-func (g *dialGate) enter(ctx context.Context, host, key string, wait func(reason string, d time.Duration)) (*dialTicket, error) {
-	if g == nil {
-		return nil, nil
-	}
-	t := &dialTicket{g: g, host: host}
-	waited := false
-	note := func(reason string, d time.Duration) {
-		if !waited {
-			waited = true
-			wait(reason, d)
-		}
-	}
-	if g.adm != nil {
-		k, w, err := g.admit(ctx, key, note)
-		if err != nil {
-			return nil, err
-		}
-		t.key, t.w = k, w
-	}
-	if err := g.acquireSlot(ctx, host, note); err != nil {
-		t.leaveKey()
-		return nil, err
-	}
-	return t, nil
-}
-
-// leave ends the dial: it frees the slot and records the dial's end in the
-// key's window.
-func (t *dialTicket) leave() {
-	if t == nil {
-		return
-	}
-	t.g.releaseSlot(t.host)
-	t.leaveKey()
-}
-
-func (t *dialTicket) leaveKey() {
-	if t.key == nil {
-		return
-	}
-	g := t.g
-	g.mu.Lock()
-	k := t.key
-	now := time.Now()
-	if k.window != nil {
-		k.window.Add(now)
-	}
-	k.lastEnd = now
-	k.inflight--
-	g.pumpLocked(k)
-	g.mu.Unlock()
-	t.key = nil
-}
-
-// admit waits in key's line until the key lets the dial through.
-func (g *dialGate) admit(ctx context.Context, key string, note func(string, time.Duration)) (*keyGate, *gateWaiter, error) {
-	g.mu.Lock()
-	k := g.keyLocked(key)
-	w := &gateWaiter{ch: make(chan struct{})}
-	k.queue = append(k.queue, w)
-	g.pumpLocked(k)
-	if w.granted {
-		g.mu.Unlock()
-		return k, w, nil
-	}
-	d, reason := g.delayLocked(k, time.Now())
-	g.mu.Unlock()
-	note(reason, max(d, 0))
-	select {
-	case <-w.ch:
-		return k, w, nil
-	case <-ctx.Done():
-	}
-	g.mu.Lock()
-	if w.granted {
-		g.mu.Unlock()
-		t := &dialTicket{g: g, key: k, w: w}
-		t.leaveKey() // admitted meanwhile: give it back as a dial that ended now
-		return nil, nil, ctx.Err()
-	}
-	for i, q := range k.queue {
-		if q == w {
-			k.queue = append(k.queue[:i], k.queue[i+1:]...)
-			break
-		}
-	}
-	g.pumpLocked(k)
-	g.mu.Unlock()
-	return nil, nil, ctx.Err()
-}
-
-// keyLocked returns key's state, new if the key has none. Before it adds
-// one it now and then (each time the map has doubled since the last sweep)
-// forgets the keys that have nothing left to remember, so that a pool whose
-// keys come and go (hosts, API keys, local addresses) holds state only for
-// the keys dialled within the last window, however long it runs.
-func (g *dialGate) keyLocked(key string) *keyGate {
-	if k := g.keys[key]; k != nil {
-		return k
-	}
-	if len(g.keys) >= g.sweepAt {
-		now := time.Now()
-		for kk, k := range g.keys {
-			if g.idleLocked(k, now) {
-				delete(g.keys, kk)
-			}
-		}
-		g.sweepAt = max(64, 2*len(g.keys))
-	}
-	k := &keyGate{}
-	if g.adm.Rate > 0 {
-		k.window = ratewindow.New(g.adm.Rate, g.adm.Per)
-	}
-	if g.adm.Burst > 0 && g.adm.Burst < g.adm.Rate {
-		k.tokens = float64(g.adm.Burst)
-		k.refilled = time.Now()
-	}
-	g.keys[key] = k
-	return k
-}
-
-// idleLocked reports whether k is as good as new: nobody waits or dials,
-// no penalty holds it, every dial it counts has left the window and its
-// burst has refilled.
-func (g *dialGate) idleLocked(k *keyGate, now time.Time) bool {
-	if len(k.queue) > 0 || k.inflight > 0 || k.timer != nil || now.Before(k.penalty) {
-		return false
-	}
-	if !k.lastEnd.IsZero() && now.Before(k.lastEnd.Add(g.adm.Per)) {
-		return false // lastEnd is the latest end in the window
-	}
-	if g.adm.Burst > 0 && g.adm.Burst < g.adm.Rate {
-		g.refillLocked(k, now)
-		if k.tokens < float64(g.adm.Burst) {
-			return false
-		}
-	}
-	return true
-}
-
-// delayLocked returns how long the head of k's line must still wait (-1:
-// until a dial of the key ends) and why.
-func (g *dialGate) delayLocked(k *keyGate, now time.Time) (time.Duration, string) {
-	a := g.adm
-	var d time.Duration
-	reason := ""
-	if now.Before(k.penalty) {
-		d, reason = k.penalty.Sub(now), "penalty"
-	}
-	if a.MaxConcurrent > 0 && k.inflight >= a.MaxConcurrent {
-		return -1, "concurrency"
-	}
-	if k.window != nil {
-		w := k.window.Wait(now, k.inflight)
-		if w < 0 {
-			return -1, "rate"
-		}
-		if w > d {
-			d, reason = w, "rate"
-		}
-	}
-	if a.Burst > 0 && a.Burst < a.Rate {
-		g.refillLocked(k, now)
-		if k.tokens < 1 {
-			if w := time.Duration((1 - k.tokens) * float64(a.Per) / float64(a.Rate)); w > d {
-				d, reason = w+time.Microsecond, "burst"
-			}
-		}
-	}
-	return d, reason
-}
-
-func (g *dialGate) refillLocked(k *keyGate, now time.Time) {
-	a := g.adm
-	el := now.Sub(k.refilled)
-	if el <= 0 {
-		return
-	}
-	k.tokens = min(float64(a.Burst), k.tokens+float64(el)*float64(a.Rate)/float64(a.Per))
-	k.refilled = now
-}
-
-// pumpLocked admits the head of k's line while the key allows it, and arms
-// a timer for the next one.
-func (g *dialGate) pumpLocked(k *keyGate) {
-	for len(k.queue) > 0 {
-		now := time.Now()
-		d, _ := g.delayLocked(k, now)
-		if d < 0 {
-			break // a dial's end pumps again
-		}
-		if d > 0 {
-			if k.timer == nil {
-				k.timer = time.AfterFunc(d, func() {
-					g.mu.Lock()
-					k.timer = nil
-					g.pumpLocked(k)
-					g.mu.Unlock()
-				})
-			} else {
-				k.timer.Reset(d)
-			}
-			return
-		}
-		w := k.queue[0]
-		k.queue[0] = nil
-		k.queue = k.queue[1:]
-		if g.adm.Burst > 0 && g.adm.Burst < g.adm.Rate {
-			k.tokens--
-		}
-		k.inflight++
-		w.granted = true
-		close(w.ch)
-	}
-	if len(k.queue) == 0 && k.timer != nil {
-		k.timer.Stop()
-		k.timer = nil
-	}
-}
-
-// penalize holds every dial of key until now+d.
-func (g *dialGate) penalize(key string, d time.Duration) {
-	if g == nil || g.adm == nil || d <= 0 {
-		return
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	k := g.keyLocked(key)
-	if until := time.Now().Add(d); until.After(k.penalty) {
-		k.penalty = until
-	}
-	if k.timer != nil {
-		k.timer.Stop()
-		k.timer = nil
-	}
-	g.pumpLocked(k)
-}
-
-// acquireSlot takes one of the pool's handshake slots for host.
-func (g *dialGate) acquireSlot(ctx context.Context, host string, note func(string, time.Duration)) error {
-	g.mu.Lock()
-	h := g.hosts[host]
-	if h == nil {
-		h = &hostSlots{}
-		g.hosts[host] = h
-	}
-	if g.used < g.slots && g.slotWaiting == 0 {
-		g.used++
-		h.inflight++
-		g.mu.Unlock()
+// of returns key's limits; nil if the key is not admitted.
+func (r *admissionRules) of(key string) *Admission {
+	if r == nil {
 		return nil
 	}
-	g.seq++
-	w := &gateWaiter{ch: make(chan struct{}), seq: g.seq}
-	h.waiting = append(h.waiting, w)
-	g.slotWaiting++
-	g.mu.Unlock()
-	note("handshake slots", 0)
-	select {
-	case <-w.ch:
-		return nil
-	case <-ctx.Done():
+	if a := r.perKey[key]; a != nil {
+		return a
 	}
-	g.mu.Lock()
-	if w.granted {
-		g.mu.Unlock()
-		g.releaseSlot(host)
-		return ctx.Err()
-	}
-	for i, q := range h.waiting {
-		if q == w {
-			h.waiting = append(h.waiting[:i], h.waiting[i+1:]...)
-			g.slotWaiting--
-			break
-		}
-	}
-	g.forgetHostLocked(host, h)
-	g.mu.Unlock()
-	return ctx.Err()
+	return r.all
 }
 
-// releaseSlot frees host's slot and hands it to the host with the fewest
-// handshakes in flight among those waiting (oldest first between equals).
-func (g *dialGate) releaseSlot(host string) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.used--
-	h := g.hosts[host]
-	h.inflight--
-	g.forgetHostLocked(host, h)
-	for g.used < g.slots && g.slotWaiting > 0 {
-		var best *hostSlots
-		for _, o := range g.hosts {
-			if len(o.waiting) == 0 {
-				continue
-			}
-			if best == nil || o.inflight < best.inflight || (o.inflight == best.inflight && o.waiting[0].seq < best.waiting[0].seq) {
-				best = o
-			}
-		}
-		w := best.waiting[0]
-		best.waiting[0] = nil
-		best.waiting = best.waiting[1:]
-		g.slotWaiting--
-		best.inflight++
-		g.used++
-		w.granted = true
-		close(w.ch)
+// limits is the gate's view of the rules.
+func (r *admissionRules) limits(key string) (admission.Limits, bool) {
+	a := r.of(key)
+	if a == nil {
+		return admission.Limits{}, false
 	}
+	return admission.Limits{Rate: a.Rate, Per: a.Per, Burst: a.Burst, MaxConcurrent: a.MaxConcurrent}, true
 }
 
-func (g *dialGate) forgetHostLocked(host string, h *hostSlots) {
-	if h.inflight == 0 && len(h.waiting) == 0 {
-		delete(g.hosts, host)
-	}
+// newGate returns the pool's dial gate.
+func newGate(cfg *config) *admission.Gate {
+	return admission.New(admission.Config{Slots: cfg.maxDials, Limits: cfg.rules.limits})
 }
 
 // admissionKey returns the admission key of a dial to u with headers h.
 func (c *Client) admissionKey(u *url.URL, h http.Header) string {
 	key := u.Host
-	if a := c.cfg.admission; a != nil && a.Key != nil {
+	if r := c.cfg.rules; r != nil && r.all != nil && r.all.Key != nil {
 		func() {
 			defer c.recoverCallback("admission key func")
-			key = a.Key(u, h)
+			key = r.all.Key(u, h)
 		}()
 	}
-	c.admit.key.Store(&key)
 	return key
 }
 
-// enterGate passes the pool's gates for a dial to host under key. A wait
-// is reported as a state change only for the feed's own dial (not a
-// standby connection's: the feed's state and attempt count are the
-// primary's, owned by the feed's loop), and only while the feed is
-// connecting (not for a rotation's dial).
-func (c *Client) enterGate(ctx context.Context, host, key string, own bool) (*dialTicket, error) {
+// enterGate passes the pool's gate for a dial to host under key (a lone
+// Client has none). A wait is reported as a state change only for the
+// feed's own dial (not a standby connection's: the feed's state and attempt
+// count are the primary's, owned by the feed's loop), and only while the
+// feed is connecting (not for a rotation's dial).
+func (c *Client) enterGate(ctx context.Context, host, key string, own bool) (*admission.Ticket, error) {
+	if c.cfg.gate == nil {
+		return nil, nil
+	}
 	var start time.Time
-	t, err := c.cfg.dialSem.enter(ctx, host, key, func(reason string, d time.Duration) {
+	t, err := c.cfg.gate.Enter(ctx, host, key, func(reason string, d time.Duration) {
 		start = time.Now()
 		c.admit.waits.Add(1)
 		c.admit.waiting.Store(true)
@@ -520,31 +225,47 @@ func (c *Client) enterGate(ctx context.Context, host, key string, own bool) (*di
 	return t, err
 }
 
-// upstreamSaid applies the penalty an upstream asked for with err (a
-// handshake answer or a close code) to the key of the feed's latest dial.
-func (c *Client) upstreamSaid(err error) {
-	a := c.cfg.admission
-	if a == nil || err == nil {
-		return
-	}
-	kp := c.admit.key.Load()
-	if kp == nil {
+// handshakeSaid applies the penalty a handshake answer asked for (429, 418)
+// to key, the key of the dial that got it.
+func (c *Client) handshakeSaid(key string, he *HandshakeError) {
+	a := c.cfg.rules.of(key)
+	if a == nil {
 		return
 	}
 	var d time.Duration
-	var he *HandshakeError
 	switch {
-	case errors.As(err, &he) && he.StatusCode == http.StatusTooManyRequests && he.RetryAfter > 0:
+	case he.StatusCode == http.StatusTooManyRequests && he.RetryAfter > 0:
 		d = min(he.RetryAfter, c.cfg.maxRetryAfter)
-	case errors.As(err, &he) && (he.StatusCode == http.StatusTooManyRequests || he.StatusCode == http.StatusTeapot):
-		d = a.Penalty
-	case CloseStatus(err) == CloseCodePolicyViolation || CloseStatus(err) == CloseCodeTryAgainLater:
+	case he.StatusCode == http.StatusTooManyRequests || he.StatusCode == http.StatusTeapot:
 		d = a.Penalty
 	default:
 		return
 	}
-	if d > 0 {
-		c.log.Warn("upstream asked to slow down: holding its admission key", "err", err, "for", d)
-		c.cfg.dialSem.penalize(*kp, d)
+	c.penalize(key, d, he)
+}
+
+// chargeCloses makes a close with 1008 or 1013 received on ws, whenever it
+// comes (OnConnect, the read loop, a standby or rotated connection, the
+// close handshake), hold key: the key of the dial that made this
+// connection, not the feed's latest dial.
+func (c *Client) chargeCloses(ws *websocket.Conn, key string) {
+	a := c.cfg.rules.of(key)
+	if a == nil || a.Penalty < 0 {
+		return
 	}
+	next := ws.CloseHandler()
+	ws.SetCloseHandler(func(code int, text string) error {
+		if code == int(CloseCodePolicyViolation) || code == int(CloseCodeTryAgainLater) {
+			c.penalize(key, a.Penalty, &websocket.CloseError{Code: code, Text: text})
+		}
+		return next(code, text)
+	})
+}
+
+func (c *Client) penalize(key string, d time.Duration, cause error) {
+	if d <= 0 || c.cfg.gate == nil {
+		return
+	}
+	c.log.Warn("upstream asked to slow down: holding its admission key", "err", cause, "for", d)
+	c.cfg.gate.Penalize(key, d)
 }

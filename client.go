@@ -592,7 +592,6 @@ func (c *Client) backOff(ctx context.Context, err error) (stop bool, final error
 		return true, nil
 	}
 	c.recordError(err)
-	c.upstreamSaid(err)
 	if c.isPermanent(err) {
 		return true, err
 	}

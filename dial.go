@@ -53,11 +53,12 @@ func (c *Client) dial(ctx context.Context, base *url.URL, l *lane) (*Conn, error
 		c.dialedHost = u.Host // the wake's key: the host really dialled
 		c.mu.Unlock()
 	}
-	ticket, err := c.enterGate(ctx, u.Host, c.admissionKey(&u, h), l == nil)
+	key := c.admissionKey(&u, h)
+	ticket, err := c.enterGate(ctx, u.Host, key, l == nil)
 	if err != nil {
 		return nil, err
 	}
-	defer ticket.leave()
+	defer ticket.Leave()
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.handshakeTO)
 	defer cancel()
 	slot := &dialSlot{client: c, url: &u, header: h, chk: handshake.New(c.dialer, h)}
@@ -90,7 +91,7 @@ func (c *Client) dial(ctx context.Context, base *url.URL, l *lane) (*Conn, error
 			if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
 				he.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
 			}
-			c.upstreamSaid(he) // a rotation's dial too
+			c.handshakeSaid(key, he) // a rotation's or standby connection's dial too
 			return nil, he
 		}
 		// The socket's deadline (the context's) may fire just before the
@@ -113,6 +114,7 @@ func (c *Client) dial(ctx context.Context, base *url.URL, l *lane) (*Conn, error
 	}
 	tc.handshook.Store(true)
 	ws.SetReadLimit(c.cfg.readLimit)
+	c.chargeCloses(ws, key)
 	cn := newConn(c, ws, tc)
 	// Without our offer of permessage-deflate the response check refused
 	// any extension, so gorilla's (wire) read limit bounds every message.

@@ -41,9 +41,10 @@
 // handshake, an invalid URL from a request func, and errors wrapped with
 // [Permanent]. [DefaultPermanent] documents the rule; WithPermanentFunc
 // replaces it. Retrying forever is the default; WithMaxAttempts bounds it.
-// A pool caps concurrent handshakes (WithMaxConcurrentDials), shared fairly
-// by host, so that feeds coming back together after an outage reach servers
-// at a bounded rate and a stalled host cannot hold every slot.
+// A pool caps concurrent handshakes (WithMaxConcurrentDials), shared by
+// host, so that feeds coming back together after an outage reach servers at
+// a bounded rate, and a host that stalls handshakes holds at most half of
+// the slots it finds free: it never delays another host's dial.
 // WithRetryPolicy replaces the backoff curve with a func of the attempt and
 // the error.
 //
@@ -81,14 +82,18 @@
 // # Upstream limits
 //
 // WithAdmission (pool only) admits new connections per upstream key (the
-// host dialled, or a key func) at a rate with a burst and a concurrency cap:
-// every dial waits its turn, first connects, reconnects, rotations, standby
-// connections and woken feeds alike, in order. A 429 without Retry-After, a
-// 418, or a close with 1008 or 1013 holds the whole key for a penalty time;
-// 1012 is retried soon. WithSendPacing bounds the messages written per
-// interval on one connection, the library's own writes included (OnConnect,
-// the send-buffer flush, heartbeats, server-ping replies and, optionally,
-// pings). See the README's "Upstream limits" for a worked example.
+// host dialled, or a key func) at a rate with a burst and a concurrency cap,
+// and WithAdmissionFor sets other limits for named keys, so one pool serves
+// upstreams with different limits: every dial waits its turn, first
+// connects, reconnects, rotations, standby connections and woken feeds
+// alike, in order. A 429 without Retry-After, a 418, or a close with 1008 or
+// 1013 holds the whole key of the connection that got it for the key's
+// penalty time; 1012 is retried soon. WithSendPacing bounds the messages
+// written on one connection as the upstream counts them (a sliding window at
+// the receiver, with a margin), the library's own writes included
+// (OnConnect, the send-buffer flush, heartbeats, server-ping replies and,
+// optionally, pings). See the README's "Upstream limits" for a worked
+// example.
 //
 // # Liveness
 //

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/wspool/wspool/internal/admission"
 )
 
 // Defaults. Each is documented with its reason in the README's defaults table.
@@ -116,11 +117,11 @@ type config struct {
 	pacing        *SendPacing
 
 	// pool only
-	maxDials  int
-	failFast  bool
-	dialSem   *dialGate // set by the pool
-	admission *Admission
-	wake      *wakeHub // set by the pool
+	maxDials int
+	failFast bool
+	gate     *admission.Gate // set by the pool
+	rules    *admissionRules // WithAdmission, WithAdmissionFor
+	wake     *wakeHub        // set by the pool
 }
 
 func defaultConfig() config {
@@ -463,6 +464,14 @@ func WithOnError(f func(feed string, err error)) Option {
 // WithMaxConcurrentDials caps, pool-wide, the handshakes in flight at once, so
 // that thousands of feeds coming back after an outage reach servers at a
 // bounded rate. Pool only. Default DefaultMaxConcurrentDials.
+//
+// The slots are shared by host: a host takes one while it has no handshake
+// in flight, or while taking it leaves at least as many free as it then
+// holds. So one host alone has at most n/2 handshakes in flight, a host that
+// stalls every handshake holds at most half of the slots it found free, and
+// a dial to another host never waits for a stalled handshake until
+// log2(n)+1 hosts stall at once. A freed slot goes to the waiting host with
+// the fewest handshakes in flight.
 func WithMaxConcurrentDials(n int) PoolOption {
 	return poolOption(func(c *config) {
 		if n <= 0 {

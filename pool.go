@@ -8,16 +8,21 @@ import (
 	"sync"
 
 	"golang.org/x/sync/errgroup"
+
+	"github.com/wspool/wspool/internal/admission"
 )
 
 // Pool supervises many feeds, each an independent Client with its own
 // reconnect loop, heartbeats and handler. One feed failing, stalling or
-// flooding never slows, blocks or ends another. Feeds can be added and removed
+// flooding never slows, blocks or ends another; a host that stalls every
+// handshake holds at most half of the handshake slots it finds free, so it
+// never delays a dial to another host (until log2(slots)+1 hosts stall at
+// once: 6 with the default 32). Feeds can be added and removed
 // before and during Run. All methods are safe for concurrent use.
 type Pool struct {
 	defaults []Option
 	cfg      config // pool-level settings (dial limit, fail-fast, logger)
-	sem      *dialGate
+	gate     *admission.Gate
 	wake     *wakeHub
 
 	mu       sync.Mutex
@@ -54,7 +59,7 @@ func NewPool(opts ...PoolOption) (*Pool, error) {
 	return &Pool{
 		defaults: defaults,
 		cfg:      cfg,
-		sem:      newDialGate(cfg.maxDials, cfg.admission),
+		gate:     newGate(&cfg),
 		wake:     &wakeHub{waiters: map[string]map[*Client]chan struct{}{}},
 		feeds:    make(map[string]*Client),
 		done:     make(chan struct{}),
@@ -73,9 +78,9 @@ func (p *Pool) Add(rawURL string, h Handler, opts ...Option) (*Client, error) {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	cfg.dialSem = p.sem
+	cfg.gate = p.gate
 	cfg.wake = p.wake
-	cfg.admission = p.cfg.admission // the feed keys and penalises its dials by it
+	cfg.rules = p.cfg.rules // the feed keys and penalises its dials by them
 	c, err := newClient(rawURL, h, cfg)
 	if err != nil {
 		return nil, err
