@@ -24,10 +24,10 @@ import (
 //     (WithAdmissionFor, else WithAdmission): a FIFO line per key, let
 //     through while the key is under its rate, burst and concurrency cap and
 //     not held by a penalty. A dial counts in the rate from its end.
-//  2. A pool-wide handshake slot (WithMaxConcurrentDials), shared by host: a
-//     host takes a slot while it has none in flight or while taking it leaves
-//     as many free as it then holds, so a host that stalls handshakes never
-//     delays another host's dial (until log2(slots)+1 hosts stall at once).
+//  2. A pool-wide handshake slot (WithMaxConcurrentDials), shared by host:
+//     the last eighth of the slots (at least one) is kept for hosts with no
+//     handshake in flight, so a host that stalls handshakes never delays
+//     another host's dial (until that many plus one hosts stall at once).
 //
 // A penalty is charged to the key of the dial the upstream answered: a 429
 // or 418 to the key of that handshake, a close with 1008 or 1013 to the key

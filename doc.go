@@ -43,8 +43,9 @@
 // replaces it. Retrying forever is the default; WithMaxAttempts bounds it.
 // A pool caps concurrent handshakes (WithMaxConcurrentDials), shared by
 // host, so that feeds coming back together after an outage reach servers at
-// a bounded rate, and a host that stalls handshakes holds at most half of
-// the slots it finds free: it never delays another host's dial.
+// a bounded rate; the last eighth of the slots is kept for hosts with no
+// handshake in flight, so a host that stalls handshakes never delays
+// another host's dial.
 // WithRetryPolicy replaces the backoff curve with a func of the attempt and
 // the error.
 //

@@ -465,13 +465,13 @@ func WithOnError(f func(feed string, err error)) Option {
 // that thousands of feeds coming back after an outage reach servers at a
 // bounded rate. Pool only. Default DefaultMaxConcurrentDials.
 //
-// The slots are shared by host: a host takes one while it has no handshake
-// in flight, or while taking it leaves at least as many free as it then
-// holds. So one host alone has at most n/2 handshakes in flight, a host that
-// stalls every handshake holds at most half of the slots it found free, and
-// a dial to another host never waits for a stalled handshake until
-// log2(n)+1 hosts stall at once. A freed slot goes to the waiting host with
-// the fewest handshakes in flight.
+// The slots are shared by host: the last r = max(1, n/8) are kept for hosts
+// with no handshake in flight (a host takes a slot beyond its first only
+// while more than r stay free). So one host alone has at most n-r
+// handshakes in flight (28 of the default 32), a host that stalls every
+// handshake holds no more, and a dial to another host never waits for a
+// stalled handshake until r+1 hosts stall at once (5 of 32). A freed slot
+// goes to the waiting host with the fewest handshakes in flight.
 func WithMaxConcurrentDials(n int) PoolOption {
 	return poolOption(func(c *config) {
 		if n <= 0 {

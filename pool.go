@@ -14,10 +14,11 @@ import (
 
 // Pool supervises many feeds, each an independent Client with its own
 // reconnect loop, heartbeats and handler. One feed failing, stalling or
-// flooding never slows, blocks or ends another; a host that stalls every
-// handshake holds at most half of the handshake slots it finds free, so it
-// never delays a dial to another host (until log2(slots)+1 hosts stall at
-// once: 6 with the default 32). Feeds can be added and removed
+// flooding never slows, blocks or ends another; the last eighth of the
+// handshake slots is kept for hosts with no handshake in flight, so a host
+// that stalls every handshake never delays a dial to another host (until
+// that eighth plus one hosts stall at once: 5 with the default 32). Feeds
+// can be added and removed
 // before and during Run. All methods are safe for concurrent use.
 type Pool struct {
 	defaults []Option

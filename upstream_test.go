@@ -84,10 +84,10 @@ func newStallListener(t *testing.T) *stallListener {
 	return s
 }
 
-// A host that stalls every handshake never delays another host's dial: it
-// holds at most its share of the pool's handshake slots (half of those it
-// found free), so a feed to a healthy host finds a free slot at once, even
-// with two slots and eight stalled feeds. Before, the stalled host held both
+// A host that stalls every handshake never delays another host's dial: the
+// last eighth of the pool's handshake slots (at least one) is kept for hosts
+// with no handshake in flight, so a feed to a healthy host finds a free slot
+// at once, even with two slots and eight stalled feeds. Before, the stalled host held both
 // slots and the healthy feed waited a whole handshake timeout for one
 // (issue 20, item 9; the weaker "next slot that frees" of issue 14 before).
 func TestStalledHostNeverDelaysAnotherHostsDial(t *testing.T) {
@@ -891,4 +891,89 @@ func TestPacedPingReplyKeepsDeadPeerCheck(t *testing.T) {
 		}
 	}
 	blackholeNoticedByPongTimeout(t, proxy, ev)
+}
+
+// The README's worked example, three upstreams with different limits in one
+// pool, against exchanges that enforce them (429 and a penalty past their
+// upgrade rate, 1008 past their message rate), scaled from minutes to
+// seconds: admission per key (WithAdmissionFor, and WithAdmission for the
+// rest) keeps every upgrade under its exchange's limit, pacing per feed
+// keeps every paced resubscription under its exchange's message limit, at
+// the first connect and after all three exchanges restart together.
+func TestREADMEThreeUpstreamsOnePool(t *testing.T) {
+	// A: 6 upgrades per second, 5 messages per second per connection.
+	// B: 1 upgrade per 400 ms, 10 messages per second.
+	// C: 3 upgrades per 500 ms, no message limit.
+	a := startExchange(t, exchange.Config{ConnLimit: 6, ConnWindow: time.Second, Penalty: 2 * time.Second,
+		MsgLimit: 5, MsgWindow: time.Second, MsgJitter: 10 * time.Millisecond})
+	b := startExchange(t, exchange.Config{ConnLimit: 1, ConnWindow: 400 * time.Millisecond, Penalty: 2 * time.Second,
+		MsgLimit: 10, MsgWindow: time.Second, MsgJitter: 10 * time.Millisecond})
+	c := startExchange(t, exchange.Config{ConnLimit: 3, ConnWindow: 500 * time.Millisecond, Penalty: 2 * time.Second})
+	pool, err := wspool.NewPool(
+		wspool.WithAdmission(wspool.Admission{Rate: 3, Per: 500 * time.Millisecond}),
+		wspool.WithAdmissionFor(a.Addr(), wspool.Admission{Rate: 6, Per: time.Second, Burst: 3, MaxConcurrent: 4}),
+		wspool.WithAdmissionFor(b.Addr(), wspool.Admission{Rate: 1, Per: 400 * time.Millisecond}),
+		wspool.WithBackoff(20*time.Millisecond, 100*time.Millisecond),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subscribe := func(topics int) wspool.Option {
+		return wspool.WithOnConnect(func(ctx context.Context, cn *wspool.Conn) error {
+			for i := range topics {
+				if err := cn.Send(ctx, wspool.TextMessage, []byte(fmt.Sprint("sub t", i))); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	const feedsA, topicsA, feedsB, topicsB, feedsC = 12, 8, 4, 15, 6
+	for i := range feedsA {
+		if _, err := pool.Add(a.URL("/"), nil, wspool.WithName(fmt.Sprint("a", i)), subscribe(topicsA),
+			wspool.WithSendPacing(wspool.SendPacing{Messages: 5, Per: time.Second, Pings: true})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range feedsB {
+		if _, err := pool.Add(b.URL("/"), nil, wspool.WithName(fmt.Sprint("b", i)), subscribe(topicsB),
+			wspool.WithSendPacing(wspool.SendPacing{Messages: 10, Per: time.Second})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range feedsC {
+		if _, err := pool.Add(c.URL("/"), nil, wspool.WithName(fmt.Sprint("c", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const feeds = feedsA + feedsB + feedsC
+	start := time.Now()
+	runPoolBG(t, pool)
+	all := func(round int64) func() bool {
+		return func() bool {
+			return pool.Stats().Connected == feeds && a.Subscribed.Load() == round*feedsA*topicsA &&
+				b.Subscribed.Load() == round*feedsB*topicsB && c.Open() == feedsC
+		}
+	}
+	waitFor(t, 60*time.Second, "every feed connected and subscribed", all(1))
+	first := time.Since(start)
+	for _, ex := range []*exchange.Server{a, b, c} {
+		ex.StopListening()
+		ex.CloseAll(websocket.CloseServiceRestart)
+	}
+	for _, ex := range []*exchange.Server{a, b, c} {
+		if err := ex.Start(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	back := time.Now()
+	waitFor(t, 60*time.Second, "every feed back and subscribed again after the restart", all(2))
+	for name, ex := range map[string]*exchange.Server{"A": a, "B": b, "C": c} {
+		t.Logf("%s: upgrades %d, rejected %d, closed with 1008 %d", name, ex.Upgrades.Load(), ex.Rejected.Load(), ex.Closed1008.Load())
+		if ex.Rejected.Load() != 0 || ex.Closed1008.Load() != 0 {
+			t.Errorf("exchange %s: %d upgrades over its limit, %d connections closed for sending too fast", name, ex.Rejected.Load(), ex.Closed1008.Load())
+		}
+	}
+	t.Logf("%d feeds of three upstreams: first connect %v, back after the restart in %v (the slowest key, B at 1 per 400 ms with 4 feeds, needs 1.2 s; A's 12 feeds need 1 s plus a paced resubscription of 1.1 s)",
+		feeds, first.Round(time.Millisecond), time.Since(back).Round(time.Millisecond))
 }

@@ -17,16 +17,16 @@
 //
 // # Handshake slots
 //
-// The pool has Slots handshake slots. A host may take a free slot while it
-// has no handshake in flight, or while taking it leaves at least as many
-// slots free as the host then holds. So a host alone uses at most half of
-// the slots (its first dial always gets a free one), and each host that
-// stalls every handshake holds at most half of what it found free: until
-// log2(Slots)+1 hosts stall at once (6 of 32), some slot is never held by a
-// stalled host, and a dial to any other host waits for no stalled handshake,
-// only (if every slot is busy) for a handshake to a host that answers. A
-// freed slot goes to the waiting host with the fewest handshakes in flight
-// (oldest first between equals; FIFO within a host).
+// The pool has Slots handshake slots, of which the last Reserve(Slots) =
+// max(1, Slots/8) are kept for hosts with no handshake in flight: a host
+// takes a slot beyond its first only while more than Reserve stay free. So a
+// host alone may have Slots-Reserve handshakes in flight (28 of 32), a host
+// that stalls every handshake holds at most that many, and each other host
+// finds a slot for its first dial at once until Reserve+1 hosts stall at
+// the same time (5 of 32): a dial to another host waits for no stalled
+// handshake, only (if every slot is busy) for a handshake to a host that
+// answers. A freed slot goes to the waiting host with the fewest handshakes
+// in flight (oldest first between equals; FIFO within a host).
 //
 // Waits end with the dial's context. Times come from a Clock, so the gate
 // is tested on a fake one.
@@ -431,10 +431,14 @@ func (g *Gate) acquireSlot(ctx context.Context, name string, note func(string, t
 	return ctx.Err()
 }
 
+// Reserve returns how many of slots are kept for hosts with no handshake
+// in flight.
+func Reserve(slots int) int { return max(1, slots/8) }
+
 // mayTake reports whether h may take one of free slots: its first, or one
-// that leaves at least as many free as it then holds.
-func (h *host) mayTake(free int) bool {
-	return free > 0 && (h.inflight == 0 || h.inflight+1 <= free-1)
+// that leaves more than the reserve free.
+func (h *host) mayTake(free, reserve int) bool {
+	return free > 0 && (h.inflight == 0 || free-1 >= reserve)
 }
 
 // grantLocked hands free slots to waiting hosts that may take them, the
@@ -444,7 +448,7 @@ func (g *Gate) grantLocked() {
 		free := g.slots - g.used
 		var best *host
 		for _, h := range g.hosts {
-			if len(h.waiting) == 0 || !h.mayTake(free) {
+			if len(h.waiting) == 0 || !h.mayTake(free, Reserve(g.slots)) {
 				continue
 			}
 			if best == nil || h.inflight < best.inflight || (h.inflight == best.inflight && h.waiting[0].seq < best.waiting[0].seq) {
