@@ -3,28 +3,34 @@ package wspool_test
 import (
 	"context"
 	"fmt"
+	"go/parser"
+	"go/token"
+	"io/fs"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
+	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
 	"github.com/wspool/wspool"
-	"github.com/wspool/wspool/internal/wstest"
+	"github.com/wspool/wspool/wspooltest"
 )
 
 // quoteServer starts a local feed: after a "subscribe:SYMBOL" message it
 // sends three quotes for that symbol.
-func quoteServer() *wstest.Server {
-	s, err := wstest.New(func(c *websocket.Conn, _ *http.Request) {
-		_, sub, err := c.ReadMessage()
+func quoteServer() *wspooltest.Server {
+	s, err := wspooltest.NewServer(func(c *wspooltest.Conn) {
+		_, sub, err := c.Read(context.Background())
 		if err != nil {
 			return
 		}
 		for i := 1; i <= 3; i++ {
-			c.WriteMessage(websocket.TextMessage, fmt.Appendf(nil, "%s quote %d", sub[len("subscribe:"):], i))
+			_ = c.SendText(fmt.Sprintf("%s quote %d", sub[len("subscribe:"):], i))
 		}
-		wstest.Drain(c, nil)
+		<-c.Done() // until the client goes
 	})
 	if err != nil {
 		panic(err)
@@ -126,11 +132,11 @@ func ExampleJSON() {
 		Symbol string  `json:"s"`
 		Price  float64 `json:"p"`
 	}
-	srv, _ := wstest.New(func(c *websocket.Conn, _ *http.Request) {
-		c.WriteMessage(websocket.TextMessage, []byte(`{"s":"BTC","p":64000.5}`))
-		c.WriteMessage(websocket.TextMessage, []byte(`not json`))
-		c.WriteMessage(websocket.TextMessage, []byte(`{"s":"ETH","p":3100}`))
-		wstest.Drain(c, nil)
+	srv, _ := wspooltest.NewServer(func(c *wspooltest.Conn) {
+		_ = c.SendText(`{"s":"BTC","p":64000.5}`)
+		_ = c.SendText(`not json`)
+		_ = c.SendText(`{"s":"ETH","p":3100}`)
+		<-c.Done()
 	})
 	defer srv.Close()
 
@@ -163,11 +169,11 @@ func ExampleWithSequence() {
 	// The server numbers its messages and, when the URL says ?from=N,
 	// replays from N. This one starts over at 1 on every connection and
 	// drops the connection after 5 messages.
-	srv, _ := wstest.New(func(c *websocket.Conn, r *http.Request) {
+	srv, _ := wspooltest.NewServer(func(c *wspooltest.Conn) {
 		from := 1
-		fmt.Sscan(r.URL.Query().Get("from"), &from)
+		fmt.Sscan(c.Request().URL.Query().Get("from"), &from)
 		for n := max(from-2, 1); n < from+3; n++ { // replays two it had sent
-			c.WriteMessage(websocket.TextMessage, fmt.Append(nil, n))
+			_ = c.SendText(fmt.Sprint(n))
 		}
 	})
 	defer srv.Close()
@@ -215,4 +221,185 @@ func ExampleCloseStatus() {
 	// Output:
 	// 1013 (try again later)
 	// true
+}
+
+// Feeds added and removed while the pool runs; Totals sums the counters of
+// the feeds the pool holds.
+func ExamplePool_Add() {
+	srv := quoteServer()
+	defer srv.Close()
+
+	pool, err := wspool.NewPool()
+	if err != nil {
+		panic(err)
+	}
+	quotes := make(chan string, 6)
+	add := func(sym string) {
+		_, err := pool.Add(srv.URL("/"+sym), func(_ context.Context, m wspool.Message) error {
+			quotes <- string(m.Data)
+			return nil
+		}, wspool.WithName(sym), wspool.WithOnConnect(func(ctx context.Context, c *wspool.Conn) error {
+			return c.Send(ctx, wspool.TextMessage, []byte("subscribe:"+sym))
+		}))
+		if err != nil {
+			panic(err)
+		}
+	}
+	add("BTC") // before Run: starts with the pool
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error)
+	go func() { runErr <- pool.Run(ctx) }()
+	for range 3 {
+		<-quotes
+	}
+	add("ETH") // while running: starts at once
+	for range 3 {
+		<-quotes
+	}
+	fmt.Println("feeds:", pool.Totals().Total, "messages:", pool.Totals().MessagesIn)
+	if err := pool.Remove("BTC"); err != nil {
+		panic(err)
+	}
+	fmt.Println("feeds after Remove:", pool.Totals().Total)
+	cancel()
+	fmt.Println("Run returned:", <-runErr)
+	// Output:
+	// feeds: 2 messages: 6
+	// feeds after Remove: 1
+	// Run returned: <nil>
+}
+
+// An upstream that answers more than 5 upgrades per second with 429:
+// admission at the same rate keeps eight feeds from ever being refused (the
+// last three wait for the next second instead of failing).
+func ExampleWithAdmission() {
+	srv, err := wspooltest.NewServer(nil) // connections stay open
+	if err != nil {
+		panic(err)
+	}
+	defer srv.Close()
+	srv.LimitUpgrades(5, time.Second)
+
+	connected := make(chan string, 8)
+	pool, err := wspool.NewPool(
+		wspool.WithAdmission(wspool.Admission{Rate: 5, Per: time.Second}),
+		wspool.WithOnStateChange(func(sc wspool.StateChange) {
+			if sc.To == wspool.StateConnected {
+				connected <- sc.Feed
+			}
+		}))
+	if err != nil {
+		panic(err)
+	}
+	for i := range 8 {
+		if _, err := pool.Add(srv.URL(fmt.Sprint("/feed", i)), nil); err != nil {
+			panic(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error)
+	go func() { runErr <- pool.Run(ctx) }()
+	for range 8 {
+		<-connected
+	}
+	cancel()
+	<-runErr
+	fmt.Println("connected:", srv.Accepted(), "refused:", srv.Handshakes()-srv.Accepted())
+	// Output:
+	// connected: 8 refused: 0
+}
+
+// An upstream that allows 2 messages per 100 ms on a connection: six
+// subscriptions sent in OnConnect go out paced, the last two 200 ms after
+// the first two.
+func ExampleWithSendPacing() {
+	received := make(chan string, 6)
+	srv, err := wspooltest.NewServer(func(c *wspooltest.Conn) {
+		for {
+			_, msg, err := c.Read(context.Background())
+			if err != nil {
+				return
+			}
+			received <- string(msg)
+		}
+	})
+	if err != nil {
+		panic(err)
+	}
+	defer srv.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	took := make(chan time.Duration, 1)
+	c, err := wspool.NewClient(srv.URL("/"), nil,
+		wspool.WithSendPacing(wspool.SendPacing{Messages: 2, Per: 100 * time.Millisecond}),
+		wspool.WithOnConnect(func(ctx context.Context, cn *wspool.Conn) error {
+			start := time.Now()
+			for _, topic := range []string{"a", "b", "c", "d", "e", "f"} {
+				if err := cn.Send(ctx, wspool.TextMessage, []byte("subscribe:"+topic)); err != nil {
+					return err
+				}
+			}
+			took <- time.Since(start)
+			return nil
+		}))
+	if err != nil {
+		panic(err)
+	}
+	runErr := make(chan error)
+	go func() { runErr <- c.Run(ctx) }()
+	var got []string
+	for range 6 {
+		got = append(got, <-received)
+	}
+	fmt.Println(strings.Join(got, " "))
+	fmt.Println("paced over at least 200ms:", <-took >= 200*time.Millisecond)
+	cancel()
+	<-runErr
+	// Output:
+	// subscribe:a subscribe:b subscribe:c subscribe:d subscribe:e subscribe:f
+	// paced over at least 200ms: true
+}
+
+// TestExamplesUsePublicPackages: the Example functions of the module's
+// public packages import no internal package, since go doc shows them to
+// users who cannot import one.
+func TestExamplesUsePublicPackages(t *testing.T) {
+	fset := token.NewFileSet()
+	err := filepath.WalkDir(".", func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if path != "." && (d.Name() == "internal" || d.Name() == "testdata" || strings.HasPrefix(d.Name(), ".")) {
+				return filepath.SkipDir
+			}
+			if _, err := os.Stat(filepath.Join(path, "go.mod")); path != "." && err == nil {
+				return filepath.SkipDir // another module
+			}
+			return nil
+		}
+		if !strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		f, err := parser.ParseFile(fset, path, nil, parser.ImportsOnly|parser.ParseComments)
+		if err != nil {
+			return err
+		}
+		src, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(string(src), "\nfunc Example") {
+			return nil
+		}
+		for _, imp := range f.Imports {
+			if strings.Contains(imp.Path.Value, "/internal/") || strings.HasSuffix(imp.Path.Value, "/internal\"") {
+				t.Errorf("%s has Example functions and imports %s, which users cannot import", path, imp.Path.Value)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }

@@ -547,3 +547,38 @@ func TestBackpressure(t *testing.T) {
 		t.Errorf("mean lag %v with drop-oldest, %v with drop-newest: drop-oldest should deliver fresher data", o, n)
 	}
 }
+
+// TestDocListsEveryExample: examples/doc.go and the README name every
+// example program (each directory here with a main package).
+func TestDocListsEveryExample(t *testing.T) {
+	doc, err := os.ReadFile("doc.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile(filepath.Join("..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dirs, err := os.ReadDir(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range dirs {
+		if !d.IsDir() {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(d.Name(), "main.go")); err != nil {
+			continue
+		}
+		run := "./examples/" + d.Name()
+		if d.Name() == "prometheus" {
+			run = "cd examples/prometheus && go run ."
+		}
+		if !bytes.Contains(doc, []byte(run)) {
+			t.Errorf("examples/doc.go does not list %s (%q)", d.Name(), run)
+		}
+		if !bytes.Contains(readme, []byte(run)) {
+			t.Errorf("README.md does not mention %s (%q)", d.Name(), run)
+		}
+	}
+}
