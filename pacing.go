@@ -52,9 +52,9 @@ type SendPacing struct {
 // may wait for them. A reply to a server ping that finds no room is written
 // later by a goroutine of the connection: the reader never waits for a
 // turn, so neither Close nor the dead-peer check waits for one. Note the
-// OnConnect hook's context (the handshake timeout) bounds a paced
-// resubscription done there: 500 subscriptions at 100 per second need a
-// handshake timeout above 5 s, or go through the send buffer (SendAsync
+// OnConnect hook's context (WithOnConnectTimeout) bounds a paced
+// resubscription done there: 500 subscriptions at 100 per second need an
+// OnConnect timeout above 5 s, or go through the send buffer (SendAsync
 // while disconnected), which has no such bound.
 func WithSendPacing(p SendPacing) Option {
 	return func(c *config) {

@@ -132,7 +132,7 @@ func subscribe(channel string) func(ctx context.Context, cn *wspool.Conn) error 
 		if err := cn.Send(ctx, wspool.TextMessage, req); err != nil {
 			return err
 		}
-		// Wait for the acknowledgement (ctx is bounded by the handshake timeout).
+		// Wait for the acknowledgement (ctx is bounded by the OnConnect timeout).
 		msg, err := cn.ReadMessage(ctx)
 		if err != nil {
 			return err
