@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"runtime"
 	"strings"
@@ -976,4 +977,23 @@ func TestREADMEThreeUpstreamsOnePool(t *testing.T) {
 	}
 	t.Logf("%d feeds of three upstreams: first connect %v, back after the restart in %v (the slowest key, B at 1 per 400 ms with 4 feeds, needs 1.2 s; A's 12 feeds need 1 s plus a paced resubscription of 1.1 s)",
 		feeds, first.Round(time.Millisecond), time.Since(back).Round(time.Millisecond))
+}
+
+// WithAdmissionFor's mistakes fail at NewPool: no key, a Key func (which
+// maps dials to keys for the whole pool), the same key twice, bad limits.
+func TestAdmissionForValidated(t *testing.T) {
+	ok := wspool.Admission{Rate: 1, Per: time.Second}
+	for name, opts := range map[string][]wspool.PoolOption{
+		"empty key":    {wspool.WithAdmissionFor("", ok)},
+		"Key func":     {wspool.WithAdmissionFor("h", wspool.Admission{Key: func(*url.URL, http.Header) string { return "" }})},
+		"twice":        {wspool.WithAdmissionFor("h", ok), wspool.WithAdmissionFor("h", ok)},
+		"rate, no Per": {wspool.WithAdmissionFor("h", wspool.Admission{Rate: 1})},
+	} {
+		if _, err := wspool.NewPool(opts...); !errors.Is(err, wspool.ErrInvalidOption) {
+			t.Errorf("%s: NewPool = %v, want ErrInvalidOption", name, err)
+		}
+	}
+	if _, err := wspool.NewPool(wspool.WithAdmission(ok), wspool.WithAdmissionFor("a", ok), wspool.WithAdmissionFor("b", ok)); err != nil {
+		t.Fatal(err)
+	}
 }
