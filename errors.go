@@ -78,13 +78,17 @@ func (e *HandshakeError) Error() string {
 // Unwrap returns the underlying error.
 func (e *HandshakeError) Unwrap() error { return e.Err }
 
-// HandlerError reports a handler that returned an error or panicked, or
-// another user callback that panicked (Callback names it: "OnConnect",
-// "OnStateChange", "OnError", "SendAsync done", "duplicate filter",
-// "Heartbeat.IsReply", "Heartbeat.Message", "request func", "permanent
-// func"). The feed goes on: with the next message after a handler, and as
-// if the callback had not been set after another one (an OnConnect or
-// request func panic fails the attempt).
+// HandlerError reports a handler that returned an error or panicked, another
+// user callback that panicked, a Sequence.OnGap that returned an error (other
+// than ErrReconnect), or a ServerPing.Reply that returned an invalid message
+// type. Callback names it: "" for the handler, or "OnConnect",
+// "request func", "OnStateChange", "OnError", "SendAsync done",
+// "Heartbeat.Message", "Heartbeat.IsReply", "Sequence.Extract",
+// "Sequence.OnGap", "ServerPing.Reply", "duplicate filter", "permanent
+// func", "retry policy", "timings func" or "admission key func". The feed
+// goes on: with the next message after a handler, and as if the callback had
+// not been set after another one (an OnConnect or request func panic fails
+// the attempt).
 type HandlerError struct {
 	Feed string
 	// Callback is "" for the handler.
