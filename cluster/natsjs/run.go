@@ -866,7 +866,8 @@ func (r *run) quiesce(sr *shardRun) bool {
 	sr.mu.Unlock()
 	for _, fr := range frs {
 		fr.mu.Lock()
-		fr.mu.Unlock() // (only waits for the publish under way)
+		//lint:ignore SA2001 the empty section waits for the publish under way
+		fr.mu.Unlock()
 	}
 	return true
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -195,15 +194,4 @@ func (c *child) kill() {
 	case <-c.done:
 	case <-time.After(5 * time.Second):
 	}
-}
-
-// drain discards stdout lines so the child never blocks on a full pipe.
-func (c *child) drain(w io.Writer) {
-	go func() {
-		for line := range c.lines {
-			if w != nil {
-				fmt.Fprintln(w, line)
-			}
-		}
-	}()
 }

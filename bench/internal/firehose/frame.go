@@ -22,11 +22,6 @@ const (
 // small messages, and a bound keeps a confused peer from exhausting memory.
 const maxClientFrame = 16 << 20
 
-// appendFrame appends one unmasked server frame with FIN set.
-func appendFrame(dst []byte, op byte, payload []byte) []byte {
-	return appendFrameHeader(dst, true, op, len(payload))
-}
-
 // appendFrameHeader appends the header of an unmasked server frame; the
 // caller appends n payload bytes.
 func appendFrameHeader(dst []byte, fin bool, op byte, n int) []byte {
