@@ -84,8 +84,9 @@ func (e *HandshakeError) Unwrap() error { return e.Err }
 // type. Callback names it: "" for the handler, or "OnConnect",
 // "request func", "OnStateChange", "OnError", "SendAsync done",
 // "Heartbeat.Message", "Heartbeat.IsReply", "Sequence.Extract",
-// "Sequence.OnGap", "ServerPing.Reply", "duplicate filter", "permanent
-// func", "retry policy", "timings func" or "admission key func". The feed
+// "Sequence.Position", "Sequence.OnGap", "ServerPing.Reply", "duplicate
+// filter", "permanent func", "retry policy", "timings func" or "admission
+// key func". The feed
 // goes on: with the next message after a handler, and as if the callback had
 // not been set after another one (an OnConnect or request func panic fails
 // the attempt).
