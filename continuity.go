@@ -50,8 +50,9 @@ type Sequence struct {
 	// than Restart below the last one delivered for its key, arriving on
 	// another connection than that one, is a restart of the upstream's
 	// numbering (GapRestart), not a copy; zero means 1024. On the connection
-	// that delivered the last number, any number that goes back is a
-	// restart (an upstream never repeats itself on one connection), and so
+	// that delivered the last number, any number below it is a restart (an
+	// upstream does not go back on one connection; the same number again,
+	// as OKX sends when nothing changed, is a duplicate), and so
 	// is a Position whose Epoch differs from the last one delivered. An
 	// upstream that restarts less than Restart below where it was, on a new
 	// connection, is seen as duplicates until it passes the old numbers:
@@ -287,7 +288,7 @@ func (sq *Sequence) judge(m seqMark, p Position, conn uint64) (g *Gap, dup bool)
 		return &Gap{Kind: GapRestart, Last: m.last, Next: p.Last, Epoch: p.Epoch, PrevEpoch: m.epoch}, false
 	}
 	if p.Last <= m.last {
-		if conn == m.conn || m.last-p.Last > sq.Restart {
+		if conn == m.conn && p.Last < m.last || m.last-p.Last > sq.Restart {
 			return &Gap{Kind: GapRestart, Last: m.last, Next: p.Last, Epoch: p.Epoch, PrevEpoch: m.epoch}, false
 		}
 		return nil, true

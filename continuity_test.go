@@ -742,3 +742,39 @@ func TestSequenceDecodedOnceForJSONHandler(t *testing.T) {
 		t.Fatalf("%d decodes for %d messages", decodes.Load(), st.MessagesIn)
 	}
 }
+
+// The same number again on one connection (OKX repeats its last seqId when
+// nothing changed) is a duplicate, not a restart; a lower one is a restart.
+func TestSequenceRepeatOnOneConnectionIsADuplicate(t *testing.T) {
+	srv, err := wspooltest.NewServer(func(c *wspooltest.Conn) {
+		for _, n := range []string{"1", "2", "2", "3", "1"} {
+			if c.SendText(n) != nil {
+				return
+			}
+		}
+		<-c.Done()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	got := make(chan string, 10)
+	kinds := make(chan wspool.GapKind, 10)
+	c, err := wspool.NewClient(srv.URL("/"), func(_ context.Context, m wspool.Message) error { got <- string(m.Data); return nil },
+		wspool.WithSequence(wspool.Sequence{Extract: seqOf, OnGap: func(g wspool.Gap) error { kinds <- g.Kind; return nil }}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runClient(t, c)
+	var seen []string
+	for range 4 {
+		seen = append(seen, recv(t, got, 10*time.Second, "a message"))
+	}
+	if fmt.Sprint(seen) != "[1 2 3 1]" {
+		t.Fatalf("delivered %v, want [1 2 3 1]", seen)
+	}
+	if k := recv(t, kinds, 10*time.Second, "the restart"); k != wspool.GapRestart {
+		t.Fatalf("reported %v, want a restart", k)
+	}
+	waitFor(t, 10*time.Second, "one duplicate counted", func() bool { return c.Stats().Duplicates == 1 })
+}
