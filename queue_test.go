@@ -2,10 +2,13 @@ package wspool_test
 
 import (
 	"context"
+	"encoding/binary"
+	"errors"
 	"net/http"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -224,5 +227,177 @@ func TestCloseLeavesNoMessageInTheQueue(t *testing.T) {
 	s := c.Stats()
 	if s.QueueDepth != 0 || s.Delivered+s.Dropped != 2 {
 		t.Fatalf("after Close: queue depth %d, delivered %d, dropped %d; want every one of the 2 messages delivered or dropped, none left queued", s.QueueDepth, s.Delivered, s.Dropped)
+	}
+}
+
+// heapPeak samples HeapAlloc until stopped and returns the peak.
+func heapPeak() (stop func() uint64) {
+	done := make(chan struct{})
+	result := make(chan uint64)
+	go func() {
+		var peak uint64
+		var ms runtime.MemStats
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		for {
+			runtime.ReadMemStats(&ms)
+			peak = max(peak, ms.HeapAlloc)
+			select {
+			case <-done:
+				result <- peak
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() uint64 { close(done); return <-result }
+}
+
+func seqMessage(i int, size int) []byte {
+	b := make([]byte, size)
+	binary.BigEndian.PutUint64(b, uint64(i))
+	return b
+}
+
+func TestQueuePolicies(t *testing.T) {
+	const n, size = 4000, 8 << 10 // 32 MiB in total
+	srv := newServer(t, func(c *websocket.Conn, _ *http.Request) {
+		for i := 0; i < n; i++ {
+			if err := c.WriteMessage(websocket.BinaryMessage, seqMessage(i, size)); err != nil {
+				return
+			}
+		}
+		wstest.Drain(c, nil)
+	})
+	for _, policy := range []wspool.OverflowPolicy{wspool.Block, wspool.DropOldest, wspool.DropNewest} {
+		t.Run(policy.String(), func(t *testing.T) {
+			runtime.GC()
+			var base runtime.MemStats
+			runtime.ReadMemStats(&base)
+			peak := heapPeak()
+
+			var mu sync.Mutex
+			var got []int
+			slow := make(chan error, 4)
+			c, err := wspool.NewClient(srv.URL("/"), func(_ context.Context, m wspool.Message) error {
+				time.Sleep(100 * time.Microsecond) // the handler is far slower than the producer
+				mu.Lock()
+				got = append(got, int(binary.BigEndian.Uint64(m.Data)))
+				mu.Unlock()
+				return nil
+			},
+				wspool.WithQueue(wspool.Queue{Messages: 64, Bytes: 256 << 10, Policy: policy}),
+				wspool.WithOnError(func(_ string, err error) {
+					select { // reported again each time the queue drained and overflowed anew
+					case slow <- err:
+					default:
+					}
+				}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			runClient(t, c)
+			delivered := func() int { mu.Lock(); defer mu.Unlock(); return len(got) }
+			waitFor(t, 30*time.Second, "delivered + dropped = sent", func() bool {
+				s := c.Stats()
+				return int64(delivered())+s.Dropped == n && s.QueueDepth == 0
+			})
+			heap := peak()
+			s := c.Stats()
+			t.Logf("%v: delivered %d, dropped %d, high water %d, heap peak +%.1f MiB over %d MiB sent",
+				policy, delivered(), s.Dropped, s.QueueHighWater, float64(int64(heap)-int64(base.HeapAlloc))/(1<<20), n*size>>20)
+			if s.QueueHighWater > 64 {
+				t.Fatalf("queue high water %d over its bound 64", s.QueueHighWater)
+			}
+			if grow := int64(heap) - int64(base.HeapAlloc); grow > 16<<20 {
+				t.Fatalf("heap grew by %d MiB with a 256 KiB queue", grow>>20)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for i := 1; i < len(got); i++ {
+				if got[i] <= got[i-1] {
+					t.Fatalf("out of order at %d: %d after %d", i, got[i], got[i-1])
+				}
+			}
+			switch policy {
+			case wspool.Block:
+				if s.Dropped != 0 || len(got) != n {
+					t.Fatalf("block lost messages: delivered %d dropped %d", len(got), s.Dropped)
+				}
+			case wspool.DropOldest:
+				if s.Dropped == 0 || got[len(got)-1] != n-1 {
+					t.Fatalf("drop-oldest: dropped %d, last delivered %d (want the newest, %d)", s.Dropped, got[len(got)-1], n-1)
+				}
+			case wspool.DropNewest:
+				if s.Dropped == 0 || got[0] != 0 {
+					t.Fatalf("drop-newest: dropped %d, first delivered %d", s.Dropped, got[0])
+				}
+			}
+			if policy != wspool.Block {
+				if err := recv(t, slow, time.Second, "slow consumer report"); !errors.Is(err, wspool.ErrSlowConsumer) {
+					t.Fatalf("reported %v, want ErrSlowConsumer", err)
+				}
+			}
+		})
+	}
+}
+
+func TestBlockBackpressureStallsServer(t *testing.T) {
+	const n, size = 1000, 64 << 10 // 64 MiB: far more than the socket buffers
+	for _, queued := range []bool{false, true} {
+		t.Run(map[bool]string{false: "direct", true: "queue"}[queued], func(t *testing.T) {
+			var written atomic.Int64
+			srv := newServer(t, func(c *websocket.Conn, _ *http.Request) {
+				for i := 0; i < n; i++ {
+					if err := c.WriteMessage(websocket.BinaryMessage, seqMessage(i, size)); err != nil {
+						return
+					}
+					written.Add(1)
+				}
+				wstest.Drain(c, nil)
+			})
+			gate := make(chan struct{})
+			var got atomic.Int64
+			var order atomic.Bool
+			opts := []wspool.Option{wspool.WithPingInterval(200 * time.Millisecond), wspool.WithPongTimeout(200 * time.Millisecond)}
+			if queued {
+				opts = append(opts, wspool.WithQueue(wspool.Queue{Messages: 16, Policy: wspool.Block}))
+			}
+			c, err := wspool.NewClient(srv.URL("/"), func(_ context.Context, m wspool.Message) error {
+				<-gate
+				if int64(binary.BigEndian.Uint64(m.Data)) != got.Load() {
+					order.Store(true)
+				}
+				got.Add(1)
+				return nil
+			}, opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			runClient(t, c)
+			// The server's writes stall: its count stops moving well short of n.
+			last, since := int64(-1), time.Now()
+			waitFor(t, 20*time.Second, "the server's writes to stall", func() bool {
+				w := written.Load()
+				if w != last {
+					last, since = w, time.Now()
+					return false
+				}
+				return w > 0 && time.Since(since) > 500*time.Millisecond
+			})
+			stalledAt := written.Load()
+			if stalledAt >= n {
+				t.Fatalf("server wrote all %d messages: no backpressure", n)
+			}
+			t.Logf("server stalled after %d of %d messages (%d MiB)", stalledAt, n, stalledAt*size>>20)
+			close(gate)
+			waitFor(t, 30*time.Second, "all messages delivered", func() bool { return got.Load() == n })
+			if order.Load() {
+				t.Fatal("messages out of order")
+			}
+			if s := c.Stats(); s.Dropped != 0 || s.Disconnects != 0 {
+				t.Fatalf("dropped %d, disconnects %d while held back", s.Dropped, s.Disconnects)
+			}
+		})
 	}
 }

@@ -2,7 +2,9 @@ package wspool_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/wspool/wspool"
+	"github.com/wspool/wspool/internal/wstest"
 )
 
 // TestRotateOfAConnectionNotYetReadEndsWithIt: a Rotate called on the
@@ -136,4 +139,130 @@ func TestRotateOfAConnectionNotYetReadEndsWithIt(t *testing.T) {
 			break
 		}
 	}
+}
+
+// publisher is an upstream that publishes one global sequence to every
+// subscribed connection, like a real market-data feed.
+type publisher struct {
+	mu   sync.Mutex
+	subs map[chan uint64]struct{}
+	seq  uint64
+}
+
+func newPublisher(t *testing.T) *publisher {
+	p := &publisher{subs: map[chan uint64]struct{}{}}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tk := time.NewTicker(time.Millisecond)
+		defer tk.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tk.C:
+			}
+			p.mu.Lock()
+			p.seq++
+			for ch := range p.subs {
+				select {
+				case ch <- p.seq:
+				default:
+					t.Error("subscriber too slow; the test would see a gap")
+				}
+			}
+			p.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() { close(stop); <-done })
+	return p
+}
+
+func (p *publisher) handler(c *websocket.Conn, _ *http.Request) {
+	if _, _, err := c.ReadMessage(); err != nil { // "sub"
+		return
+	}
+	ch := make(chan uint64, 100000)
+	p.mu.Lock()
+	p.subs[ch] = struct{}{}
+	p.mu.Unlock()
+	// Acknowledge only once subscribed: what is published from now on reaches this connection.
+	if err := c.WriteMessage(websocket.TextMessage, []byte("subscribed")); err != nil {
+		return
+	}
+	defer func() { p.mu.Lock(); delete(p.subs, ch); p.mu.Unlock() }()
+	readerDone := make(chan struct{})
+	go func() { wstest.Drain(c, nil); close(readerDone) }()
+	for {
+		select {
+		case <-readerDone:
+			return
+		case s := <-ch:
+			if err := c.WriteMessage(websocket.TextMessage, strconv.AppendUint(nil, s, 10)); err != nil {
+				return
+			}
+		}
+	}
+}
+
+func TestRotationWithoutGap(t *testing.T) {
+	pub := newPublisher(t)
+	srv := newServer(t, pub.handler)
+	var mu sync.Mutex
+	var seqs []uint64
+	last := func() uint64 {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(seqs) == 0 {
+			return 0
+		}
+		return seqs[len(seqs)-1]
+	}
+	c, err := wspool.NewClient(srv.URL("/"), func(_ context.Context, m wspool.Message) error {
+		s, _ := strconv.ParseUint(string(m.Data), 10, 64)
+		mu.Lock()
+		seqs = append(seqs, s)
+		mu.Unlock()
+		return nil
+	},
+		// Gap-free rotation needs OnConnect to return only once the upstream
+		// confirmed the subscription.
+		wspool.WithOnConnect(func(ctx context.Context, cn *wspool.Conn) error {
+			if err := cn.Send(ctx, wspool.TextMessage, []byte("sub")); err != nil {
+				return err
+			}
+			m, err := cn.ReadMessage(ctx)
+			if err != nil {
+				return err
+			}
+			if string(m.Data) != "subscribed" {
+				return fmt.Errorf("unexpected %q", m.Data)
+			}
+			return nil
+		}),
+		wspool.WithMaxConnectionAge(300*time.Millisecond),
+		wspool.WithDuplicateFilter(func(m wspool.Message) bool {
+			s, _ := strconv.ParseUint(string(m.Data), 10, 64)
+			return s <= last()
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runClient(t, c)
+	waitFor(t, 20*time.Second, "3 rotations", func() bool { return c.Stats().Rotations >= 3 })
+	target := last() + 50
+	waitFor(t, 5*time.Second, "more messages after the last rotation", func() bool { return last() > target })
+	s := c.Stats()
+	mu.Lock()
+	defer mu.Unlock()
+	for i := 1; i < len(seqs); i++ {
+		if seqs[i] != seqs[i-1]+1 {
+			t.Fatalf("sequence broken at %d: %d after %d (rotations %d)", i, seqs[i], seqs[i-1], s.Rotations)
+		}
+	}
+	if s.Disconnects != s.Rotations || s.State != wspool.StateConnected {
+		t.Fatalf("stats %+v: every disconnect should be a rotation", s)
+	}
+	t.Logf("%d rotations, %d messages in sequence, %d duplicates dropped", s.Rotations, len(seqs), s.Duplicates)
 }
