@@ -546,11 +546,12 @@ func (c *Client) Close() error {
 }
 
 // connectLoop is the reconnect loop. cause is why the previous connection or
-// attempt ended (nil at the start). It dials until a connection is up, then
-// hands that connection to a fresh goroutine (which reads it and, when it
-// ends, continues this loop) and returns nil; or it finishes the feed (ctx
-// ended, a permanent failure, attempts exhausted) and returns the feed's
-// error. At any time one goroutine runs a feed's loop.
+// attempt ended (nil at the start). It dials until a connection is up and
+// released, then returns nil: that connection's reader (a goroutine started
+// at its handshake) goes on with this loop when the connection ends (see
+// read.go). Or it finishes the feed (ctx ended, a permanent failure,
+// attempts exhausted) and returns the feed's error. At any time one
+// goroutine runs a feed's loop.
 func (c *Client) connectLoop(ctx context.Context, cause error) error {
 	for {
 		if cause != nil {
@@ -569,16 +570,9 @@ func (c *Client) connectLoop(ctx context.Context, cause error) error {
 		c.setState(StateConnecting, cause, c.rp.failures, 0)
 		c.stats.attempts.Add(1)
 		c.reached = false
-		conn, err := c.connect(ctx)
+		err := c.connect(ctx)
 		if err == nil {
-			c.spawn(func() error {
-				// The ended connection is not kept while the loop goes on
-				// (a long backoff) on this goroutine.
-				cn := conn
-				conn = nil
-				return c.connectLoop(ctx, c.serveConn(ctx, cn))
-			})
-			return nil
+			return nil // the connection's reader goes on with this loop when it ends
 		}
 		c.failedRun++
 		cause = err
@@ -642,17 +636,21 @@ func (c *Client) isPermanent(err error) (perm bool) {
 	return c.cfg.permanent(err)
 }
 
-// connect makes one connection ready to serve: dial, OnConnect, published to
-// Send (buffered sends are flushed in the background), state connected.
-func (c *Client) connect(ctx context.Context) (*Conn, error) {
-	conn, err := c.open(ctx, c.url, nil)
+// connect makes one connection and hands the feed to it: dial, OnConnect,
+// published to Send (buffered sends are flushed in the background), state
+// connected, then released (read.go): from then on the connection's reader
+// goes on with the feed's loop, and the caller must not touch the loop's
+// state.
+func (c *Client) connect(ctx context.Context) error {
+	conn, err := c.open(ctx, ctx, c.url, nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	c.stats.connects.Add(1)
 	c.mu.Lock()
 	conn.start = time.Now() // read by Stats under mu
 	c.mu.Unlock()
+	conn.since = conn.start
 	c.publish(conn)
 	c.reached = true
 	c.setState(StateConnected, nil, c.rp.failures, 0)
@@ -665,26 +663,36 @@ func (c *Client) connect(ctx context.Context) (*Conn, error) {
 		c.cfg.wake.wake(host)
 	}
 	c.failedRun = 0
-	return conn, nil
+	c.release(ctx, conn)
+	return nil
 }
 
 // open dials base and runs OnConnect: a connection ready to serve (the
-// feed's, a rotation's replacement, or standby connection l's).
-func (c *Client) open(ctx context.Context, base *url.URL, l *lane) (*Conn, error) {
+// feed's, a rotation's replacement, or standby connection l's), still held
+// (read.go): the caller releases or aborts it. The connection's reader starts
+// at the handshake with rctx (the feed's or the standby connections'
+// context); ctx bounds the attempt. If OnConnect fails and the connection has
+// ended meanwhile, the attempt fails with the connection's end cause (an
+// upstream's close code included) rather than OnConnect's view of it. If
+// OnConnect succeeds, the connection is returned even if it has ended since
+// (the server closed it, a send broke it): released, it delivers what it
+// received before its end, which its reader then reports like any
+// connection's.
+func (c *Client) open(ctx, rctx context.Context, base *url.URL, l *lane) (*Conn, error) {
 	conn, err := c.dial(ctx, base, l)
 	if err != nil {
 		return nil, err
 	}
 	conn.lane = l
-	if err := c.runOnConnect(ctx, conn); err != nil {
-		if ctx.Err() != nil {
-			conn.closeHandshake(true)
+	octx := c.startReader(rctx, ctx, conn)
+	err = c.runOnConnect(ctx, octx, conn)
+	conn.hold.cancel(nil)
+	if err != nil {
+		if dead := conn.deadCause(); dead != nil {
+			err = dead
 		}
-		conn.close()
+		c.abort(conn, ctx.Err() != nil)
 		return nil, err
-	}
-	if err := conn.deadCause(); err != nil {
-		return nil, err // OnConnect's read or send broke it, or a liveness check did
 	}
 	return conn, nil
 }
@@ -716,42 +724,35 @@ func (c *Client) unpublish(conn *Conn) {
 	finishAll(failed, ErrNotConnected)
 }
 
-// serveConn reads a connection (and its replacements after rotations) to its
-// end, releases it, and returns why it ended.
-func (c *Client) serveConn(ctx context.Context, conn *Conn) error {
-	start := conn.start
-	var err error
-	for {
-		err = c.serve(ctx, conn)
-		next := conn.next.Load()
-		if next == nil {
-			break
-		}
-		// Rotated: the old connection is drained; go on with the new one.
-		conn.close()
-		conn = next
-		c.stats.rotations.Add(1)
-		c.stats.connects.Add(1)
-		c.stats.disconnects.Add(1)
-		if ctx.Err() != nil {
-			c.stopRotation(conn) // armed when it was published; never served
-			conn.closeHandshake(true)
-			err = nil
-			break
-		}
-	}
+// connEnded releases the feed's connection that ended with cause (the last
+// of its chain of rotations) and returns cause, for the loop.
+func (c *Client) connEnded(conn *Conn, cause error) error {
 	conn.close()
 	c.unpublish(conn)
 	c.stats.disconnects.Add(1)
-	c.rp.connectionEnded(time.Since(start), conn.gotData.Load(), conn.endReason.Load() != nil, err)
-	return err
+	c.rp.connectionEnded(time.Since(conn.since), conn.gotData.Load(), conn.endReason.Load() != nil, cause)
+	return cause
 }
 
-func (c *Client) runOnConnect(ctx context.Context, conn *Conn) (err error) {
+// handOff goes on with the replacement next once the rotated connection old
+// has been read to its end: next's held messages are delivered here, after
+// old's last one, and next's reader goes on with the feed.
+func (c *Client) handOff(ctx context.Context, old, next *Conn) {
+	old.close()
+	c.stats.rotations.Add(1)
+	c.stats.connects.Add(1)
+	c.stats.disconnects.Add(1)
+	next.since = old.since
+	c.release(ctx, next)
+}
+
+// runOnConnect runs OnConnect with a context from hctx (which ends when the
+// connection does) bounded by the handshake timeout; ctx is the attempt's.
+func (c *Client) runOnConnect(ctx, hctx context.Context, conn *Conn) (err error) {
 	if c.cfg.onConnect == nil {
 		return nil
 	}
-	octx, cancel := context.WithTimeout(ctx, c.cfg.onConnectTO)
+	octx, cancel := context.WithTimeout(hctx, c.cfg.onConnectTO)
 	defer cancel()
 	// On shutdown, a send stuck on a peer that does not read must not hold
 	// Close for the write timeout: the close handshake waits at most the

@@ -48,6 +48,13 @@ type Conn struct {
 	pingSeq       atomic.Uint64
 	pingSent      atomic.Int64
 	start         time.Time // when it reached the connected state (written under client.mu)
+
+	// The read side (read.go). hold is the hold phase's state; the rest is
+	// used by whoever delivers (the releasing goroutine, then the reader).
+	hold       holdState
+	since      time.Time // when the first connection of its chain of rotations connected (uptime)
+	filterDups bool      // the duplicate filter applies to the next data message
+	timedFirst bool      // its first data message has been timed
 }
 
 func newConn(c *Client, ws *websocket.Conn, nc *trackedConn) *Conn {
@@ -148,6 +155,14 @@ func (cn *Conn) writeLocked(typ MessageType, data []byte) error {
 		return err
 	}
 	if err := cn.ws.WriteMessage(int(typ), data); err != nil {
+		if errors.Is(err, websocket.ErrCloseSent) {
+			// The reader answered the peer's close frame: nothing was
+			// written, the connection takes no more writes, and the reader
+			// reports its end with the peer's close (which a kill here
+			// would hide).
+			cn.closing.Store(true)
+			return errNotSent
+		}
 		err = fmt.Errorf("wspool: send: %w", err)
 		cn.kill(err)
 		return err
@@ -196,35 +211,32 @@ func (cn *Conn) writePing(payload []byte) (sent bool, err error) {
 	return true, cn.ws.WriteMessage(websocket.PingMessage, payload)
 }
 
-// ReadMessage reads the next message directly from the connection, for
+// ReadMessage returns the next message of the connection, for
 // request-reply exchanges inside OnConnect (e.g. wait for "authenticated").
-// Messages read this way are not passed to the handler. It may only be called
-// from OnConnect; ctx bounds the wait. If the read fails or ctx ends first,
-// the connection cannot be read again (a WebSocket read is not resumable): it
-// is closed, and the attempt fails with that error even if OnConnect then
-// returns nil.
+// It may only be called from OnConnect; ctx bounds the wait.
+//
+// A connection is read from the moment its handshake completes: while
+// OnConnect runs, pings and pongs are handled, Heartbeat.IsReply and
+// WithServerPing see messages as they arrive, and the messages to be
+// delivered are held, up to 256 messages or 1 MiB (a larger message is held
+// alone). ReadMessage takes the oldest held message (or waits for one); a
+// message it returns is not passed to the handler, and those it leaves are
+// delivered, in order, once OnConnect has returned nil. When the hold buffer
+// is full the connection is not read until OnConnect returns or ReadMessage
+// makes room (TCP pushes back on the server), so a close frame behind it is
+// seen only then.
+//
+// A close frame or a read error ends the connection at once, and with it
+// OnConnect's ctx: ReadMessage then returns the connection's end cause (for
+// the server's close, a *websocket.CloseError within; see CloseStatus) once
+// the held messages are taken, and the attempt fails with that cause. If ctx
+// ends first, ReadMessage returns an error wrapping ctx.Err() and the
+// connection stays usable.
 func (cn *Conn) ReadMessage(ctx context.Context) (Message, error) {
 	if !cn.inOnConnect.Load() {
 		return Message{}, errors.New("wspool: Conn.ReadMessage called outside OnConnect")
 	}
-	// When ctx ends the OnConnect attempt fails anyway, so a read deadline in
-	// the past (which leaves the connection unusable) is the right interrupt.
-	stop := context.AfterFunc(ctx, func() { _ = cn.nc.SetReadDeadline(time.Now()) })
-	typ, data, err := cn.readWhole()
-	stop()
-	if err != nil {
-		if ctx.Err() != nil {
-			err = ctx.Err()
-		}
-		err = fmt.Errorf("wspool: read: %w", err)
-		// A WebSocket read cannot be resumed after it failed (gorilla keeps
-		// the error): the connection is done, even if OnConnect returns nil.
-		cn.kill(fmt.Errorf("%w (the connection cannot be read again after Conn.ReadMessage failed)", err))
-		return Message{}, err
-	}
-	cn.client.stats.msgsIn.Add(1)
-	cn.client.stats.bytesIn.Add(int64(len(data)))
-	return Message{Type: MessageType(typ), Data: data, Feed: cn.client.name, Received: cn.nc.readAt, ConnID: cn.id}, nil
+	return cn.hold.take(ctx)
 }
 
 // kill tears the connection down with cause; the first cause wins. It
@@ -254,19 +266,6 @@ func (cn *Conn) causeOf(readErr error) error {
 		return fmt.Errorf("wspool: message over read limit (%d bytes; closed with 1009 where the frame allowed): %w", cn.client.cfg.readLimit, readErr)
 	}
 	return fmt.Errorf("wspool: read: %w", readErr)
-}
-
-// closeHandshake sends a close frame (1000) and gives the server the close
-// timeout to answer. With drain it reads the answer itself (no reader is
-// running); otherwise the running reader sees it.
-func (cn *Conn) closeHandshake(drain bool) {
-	if cn.sendClose() && drain {
-		for {
-			if _, _, err := cn.ws.NextReader(); err != nil {
-				return
-			}
-		}
-	}
 }
 
 // sendClose sends our close frame once and sets the read deadline by which

@@ -125,8 +125,7 @@ type heartbeat struct {
 
 func startHeartbeat(cn *Conn) *heartbeat {
 	cfg := &cn.client.cfg
-	h := &heartbeat{cn: cn}
-	cn.ws.SetPongHandler(cn.onPong)
+	h := &heartbeat{cn: cn} // the pong handler is set before the reader starts (startReader)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if cfg.pingInterval > 0 {

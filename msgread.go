@@ -121,15 +121,3 @@ func (cn *Conn) fail(code int, cause error) error {
 	cn.kill(cause)
 	return cause
 }
-
-// readWhole reads the next message into a new buffer, checked as the
-// reader's are (for Conn.ReadMessage).
-func (cn *Conn) readWhole() (int, []byte, error) {
-	typ, r, err := cn.ws.NextReader()
-	if err != nil {
-		return typ, nil, err
-	}
-	var m msgCheck
-	data, err := io.ReadAll(m.reset(cn, typ, r, !cn.client.cfg.noUTF8Check))
-	return typ, data, err
-}

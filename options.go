@@ -442,7 +442,12 @@ func WithLogger(l *slog.Logger) Option {
 // (WithOnConnectTimeout) or on shutdown. If it returns an error the connection is closed and the attempt
 // counts as failed (and is retried unless the error is permanent). Write with
 // the Conn's Send: the feed is not connected yet, so Client.Send would fail
-// or wait in the send buffer until after OnConnect.
+// or wait in the send buffer until after OnConnect. The connection is read
+// while the hook runs: messages are held for it (Conn.ReadMessage) and then
+// for the handler, and if the connection ends meanwhile (the server's close
+// frame, a read error) ctx ends at once and the attempt fails with the
+// connection's end cause, whatever the hook returns: an upstream's 1008 or
+// 1013 then holds its admission key as anywhere else.
 func WithOnConnect(f func(ctx context.Context, c *Conn) error) Option {
 	return func(c *config) { c.onConnect = f }
 }

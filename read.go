@@ -4,85 +4,429 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 )
 
-// serve reads and delivers until the connection ends; it returns the cause.
-func (c *Client) serve(ctx context.Context, conn *Conn) error {
-	hb := startHeartbeat(conn)
+// The read side: one reader loop for every connection.
+//
+// Every connection a feed makes (its primary one, a rotation's replacement,
+// a standby connection) gets its reader goroutine the moment its handshake
+// completes, before OnConnect runs, and that goroutine reads the connection
+// to its end in two phases.
+//
+// Hold, until the connection is released or its attempt fails. OnConnect runs
+// on the goroutine that dialled, while the reader reads: control frames are
+// handled as always (pings answered, pongs counted), Heartbeat.IsReply and
+// WithServerPing run as messages arrive, and a close frame or a read error
+// ends the connection at once with its cause, which ends OnConnect's context
+// and is what the attempt fails with (an upstream's 1008 or 1013 says so, and
+// its penalty applies). Messages to be delivered are copied into the hold
+// buffer, at most holdMessages messages or holdBytes bytes (one larger message
+// is held alone); when it is full the reader stops reading until the
+// connection is released, and TCP pushes back on the server. Conn.ReadMessage
+// takes messages from the front of the hold buffer.
+//
+// Live, from the release on: the reader delivers each message as it reads it,
+// with nothing copied. The release happens once OnConnect has returned nil and
+// the connection is connected (for a rotation's replacement: once the old
+// connection has been read to its end, so that nothing is delivered out of
+// order); the goroutine that releases delivers the held messages, in order,
+// before the reader delivers the next.
+//
+// Exactly one goroutine goes on with the feed's loop (or the standby
+// connection's): if the attempt fails, the goroutine that ran OnConnect does,
+// once the reader has exited (abort); once released, the reader does when the
+// connection ends (after a rotation, the replacement's reader). The verdict
+// is the hold's settled channel, closed by whoever releases or aborts: the
+// reader of an ended connection waits for it, and nobody else waits for the
+// reader except an abort, which has settled first.
+
+// The hold buffer's bounds: whichever is reached first.
+const (
+	holdMessages = 256
+	holdBytes    = 1 << 20
+)
+
+type holdPhase uint8
+
+const (
+	holdHolding   holdPhase = iota // OnConnect runs (or, for a rotation, the old connection is being drained)
+	holdReleasing                  // the held messages are being delivered
+	holdLive                       // released: the reader delivers
+	holdFailed                     // the attempt failed: the reader delivers nothing and reads to the end
+)
+
+// holdState is a connection's hold phase (see above).
+type holdState struct {
+	mu      sync.Mutex
+	phase   holdPhase
+	msgs    []heldMsg
+	bytes   int
+	end     error         // the reader's end cause, once its read failed before the release
+	changed chan struct{} // closed and replaced at every change (messages, phase, end)
+	hb      *heartbeat    // the connection's timers, started at the release
+
+	settled chan struct{}           // closed when the phase becomes live or failed
+	done    chan struct{}           // closed when the reader has exited its read
+	cancel  context.CancelCauseFunc // ends OnConnect's context (the reader ended)
+}
+
+type heldMsg struct {
+	msg  Message // Data is a copy
+	data bool    // a data message (not a heartbeat reply or server ping)
+}
+
+func (h *holdState) notifyLocked() {
+	if h.changed == nil {
+		return // live: nobody waits any more
+	}
+	close(h.changed)
+	h.changed = make(chan struct{})
+}
+
+// startReader starts conn's reader in the hold phase. ctx is the reader's
+// (the feed's, or the standby connections'), actx the attempt's; it returns
+// the context for OnConnect, which ends when actx does or the reader ends.
+func (c *Client) startReader(ctx, actx context.Context, conn *Conn) context.Context {
+	h := &conn.hold
+	octx, cancel := context.WithCancelCause(actx)
+	h.cancel = cancel
+	h.changed = make(chan struct{})
+	h.settled = make(chan struct{})
+	h.done = make(chan struct{})
+	conn.ws.SetPongHandler(conn.onPong) // before the reader runs: it calls it
+	if l := conn.lane; l != nil {
+		c.laneWG.Add(1)
+		c.spawn(func() error {
+			defer c.laneWG.Done()
+			c.runReader(ctx, conn)
+			return nil
+		})
+		return octx
+	}
+	c.spawn(func() error {
+		cn := conn
+		conn = nil // not kept by this closure while the loop goes on
+		return c.runReader(ctx, cn)
+	})
+	return octx
+}
+
+// runReader is a connection's reader goroutine: it reads the connection to
+// its end, then goes on with the loop if the connection was released.
+func (c *Client) runReader(ctx context.Context, conn *Conn) error {
+	cause, live := c.read(ctx, conn)
+	close(conn.hold.done)
+	if !live {
+		return nil // the attempt failed: the goroutine that ran OnConnect goes on
+	}
+	if l := conn.lane; l != nil {
+		l.ended(conn, cause)
+		l.run(ctx, cause)
+		return nil
+	}
+	if next := conn.next.Load(); next != nil {
+		c.handOff(ctx, conn, next)
+		return nil // next's reader goes on
+	}
+	return c.connectLoop(ctx, c.connEnded(conn, cause))
+}
+
+// read reads conn from its handshake to its end: the hold phase, then, once
+// released, the live one. It returns the end cause and whether conn was
+// released.
+func (c *Client) read(ctx context.Context, conn *Conn) (cause error, live bool) {
+	h := &conn.hold
 	stopCloser := closeOnShutdown(ctx, conn)
+	mr := newMsgReader(conn)
 	defer func() {
+		mr.rb.release()
 		stopCloser()
 		c.stopRotation(conn)
-		if conn.next.Load() == nil {
-			conn.close() // unblocks heartbeat writes before stop waits for them
+		conn.close() // unblocks heartbeat writes before stop waits for them
+		h.mu.Lock()
+		hb := h.hb
+		h.mu.Unlock()
+		if hb != nil {
+			hb.stop()
 		}
-		hb.stop()
 	}()
-	filterDups := conn.afterRotation.Load() && c.cfg.dupFilter != nil
+	msg, data, inHand, err := c.readHeld(conn, &mr)
+	if err != nil {
+		<-h.settled
+		h.mu.Lock()
+		live = h.phase == holdLive
+		h.mu.Unlock()
+		return err, live
+	}
+	if inHand { // it follows the held messages
+		conn.held.Add(1)
+		c.route(ctx, conn, msg, data)
+		conn.held.Add(1)
+		mr.rb.release()
+	}
+	return c.serve(ctx, conn, &mr), true
+}
 
-	isReply, dropReplies := c.replyFilter()
-	mr := newMsgReader(conn)
-	defer mr.rb.release()
+// readHeld is the hold phase: it reads, holding what is to be delivered,
+// until the connection is released (it then returns, with the message read
+// last if that one is still to be delivered: inHand) or the read fails (the
+// connection then ends with the cause, which OnConnect's context and
+// Conn.ReadMessage report). After a failed attempt it reads on, delivering
+// nothing, until the connection ends.
+func (c *Client) readHeld(conn *Conn, mr *msgReader) (msg Message, data, inHand bool, err error) {
+	h := &conn.hold
+	for {
+		msg, err = mr.next()
+		if err != nil {
+			conn.kill(err) // the connection's cause, whoever asks (deadCause)
+			h.mu.Lock()
+			h.end = err
+			cancel := h.cancel
+			h.notifyLocked()
+			h.mu.Unlock()
+			if cancel != nil {
+				cancel(err)
+			}
+			return Message{}, false, false, err
+		}
+		// Once released, the timers run: IsReply and a ping's answer hold
+		// the reader back as in serve.
+		conn.held.Add(1)
+		data, keep := c.classify(conn, msg)
+		conn.held.Add(1)
+		c.countIn(conn, msg)
+		if h.put(msg, data, keep) == holdLive {
+			return msg, data, keep, nil
+		}
+		mr.rb.release()
+	}
+}
+
+// put holds a copy of msg if keep, waiting while the buffer is full or being
+// delivered; it returns the phase: holding (held, or not to be kept), live
+// (not held: deliver it now if keep) or failed (discard it).
+func (h *holdState) put(msg Message, data, keep bool) holdPhase {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for {
+		switch h.phase {
+		case holdLive, holdFailed:
+			return h.phase
+		case holdHolding:
+			if !keep {
+				return holdHolding
+			}
+			if n := len(h.msgs); n == 0 || n < holdMessages && h.bytes+len(msg.Data) <= holdBytes {
+				msg.Data = append([]byte(nil), msg.Data...)
+				h.msgs = append(h.msgs, heldMsg{msg: msg, data: data})
+				h.bytes += len(msg.Data)
+				h.notifyLocked()
+				return holdHolding
+			}
+		}
+		// Full (room comes from Conn.ReadMessage or the release), or being
+		// released: wait. The socket is not read meanwhile.
+		ch := h.changed
+		h.mu.Unlock()
+		<-ch
+		h.mu.Lock()
+	}
+}
+
+// take removes the oldest held message for Conn.ReadMessage, waiting for one
+// until ctx ends; once none is left and the reader has ended, it returns the
+// connection's end cause.
+func (h *holdState) take(ctx context.Context) (Message, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for len(h.msgs) == 0 {
+		if h.end != nil {
+			return Message{}, h.end
+		}
+		if h.phase != holdHolding {
+			return Message{}, errors.New("wspool: Conn.ReadMessage called outside OnConnect")
+		}
+		ch := h.changed
+		h.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+		}
+		h.mu.Lock()
+		if len(h.msgs) == 0 && h.end == nil && ctx.Err() != nil {
+			return Message{}, fmt.Errorf("wspool: read: %w", ctx.Err())
+		}
+	}
+	m := h.msgs[0].msg
+	h.msgs[0] = heldMsg{}
+	h.msgs = h.msgs[1:]
+	h.bytes -= len(m.Data)
+	h.notifyLocked()
+	return m, nil
+}
+
+// release ends conn's hold phase: it delivers the held messages in order on
+// the calling goroutine (while the reader waits), starts the connection's
+// timers, and makes the reader deliver from then on and go on with the loop
+// when conn ends. It is called once OnConnect has returned nil and the feed
+// (or standby connection) is connected; for a rotation's replacement, by the
+// old connection's reader once the old connection has been read to its end.
+func (c *Client) release(ctx context.Context, conn *Conn) {
+	h := &conn.hold
+	conn.filterDups = conn.afterRotation.Load() && c.cfg.dupFilter != nil
+	h.mu.Lock()
+	h.phase = holdReleasing
+	held := h.msgs
+	h.msgs, h.bytes = nil, 0
+	if h.end == nil {
+		h.hb = startHeartbeat(conn)
+	}
+	h.notifyLocked()
+	h.mu.Unlock()
+	if len(held) > 0 {
+		// They were read before any shutdown began (classify keeps nothing
+		// after): delivered even if it has begun since, as the reader
+		// delivers a message it read just before.
+		conn.held.Add(1) // the reader is held back while they are delivered
+		for i := range held {
+			c.route(ctx, conn, held[i].msg, held[i].data)
+			held[i] = heldMsg{}
+		}
+		conn.held.Add(1)
+	}
+	h.mu.Lock()
+	h.phase = holdLive
+	close(h.settled)
+	close(h.changed)
+	h.changed, h.cancel = nil, nil // OnConnect's context has ended (open)
+	h.mu.Unlock()
+}
+
+// abort ends the attempt of conn (OnConnect failed, or the connection is not
+// wanted any more): its reader delivers nothing and reads only until the
+// connection ends. With graceful (shutdown) our close frame goes out and the
+// reader reads the answer, bounded by the close timeout; otherwise the socket
+// is closed at once. It returns once the reader has exited its read.
+func (c *Client) abort(conn *Conn, graceful bool) {
+	h := &conn.hold
+	h.mu.Lock()
+	h.phase = holdFailed
+	h.msgs, h.bytes = nil, 0
+	close(h.settled)
+	h.notifyLocked()
+	h.mu.Unlock()
+	if !graceful || !conn.sendClose() {
+		conn.close()
+	}
+	<-h.done
+}
+
+// serve is the live phase: it reads and delivers until the connection ends,
+// and returns the cause. This loop runs per message on every connection:
+// nothing in it allocates.
+func (c *Client) serve(ctx context.Context, conn *Conn, mr *msgReader) error {
 	for {
 		msg, err := mr.next()
 		if err != nil {
 			return err
 		}
-		deliver := !conn.stopping.Load() // shutting down: drain until the close frame
 		// From here user code may hold the reader back (IsReply, the
 		// duplicate filter, the handler): the liveness checks must not blame
 		// the peer for it.
 		conn.held.Add(1) // odd: held back
-		data := false
-		if isReply != nil && c.isReply(isReply, msg) {
-			c.stats.replies.Add(1)
-			deliver = deliver && !dropReplies
-		} else if c.cfg.serverPing != nil && c.answerPing(conn, msg) {
-			deliver = deliver && c.cfg.serverPing.Deliver
-		} else {
-			data = true
-			if filterDups {
-				if c.isDup(msg) {
-					c.stats.duplicates.Add(1)
-					deliver = false
-				} else {
-					filterDups = false
-				}
-			}
-			if deliver && c.cfg.sequence != nil && c.lanes == nil {
-				switch c.checkSequence(conn, &msg) {
-				case seqDuplicate:
-					c.stats.duplicates.Add(1)
-					deliver = false
-				case seqResync:
-					deliver = false
-				}
-			}
-			if !conn.gotData.Load() {
-				conn.gotData.Store(true)
-				if c.cfg.timings != nil {
-					c.timing(TimingFirstMessage, time.Since(conn.start))
-				}
-			}
+		if data, keep := c.classify(conn, msg); keep {
+			c.route(ctx, conn, msg, data)
 		}
-		if deliver {
-			switch {
-			case c.lanes != nil:
-				// Standby connections deliver too: take turns, first copy wins.
-				if c.deliverMerged(ctx, conn, msg, data) && data {
-					c.stats.won.Add(1)
-				}
-			case c.inq != nil:
-				c.enqueue(ctx, conn, msg)
-			default:
-				c.deliver(ctx, msg)
-			}
-		}
-		c.stats.bytesIn.Add(int64(len(msg.Data)))
-		c.stats.msgsIn.Add(1)
 		conn.held.Add(1) // even again: a check since the first Add sees a change
-		mr.rb.release()  // a big message's buffer goes back to its pool
+		c.countIn(conn, msg)
+		mr.rb.release() // a big message's buffer goes back to its pool
+	}
+}
+
+// classify runs what a message needs as soon as it is read, in either phase:
+// Heartbeat.IsReply, a server ping's answer, the data mark. It reports
+// whether msg is data and whether it is to be delivered. While the feed shuts
+// down nothing is (the reader drains until the close frame).
+func (c *Client) classify(conn *Conn, msg Message) (data, keep bool) {
+	if conn.stopping.Load() {
+		return false, false
+	}
+	if hb := c.cfg.heartbeat; hb != nil && hb.IsReply != nil && c.isReply(hb.IsReply, msg) {
+		if conn.lane == nil {
+			c.stats.replies.Add(1) // the primary's data count leaves them out
+		}
+		return false, !hb.DropReplies
+	}
+	if c.cfg.serverPing != nil && c.answerPing(conn, msg) {
+		return false, c.cfg.serverPing.Deliver
+	}
+	if l := conn.lane; l != nil {
+		l.data.Add(1)
+	}
+	if !conn.gotData.Load() {
+		conn.gotData.Store(true)
+	}
+	return true, true
+}
+
+// countIn counts a message read: in the feed's counters for the primary
+// connection, in its own for a standby one.
+func (c *Client) countIn(conn *Conn, msg Message) {
+	if l := conn.lane; l != nil {
+		l.msgs.Add(1)
+		return
+	}
+	c.stats.bytesIn.Add(int64(len(msg.Data)))
+	c.stats.msgsIn.Add(1)
+}
+
+// route delivers a message classify kept: after a rotation through the
+// duplicate filter, with standby connections merged with theirs (first copy
+// wins), otherwise through the sequence check (WithSequence); then to the
+// queue or the handler. It runs on the reader, or on the goroutine releasing
+// the connection (one at a time).
+func (c *Client) route(ctx context.Context, conn *Conn, msg Message, data bool) {
+	if data {
+		if !conn.timedFirst {
+			conn.timedFirst = true
+			if c.cfg.timings != nil && conn.lane == nil {
+				c.timing(TimingFirstMessage, time.Since(conn.start))
+			}
+		}
+		if conn.filterDups {
+			if c.isDup(msg) {
+				c.stats.duplicates.Add(1)
+				return
+			}
+			conn.filterDups = false
+		}
+	}
+	switch {
+	case c.lanes != nil:
+		// Standby connections deliver too: take turns, first copy wins.
+		if c.deliverMerged(ctx, conn, msg, data) && data {
+			if l := conn.lane; l != nil {
+				l.won.Add(1)
+			} else {
+				c.stats.won.Add(1)
+			}
+		}
+		return
+	case data && c.cfg.sequence != nil:
+		switch c.checkSequence(conn, &msg) {
+		case seqDuplicate:
+			c.stats.duplicates.Add(1)
+			return
+		case seqResync:
+			return
+		}
+	}
+	if c.inq != nil {
+		c.enqueue(ctx, conn, msg)
+	} else {
+		c.deliver(ctx, msg)
 	}
 }
 
@@ -194,14 +538,6 @@ func (m *msgReader) next() (Message, error) {
 	return Message{Type: MessageType(typ), Data: buf, Feed: cn.client.name, Received: cn.nc.readAt, ConnID: cn.id}, nil
 }
 
-// replyFilter returns Heartbeat.IsReply and DropReplies, if set.
-func (c *Client) replyFilter() (isReply func(Message) bool, drop bool) {
-	if hbc := c.cfg.heartbeat; hbc != nil {
-		return hbc.IsReply, hbc.DropReplies
-	}
-	return nil, false
-}
-
 // closeOnShutdown sends conn's close frame when ctx ends (shutdown) and gives
 // the server the close timeout to answer; the reader sees the answer (or the
 // deadline) and returns. The returned func cancels that, or waits for a close
@@ -211,7 +547,7 @@ func closeOnShutdown(ctx context.Context, conn *Conn) (stop func()) {
 	stopAF := context.AfterFunc(ctx, func() {
 		defer close(done)
 		conn.stopping.Store(true)
-		conn.closeHandshake(false)
+		conn.sendClose()
 	})
 	return func() {
 		if !stopAF() {

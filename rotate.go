@@ -15,6 +15,9 @@ import (
 // old one is closed with 1000 and drained to its end, and delivery continues
 // from the new one. There is no gap; the two connections overlap, so messages
 // published during the switch may arrive on both — see WithDuplicateFilter.
+// The new connection is read from its handshake on: what it receives until
+// the old one has been drained is held (bounded as for OnConnect, see
+// Conn.ReadMessage) and delivered after the old connection's last message.
 // If the new connection cannot be made, the old one is kept and the
 // replacement retried after d/10. Zero, the default, never rotates.
 func WithMaxConnectionAge(d time.Duration) Option {
@@ -93,6 +96,9 @@ type rotator struct {
 	done   chan struct{}
 	err    error // the outcome, written before done is closed
 	ctx    context.Context
+	// feedCtx is the feed's: the replacement's reader runs under it, since
+	// it goes on with the feed's loop.
+	feedCtx context.Context
 }
 
 // armRotationLocked arms the timed rotation of conn (WithMaxConnectionAge)
@@ -111,7 +117,7 @@ func (c *Client) armRotationLocked(conn *Conn) {
 
 func (c *Client) newRotator(ctx context.Context, old *Conn, retry bool) *rotator {
 	rctx, cancel := context.WithCancel(ctx)
-	return &rotator{c: c, old: old, retry: retry, cancel: cancel, done: make(chan struct{}), ctx: rctx}
+	return &rotator{c: c, old: old, retry: retry, cancel: cancel, done: make(chan struct{}), ctx: rctx, feedCtx: ctx}
 }
 
 // fireFromTimer starts the timed rotation (the timer has fired: nothing to
@@ -140,12 +146,22 @@ func (r *rotator) run() {
 		if r.err = r.ctx.Err(); r.err != nil {
 			return
 		}
-		next, err := c.open(r.ctx, c.url, nil)
+		// The replacement is read from its handshake on (read.go); what
+		// arrives on it is held until the old connection's reader has read
+		// the old one to its end and releases it (handOff).
+		next, err := c.open(r.ctx, r.feedCtx, c.url, nil)
+		if err == nil {
+			if dead := next.deadCause(); dead != nil {
+				// It ended during OnConnect: keep the old one (which has
+				// delivered the same stream meanwhile).
+				c.abort(next, false)
+				next, err = nil, dead
+			}
+		}
 		if err == nil && r.ctx.Err() != nil {
 			// The old connection ended or the feed is stopping meanwhile:
 			// the feed's loop takes it from here.
-			next.closeHandshake(true)
-			next.close()
+			c.abort(next, true)
 			r.err = r.ctx.Err()
 			return
 		}
@@ -161,7 +177,7 @@ func (r *rotator) run() {
 			// but not started finds it closing and goes on the new one.
 			c.publish(next)
 			c.log.Info("rotating connection")
-			r.old.closeHandshake(false)
+			r.old.sendClose()
 			return
 		}
 		r.err = err

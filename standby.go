@@ -101,7 +101,7 @@ func (c *Client) startLanes(ctx context.Context) {
 		c.laneWG.Add(1)
 		c.spawn(func() error {
 			defer c.laneWG.Done()
-			l.run(lctx)
+			l.run(lctx, nil)
 			return nil
 		})
 	}
@@ -117,101 +117,70 @@ func (c *Client) stopLanes() {
 	c.laneWG.Wait()
 }
 
-// run keeps the standby connection up until ctx ends or a permanent failure.
-func (l *lane) run(ctx context.Context) {
+// run keeps the standby connection up until ctx ends or a permanent
+// failure; cause is why its previous connection ended (nil at the start). Once
+// a connection is released, run returns: the connection's reader (read.go)
+// calls it again when the connection ends.
+func (l *lane) run(ctx context.Context, cause error) {
 	c := l.c
-	for ctx.Err() == nil {
-		conn, err := l.c.open(ctx, l.url, l)
-		if err == nil {
-			start := time.Now()
-			l.connects.Add(1)
-			l.connected.Store(true)
-			err = l.serve(ctx, conn)
-			l.connected.Store(false)
-			l.disconnects.Add(1)
-			conn.close()
-			l.rp.connectionEnded(time.Since(start), conn.gotData.Load(), conn.endReason.Load() != nil, err)
+	for {
+		if cause != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			l.mu.Lock()
+			l.lastErr = cause
+			l.mu.Unlock()
+			if c.isPermanent(cause) {
+				c.log.Warn("standby connection stopped", "standby", l.idx, "err", cause)
+				return
+			}
+			wait, retry := l.rp.next(cause)
+			if !retry {
+				// WithMaxAttempts or WithRetryPolicy says stop: this standby
+				// connection stops (the feed goes on), as the feed's own loop
+				// would end the feed.
+				err := fmt.Errorf("%w (%d): %w", ErrMaxAttempts, l.rp.failures, cause)
+				l.mu.Lock()
+				l.lastErr = err
+				l.mu.Unlock()
+				c.log.Warn("standby connection stopped", "standby", l.idx, "err", err)
+				err = fmt.Errorf("wspool: standby %d stopped: %w", l.idx, err)
+				c.recordError(err)
+				if c.cfg.onError != nil {
+					c.post(event{err: err})
+				}
+				return
+			}
+			c.log.Debug("standby connection lost", "standby", l.idx, "err", cause, "wait", wait)
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+			case <-t.C:
+			}
+			t.Stop()
 		}
 		if ctx.Err() != nil {
 			return
 		}
-		l.mu.Lock()
-		l.lastErr = err
-		l.mu.Unlock()
-		if c.isPermanent(err) {
-			c.log.Warn("standby connection stopped", "standby", l.idx, "err", err)
+		conn, err := c.open(ctx, ctx, l.url, l)
+		if err == nil {
+			l.connects.Add(1)
+			l.connected.Store(true)
+			conn.since = time.Now()
+			c.release(ctx, conn)
 			return
 		}
-		wait, retry := l.rp.next(err)
-		if !retry {
-			// WithMaxAttempts or WithRetryPolicy says stop: this standby
-			// connection stops (the feed goes on), as the feed's own loop
-			// would end the feed.
-			err = fmt.Errorf("%w (%d): %w", ErrMaxAttempts, l.rp.failures, err)
-			l.mu.Lock()
-			l.lastErr = err
-			l.mu.Unlock()
-			c.log.Warn("standby connection stopped", "standby", l.idx, "err", err)
-			err = fmt.Errorf("wspool: standby %d stopped: %w", l.idx, err)
-			c.recordError(err)
-			if c.cfg.onError != nil {
-				c.post(event{err: err})
-			}
-			return
-		}
-		c.log.Debug("standby connection lost", "standby", l.idx, "err", err, "wait", wait)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-		case <-t.C:
-		}
-		t.Stop()
+		cause = err
 	}
 }
 
-// serve reads a standby connection until it ends, delivering the messages
-// it has first.
-func (l *lane) serve(ctx context.Context, conn *Conn) error {
-	c := l.c
-	hb := startHeartbeat(conn)
-	stopCloser := closeOnShutdown(ctx, conn)
-	defer func() {
-		stopCloser()
-		conn.close()
-		hb.stop()
-	}()
-	isReply, dropReplies := c.replyFilter()
-	mr := newMsgReader(conn)
-	defer mr.rb.release()
-	for {
-		msg, err := mr.next()
-		if err != nil {
-			return err
-		}
-		l.msgs.Add(1)
-		if conn.stopping.Load() {
-			continue
-		}
-		conn.held.Add(1)
-		switch {
-		case isReply != nil && c.isReply(isReply, msg):
-			if !dropReplies {
-				c.deliverMerged(ctx, conn, msg, false)
-			}
-		case c.cfg.serverPing != nil && c.answerPing(conn, msg):
-			if c.cfg.serverPing.Deliver {
-				c.deliverMerged(ctx, conn, msg, false)
-			}
-		default:
-			l.data.Add(1)
-			conn.gotData.Store(true)
-			if c.deliverMerged(ctx, conn, msg, true) {
-				l.won.Add(1)
-			}
-		}
-		conn.held.Add(1)
-		mr.rb.release() // a big message's buffer goes back to its pool
-	}
+// ended records the end of the standby connection conn with cause.
+func (l *lane) ended(conn *Conn, cause error) {
+	l.connected.Store(false)
+	l.disconnects.Add(1)
+	conn.close()
+	l.rp.connectionEnded(time.Since(conn.since), conn.gotData.Load(), conn.endReason.Load() != nil, cause)
 }
 
 // deliverMerged delivers a message of any of the feed's connections when
