@@ -213,7 +213,9 @@ func (cn *Conn) writePing(payload []byte) (sent bool, err error) {
 
 // ReadMessage returns the next message of the connection, for
 // request-reply exchanges inside OnConnect (e.g. wait for "authenticated").
-// It may only be called from OnConnect; ctx bounds the wait.
+// It may only be called while OnConnect runs (from it, or from a goroutine
+// it started, e.g. one that reads acknowledgements while OnConnect sends); it
+// is safe for concurrent use, and ctx bounds the wait.
 //
 // A connection is read from the moment its handshake completes: while
 // OnConnect runs, pings and pongs are handled, Heartbeat.IsReply and
