@@ -138,7 +138,11 @@
 // WithOnConnect runs after every handshake and before any message of that
 // connection is delivered; it gets the [Conn] to subscribe, authenticate (it
 // may read replies with Conn.ReadMessage) or resume from a cursor. If it fails,
-// the connection is dropped and retried. WithRequestFunc computes the URL and
+// the connection is dropped and retried. The connection is read while it
+// runs: a close from the server ends its context at once and the attempt
+// fails with that close (a 1008's penalty applies), and messages are held,
+// up to 256 or 1 MiB (then TCP pushes back), for Conn.ReadMessage and then,
+// in order, for the handler. WithRequestFunc computes the URL and
 // headers of every dial (a fresh token, a resume cursor).
 //
 // # Sending
@@ -234,7 +238,8 @@
 //	merge turn           standby: which connection delivers next (first copy wins)   the sequence check and the handler call of one message
 //	Conn writer          the socket's write side (one writer at a time)               one frame write, bounded by the write timeout
 //	leaf locks           heartbeat timers, pacing window, sequence state, queue,     short updates of their own state
-//	                     admission gate, wake hub, standby stats
+//	                     admission gate, wake hub, standby stats, a connection's
+//	                     hold buffer (read.go)
 //
 // The merge turn is how the handler is "never called concurrently with
 // itself" when standby connections deliver too: their readers take turns.

@@ -29,10 +29,13 @@ import (
 //
 // Live, from the release on: the reader delivers each message as it reads it,
 // with nothing copied. The release happens once OnConnect has returned nil and
-// the connection is connected (for a rotation's replacement: once the old
-// connection has been read to its end, so that nothing is delivered out of
-// order); the goroutine that releases delivers the held messages, in order,
-// before the reader delivers the next.
+// the connection is connected, even if it has ended meanwhile (what it
+// received is delivered, and its end is reported as any connection's); for a
+// rotation's replacement, once the old connection has been read to its end,
+// so that nothing is delivered out of order (a replacement that ended during
+// OnConnect is given up, and the old connection kept). The goroutine that
+// releases delivers the held messages, in order, before the reader delivers
+// the next.
 //
 // Exactly one goroutine goes on with the feed's loop (or the standby
 // connection's): if the attempt fails, the goroutine that ran OnConnect does,
@@ -100,7 +103,9 @@ func (c *Client) startReader(ctx, actx context.Context, conn *Conn) context.Cont
 		c.laneWG.Add(1)
 		c.spawn(func() error {
 			defer c.laneWG.Done()
-			c.runReader(ctx, conn)
+			cn := conn
+			conn = nil // not kept by this closure while the standby loop goes on
+			c.runReader(ctx, cn)
 			return nil
 		})
 		return octx
