@@ -41,9 +41,9 @@ import (
 // connection's): if the attempt fails, the goroutine that ran OnConnect does,
 // once the reader has exited (abort); once released, the reader does when the
 // connection ends (after a rotation, the replacement's reader). The verdict
-// is the hold's settled channel, closed by whoever releases or aborts: the
-// reader of an ended connection waits for it, and nobody else waits for the
-// reader except an abort, which has settled first.
+// is the hold's phase, set by whoever releases or aborts: the reader of a
+// connection that ended before it waits for it, and nobody else waits for
+// the reader except an abort, which has given its verdict first.
 
 // The hold buffer's bounds: whichever is reached first.
 const (
@@ -67,12 +67,11 @@ type holdState struct {
 	msgs    []heldMsg
 	bytes   int
 	end     error         // the reader's end cause, once its read failed before the release
-	changed chan struct{} // closed and replaced at every change (messages, phase, end)
+	changed chan struct{} // closed and replaced at every change (messages, phase, end); nil once live
 	hb      *heartbeat    // the connection's timers, started at the release
 
-	settled chan struct{}           // closed when the phase becomes live or failed
-	done    chan struct{}           // closed when the reader has exited its read
-	cancel  context.CancelCauseFunc // ends OnConnect's context (the reader ended)
+	done   chan struct{}           // closed when the reader of a failed attempt has exited (abort waits)
+	cancel context.CancelCauseFunc // ends OnConnect's context (the reader ended)
 }
 
 type heldMsg struct {
@@ -96,7 +95,6 @@ func (c *Client) startReader(ctx, actx context.Context, conn *Conn) context.Cont
 	octx, cancel := context.WithCancelCause(actx)
 	h.cancel = cancel
 	h.changed = make(chan struct{})
-	h.settled = make(chan struct{})
 	h.done = make(chan struct{})
 	conn.ws.SetPongHandler(conn.onPong) // before the reader runs: it calls it
 	if l := conn.lane; l != nil {
@@ -122,8 +120,8 @@ func (c *Client) startReader(ctx, actx context.Context, conn *Conn) context.Cont
 // its end, then goes on with the loop if the connection was released.
 func (c *Client) runReader(ctx context.Context, conn *Conn) error {
 	cause, live := c.read(ctx, conn)
-	close(conn.hold.done)
 	if !live {
+		close(conn.hold.done)
 		return nil // the attempt failed: the goroutine that ran OnConnect goes on
 	}
 	if l := conn.lane; l != nil {
@@ -159,8 +157,15 @@ func (c *Client) read(ctx context.Context, conn *Conn) (cause error, live bool) 
 	}()
 	msg, data, inHand, err := c.readHeld(conn, &mr)
 	if err != nil {
-		<-h.settled
+		// The verdict: released (this goroutine goes on with the loop) or
+		// failed (the one that ran OnConnect does).
 		h.mu.Lock()
+		for h.phase == holdHolding || h.phase == holdReleasing {
+			ch := h.changed
+			h.mu.Unlock()
+			<-ch
+			h.mu.Lock()
+		}
 		live = h.phase == holdLive
 		h.mu.Unlock()
 		return err, live
@@ -303,9 +308,9 @@ func (c *Client) release(ctx context.Context, conn *Conn) {
 	}
 	h.mu.Lock()
 	h.phase = holdLive
-	close(h.settled)
 	close(h.changed)
-	h.changed, h.cancel = nil, nil // OnConnect's context has ended (open)
+	// Nothing waits on them any more; OnConnect's context has ended (open).
+	h.changed, h.done, h.cancel = nil, nil, nil
 	h.mu.Unlock()
 }
 
@@ -319,13 +324,13 @@ func (c *Client) abort(conn *Conn, graceful bool) {
 	h.mu.Lock()
 	h.phase = holdFailed
 	h.msgs, h.bytes = nil, 0
-	close(h.settled)
+	done := h.done
 	h.notifyLocked()
 	h.mu.Unlock()
 	if !graceful || !conn.sendClose() {
 		conn.close()
 	}
-	<-h.done
+	<-done
 }
 
 // serve is the live phase: it reads and delivers until the connection ends,
