@@ -252,9 +252,12 @@ type serverFeedCfg struct {
 }
 
 // soakRateLimit is the server's limit for a feed paced at m messages per
-// 100 ms, in the README's proportion: "4 per 500 ms (at most 8 in any
-// second)" against an upstream's 10 per second, so the pacing uses at most
-// 80 % of the limit, measured in the upstream's window.
+// 100 ms: the same rate counted over a sliding second, with 25 % headroom.
+// The pacing's own receiver-side guarantee (no more than m in any 100 ms at
+// the receiver while delivery jitter stays under its margin, Per/10) is
+// TestPacingHoldsAtTheReceiver's; the soak, 200 feeds under -race on two
+// cores, has scheduling jitter far above 10 ms, so here the limit is counted
+// over the second an exchange typically uses, with room for that jitter.
 func soakRateLimit(m int) int { return (10*m*5 + 3) / 4 }
 
 // rateCut is a connection the server closed with 1008 for going over its
