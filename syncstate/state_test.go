@@ -174,3 +174,26 @@ func TestStateResyncCauses(t *testing.T) {
 		t.Fatalf("Push after Close: %v", err)
 	}
 }
+
+// A snapshot of an older epoch than the buffered updates (taken before the
+// upstream restarted) is behind them: fetched again, the new epoch's updates
+// kept.
+func TestStateSnapshotOfOldEpochIsBehind(t *testing.T) {
+	f := newFetcher()
+	s, r := newSum(t, f, 0, nil)
+	_ = s.Push(num{n: 9})
+	_ = s.Push(num{n: 1, epoch: 1})
+	_ = s.Push(num{n: 2, epoch: 1})
+	r.next(t) // start
+	f.snaps <- syncstate.Snapshot[uint64]{State: 45, Last: 9}
+	if x := r.next(t); x.Cause != syncstate.SnapshotBehind || x.Next != 2 {
+		t.Fatalf("report %+v, want snapshot behind, next 2", x)
+	}
+	f.snaps <- syncstate.Snapshot[uint64]{State: 100, Last: 1, Epoch: 1}
+	if x := r.next(t); !x.Done {
+		t.Fatalf("report %+v, want done", x)
+	}
+	if sum, last, in := readSum(s); sum != 102 || last != 2 || !in {
+		t.Fatalf("sum %d at %d (in sync %v), want 102 at 2", sum, last, in)
+	}
+}

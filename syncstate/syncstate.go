@@ -27,6 +27,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -427,13 +428,24 @@ func (s *State[S, U]) pause() {
 func (s *State[S, U]) installLocked(snap Snapshot[S]) bool {
 	s.state, s.last, s.epoch = snap.State, snap.Last, snap.Epoch
 	s.have = true
-	// Updates of another epoch than the snapshot's, or that the snapshot
-	// covers, are dropped; the first one kept must follow the snapshot.
+	// The stream is in the epoch of the newest update: a snapshot of
+	// another epoch is behind it (taken before the upstream restarted).
+	if n := len(s.buf); n > 0 {
+		if cur := s.position(s.buf[n-1]); cur.Epoch != snap.Epoch {
+			s.buf = slices.DeleteFunc(s.buf, func(u U) bool { return s.position(u).Epoch != cur.Epoch })
+			s.cause = SnapshotBehind
+			s.st.Resyncs[SnapshotBehind]++
+			s.reports = append(s.reports, Resync{Cause: SnapshotBehind, At: s.last, Next: cur.Last})
+			return false
+		}
+	}
+	// Updates that the snapshot covers are dropped; the first one kept must
+	// follow the snapshot.
 	var keep []U
 	var rest []wspool.Position
 	for _, u := range s.buf {
 		p := s.position(u)
-		if p.Epoch != snap.Epoch || p.Last <= snap.Last {
+		if p.Last <= snap.Last {
 			s.st.Duplicates++
 			continue
 		}

@@ -179,7 +179,8 @@ type streamConn struct {
 	epoch    uint64
 	paused   bool
 	subbed   bool
-	resumed  bool // the URL had a resume point
+	resumed  bool     // the URL had a resume point
+	acks     []string // subscription acks Serve is to send next
 }
 
 // NewStream returns a Stream producing one update per interval on every
@@ -501,6 +502,11 @@ func (st *Stream) Serve(c *Conn) {
 func (st *Stream) nextMessage(f *stream, sc *streamConn) (string, bool) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	if len(sc.acks) > 0 {
+		a := sc.acks[0]
+		sc.acks = sc.acks[1:]
+		return a, true
+	}
 	if sc.paused || !sc.subbed {
 		return "", false
 	}
@@ -577,10 +583,10 @@ func (st *Stream) readClient(ctx context.Context, sc *streamConn) {
 		if json.Unmarshal(data, &req) != nil || (req.Op != "subscribe" && req.Op != "unsubscribe") {
 			continue
 		}
-		if sc.c.SendText(`{"op":"ack","id":`+strconv.FormatInt(req.ID, 10)+`}`) != nil {
-			return
-		}
+		// The ack goes out through Serve, ahead of any data the
+		// subscription lets through.
 		st.mu.Lock()
+		sc.acks = append(sc.acks, `{"op":"ack","id":`+strconv.FormatInt(req.ID, 10)+`}`)
 		if req.Op == "subscribe" && !sc.subbed && !sc.resumed { // live from now
 			f := st.feed(sc.c.Request().URL.Path)
 			sc.liveFrom, sc.next = f.head+1, f.head+1
