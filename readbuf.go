@@ -27,13 +27,13 @@ var readBufs = sync.Pool{New: func() any {
 }}
 
 // pooledState is trackedConn's read buffering state; used by the reader only.
+// It is kept small: it lives in every connection, idle ones included.
 type pooledState struct {
 	fn   func(fd uintptr) bool // the raw read callback, bound once per connection
 	buf  *[]byte               // borrowed buffer holding unread bytes [r:w], or nil
-	r, w int
-	// results of the last raw read
-	got    *[]byte
-	n      int
+	r, w int32                 // within pooledReadSize
+	// rawErr is the error of the last raw read (which leaves what it read
+	// in buf).
 	rawErr error
 }
 
@@ -44,21 +44,12 @@ func (p *pooledState) readBuffered(dst []byte) (int, bool) {
 		return 0, false
 	}
 	n := copy(dst, (*p.buf)[p.r:p.w])
-	p.r += n
+	p.r += int32(n)
 	if p.r == p.w {
 		readBufs.Put(p.buf)
 		p.buf, p.r, p.w = nil, 0, 0
 	}
 	return n, true
-}
-
-// keep stores the unread tail of a fresh buffer, or returns it to the pool.
-func (p *pooledState) keep(b *[]byte, consumed, n int) {
-	if consumed < n {
-		p.buf, p.r, p.w = b, consumed, n
-		return
-	}
-	readBufs.Put(b)
 }
 
 // readOpError renames the "raw-read" op of errors from RawConn.Read to

@@ -45,19 +45,19 @@ func (t *trackedConn) pooledRead(p []byte) (int, error) {
 	if err := t.rc.Read(t.pool.fn); err != nil {
 		return 0, readOpError(err)
 	}
-	b, n, err := t.pool.got, t.pool.n, t.pool.rawErr
-	t.pool.got, t.pool.rawErr = nil, nil
-	if err != nil {
+	if err := t.pool.rawErr; err != nil {
+		t.pool.rawErr = nil
 		return 0, err
 	}
 	t.readAt = time.Now()
-	m := copy(p, (*b)[:n])
-	t.pool.keep(b, m, n)
-	return m, nil
+	n, _ := t.pool.readBuffered(p)
+	return n, nil
 }
 
-// rawRead is the RawConn.Read callback: one read(2) into a pooled buffer;
-// on EAGAIN it gives the buffer back and asks to wait for readability.
+// rawRead is the RawConn.Read callback: one read(2) into a pooled buffer,
+// which it leaves in t.pool holding what was read (or gives back, with the
+// error in t.pool.rawErr); on EAGAIN it gives the buffer back and asks to
+// wait for readability. It runs only when t.pool holds no buffer.
 func (t *trackedConn) rawRead(fd uintptr) bool {
 	b := readBufs.Get().(*[]byte)
 	for {
@@ -75,7 +75,7 @@ func (t *trackedConn) rawRead(fd uintptr) bool {
 			readBufs.Put(b)
 			t.pool.rawErr = io.EOF
 		default:
-			t.pool.got, t.pool.n = b, n
+			t.pool.buf, t.pool.r, t.pool.w = b, 0, int32(n)
 			t.bytesIn.Add(int64(n))
 		}
 		return true

@@ -12,6 +12,9 @@ import (
 
 // trackedConn counts bytes read from the socket: any inbound byte is proof the
 // peer is alive, even in the middle of a large, slow message.
+//
+// Every connection holds one, idle ones included: keep it within 128 bytes
+// (TestTrackedConnSize).
 type trackedConn struct {
 	net.Conn
 	bytesIn   atomic.Int64
