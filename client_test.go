@@ -632,9 +632,11 @@ func TestOnConnectTimeoutFailsTheAttempt(t *testing.T) {
 			if calls.Add(1) > 1 {
 				return nil
 			}
-			start := time.Now()
+			// The bound is the context's deadline, fixed before OnConnect
+			// starts: measure from when it was set, not from here.
+			dl, _ := ctx.Deadline()
 			<-ctx.Done() // an acknowledgement that never comes
-			took <- time.Since(start)
+			took <- time.Since(dl.Add(-onConnectTO))
 			return ctx.Err()
 		}))
 	if err != nil {
