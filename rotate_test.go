@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -45,7 +46,9 @@ func TestRotateOfAConnectionNotYetReadEndsWithIt(t *testing.T) {
 			<-holdUp // never reads: the client's close handshake waits its close timeout
 			return
 		}
-		if err := c.WriteMessage(websocket.TextMessage, []byte("hi")); err != nil {
+		// "hi N": N is the order this handler registered in, which under
+		// load need not be the client's dial order.
+		if err := c.WriteMessage(websocket.TextMessage, []byte("hi "+strconv.Itoa(n))); err != nil {
 			return
 		}
 		for { // echo
@@ -101,7 +104,9 @@ func TestRotateOfAConnectionNotYetReadEndsWithIt(t *testing.T) {
 	go func() { second <- c.Rotate(ctx) }() // on connection 2, before its reader started
 	recv(t, inThird, 10*time.Second, "the second rotation's OnConnect")
 	// Connection 1 ends after its close timeout; the reader goes on with 2.
-	waitConn := func(id uint64) {
+	// waitConn waits for a message of the client's connection id and
+	// returns the server's registration number for it (from its "hi N").
+	waitConn := func(id uint64) int {
 		t.Helper()
 		deadline := time.After(15 * time.Second)
 		var seen []uint64
@@ -109,7 +114,11 @@ func TestRotateOfAConnectionNotYetReadEndsWithIt(t *testing.T) {
 			select {
 			case m := <-got:
 				if m.ConnID == id {
-					return
+					n, err := strconv.Atoi(strings.TrimPrefix(string(m.Data), "hi "))
+					if err != nil {
+						t.Fatalf("first message of connection %d: %q, want hi N", id, m.Data)
+					}
+					return n
 				}
 				seen = append(seen, m.ConnID)
 			case <-deadline:
@@ -117,10 +126,10 @@ func TestRotateOfAConnectionNotYetReadEndsWithIt(t *testing.T) {
 			}
 		}
 	}
-	waitConn(2)
+	n2 := waitConn(2)
 	// Connection 2 dies: the feed reconnects (connection 4), and the
 	// rotation that was replacing 2 must end with it.
-	serverConn(2).NetConn().Close()
+	serverConn(n2).NetConn().Close()
 	waitConn(4)
 	close(releaseThird) // the second rotation's OnConnect would now succeed
 	if err := recv(t, second, 10*time.Second, "the second Rotate to return"); err == nil {
