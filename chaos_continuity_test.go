@@ -438,7 +438,7 @@ func checkContinuity(feeds []*soakFeed, srv *seqServer, faults *faultLog, v *vio
 				// Every data message handled was won by one connection;
 				// what a connection won and the queue dropped was not handled.
 				// (The primary's Won counts the heartbeat replies and pings it
-				// delivers too, against its doc: TestSoakFound2WonCountsReplies.
+				// delivers too, against its doc: TestStandbyWonCountsOnlyData.
 				// Until that is fixed the bound is every message handled.)
 				if won < data || won > all+s.Dropped {
 					v.add("%s (%s): the connections won %d (primary %d, standby %d), %d data messages handled (%d in all), %d dropped; Stats: delivered %d, queue depth %d, duplicates %d, state %v",
@@ -522,10 +522,10 @@ var drainLostAtPush atomic.Int64
 
 // drainResult is one feed's Drain.
 type drainResult struct {
-	f                    *soakFeed
-	err                  error
-	took                 time.Duration
-	droppedBefore, after int64
+	f             *soakFeed
+	err           error
+	took          time.Duration
+	droppedBefore int64
 }
 
 // checkDrained checks a feed after its Client drained with time to spare:
@@ -550,7 +550,7 @@ func checkDrained(r drainResult, v *violations) {
 		n, ok := c.LastSequence("")
 		// (A message the reader had accepted while it waited for room in a
 		// full Block queue was once given up by the drain:
-		// TestSoakFound2DrainLosesPendingPush, fixed.)
+		// TestDrainDeliversMessageWaitingForQueueRoom, fixed.)
 		if ok && int64(n) != f.lastF.Load() {
 			if int64(n) > f.lastF.Load() && f.mix.queue != qNone {
 				drainLostAtPush.Add(1)

@@ -728,11 +728,9 @@ type soakFeed struct {
 
 // soakClient is one Client of a feed and the counters that pair with its Stats.
 type soakClient struct {
-	c                                        atomic.Pointer[wspool.Client]
-	handled, onConnReads, onConnSends        atomic.Int64
-	lastHandledAt                            atomic.Int64 // UnixNano of the latest data message handled
-	removeStart                              time.Time
-	removedFromHandler, removedFromHandlerOK bool
+	c                                 atomic.Pointer[wspool.Client]
+	handled, onConnReads, onConnSends atomic.Int64
+	lastHandledAt                     atomic.Int64 // UnixNano of the latest data message handled
 
 	ct contClient // continuity (chaos_continuity_test.go)
 }
