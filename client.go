@@ -152,28 +152,31 @@ type Client struct {
 	cfg     config
 	dialer  *websocket.Dialer
 	log     *slog.Logger
-	pooled  bool // reads are buffered from readBufs (see readbuf.go)
 
 	// Lifecycle and the current connection: guarded by mu (see the lock
 	// table in doc.go).
-	mu        sync.Mutex
-	state     State
+	mu    sync.Mutex
+	state State
+	// The feed's flags, packed beside state (an idle feed's memory); each
+	// says who owns it.
+	pooled    bool  // reads are buffered from readBufs (see readbuf.go); set by NewClient
+	started   bool  // mu
+	closed    bool  // mu
+	finished  bool  // mu: Run is returning, no background goroutine may start
+	draining  bool  // mu: Drain was called
+	writing   bool  // mu: a goroutine holds the send path's writer role
+	reached   bool  // the loop's: the current attempt reached StateConnected
 	conn      *Conn // current connection while connected
-	started   bool
-	closed    bool
-	finished  bool // Run is returning: no background goroutine may start
 	cancel    context.CancelFunc
 	done      chan struct{} // closed when the feed has stopped (Done)
 	lastErr   error
 	lastErrAt time.Time
 	runErr    error // Run's result, written before done is closed
-	draining  bool  // Drain was called
 
 	// The send path (send.go): guarded by mu.
 	sendQ         []*sendReq // messages in line: behind the writer, or waiting for a connection
 	sendQBuffered int        // of which waiting for a connection (counted against WithSendBuffer)
 	sendQBytes    int        // their payload bytes
-	writing       bool       // a goroutine holds the writer role
 	dialedHost    string     // the host of the latest dial (the request func may rewrite it)
 
 	// Delivery: the inbound queue (WithQueue; its own lock) and the
@@ -181,12 +184,7 @@ type Client struct {
 	inq *inQueue
 	seq seqState
 
-	// WithStandby (standby.go): lanes is set by begin and then read-only;
-	// mergeMu is the merge turn (doc.go).
-	lanes      []*lane
-	laneCancel context.CancelFunc
-	laneWG     sync.WaitGroup
-	mergeMu    sync.Mutex
+	sb *standbySet // WithStandby (standby.go): set by begin; nil without
 
 	// Background goroutines and timer callbacks (send flushers, send-buffer
 	// expiry, the event dispatcher, the application heartbeat) that Run
@@ -200,7 +198,6 @@ type Client struct {
 	spawn     func(func() error) // starts the feed's next goroutine
 	feedCtx   context.Context    // Run's context, with the callback mark
 	rp        retryPolicy
-	reached   bool               // the current attempt reached StateConnected
 	failedRun int                // consecutive attempts that failed before reaching connected
 	delivered chan struct{}      // closed when deliverQueued returns (WithQueue)
 	qcancel   context.CancelFunc // ends the queue handler's context

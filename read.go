@@ -98,9 +98,9 @@ func (c *Client) startReader(ctx, actx context.Context, conn *Conn) context.Cont
 	h.done = make(chan struct{})
 	conn.ws.SetPongHandler(conn.onPong) // before the reader runs: it calls it
 	if l := conn.lane; l != nil {
-		c.laneWG.Add(1)
+		c.sb.wg.Add(1)
 		c.spawn(func() error {
-			defer c.laneWG.Done()
+			defer c.sb.wg.Done()
 			cn := conn
 			conn = nil // not kept by this closure while the standby loop goes on
 			c.runReader(ctx, cn)
@@ -414,7 +414,7 @@ func (c *Client) route(ctx context.Context, conn *Conn, msg Message, data bool) 
 		}
 	}
 	switch {
-	case c.lanes != nil:
+	case c.sb != nil:
 		// Standby connections deliver too: take turns, first copy wins.
 		if c.deliverMerged(ctx, conn, msg, data) && data {
 			if l := conn.lane; l != nil {

@@ -90,17 +90,18 @@ func (c *Client) startLanes(ctx context.Context) {
 		return
 	}
 	lctx, cancel := context.WithCancel(ctx)
-	c.laneCancel = cancel
+	set := &standbySet{cancel: cancel}
+	c.sb = set
 	for i := 1; i <= sb.Connections; i++ {
 		u := c.url
 		if len(sb.URLs) > 0 {
 			u, _ = url.Parse(sb.URLs[(i-1)%len(sb.URLs)]) // validated by WithStandby
 		}
 		l := &lane{c: c, idx: i, url: u, rp: newRetryPolicy(c)}
-		c.lanes = append(c.lanes, l)
-		c.laneWG.Add(1)
+		set.lanes = append(set.lanes, l)
+		set.wg.Add(1)
 		c.spawn(func() error {
-			defer c.laneWG.Done()
+			defer set.wg.Done()
 			l.run(lctx, nil)
 			return nil
 		})
@@ -110,11 +111,21 @@ func (c *Client) startLanes(ctx context.Context) {
 // stopLanes ends the standby connections (close frames, bounded by the close
 // timeout) and waits for their goroutines.
 func (c *Client) stopLanes() {
-	if c.laneCancel == nil {
+	if c.sb == nil {
 		return
 	}
-	c.laneCancel()
-	c.laneWG.Wait()
+	c.sb.cancel()
+	c.sb.wg.Wait()
+}
+
+// standbySet is a feed's standby connections (WithStandby): set by begin,
+// then read-only but for its WaitGroup and the merge turn; a feed without
+// standby connections holds none (an idle feed's memory).
+type standbySet struct {
+	lanes  []*lane
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	merge  sync.Mutex // the merge turn (doc.go's lock table)
 }
 
 // run keeps the standby connection up until ctx ends or a permanent
@@ -188,8 +199,8 @@ func (l *lane) ended(conn *Conn, cause error) {
 // never called concurrently with itself), and with sequenced data the first
 // copy wins. It reports whether msg was delivered.
 func (c *Client) deliverMerged(ctx context.Context, conn *Conn, msg Message, data bool) bool {
-	c.mergeMu.Lock()
-	defer c.mergeMu.Unlock()
+	c.sb.merge.Lock()
+	defer c.sb.merge.Unlock()
 	if data {
 		switch c.checkSequence(conn, &msg) {
 		case seqDuplicate:

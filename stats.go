@@ -77,7 +77,10 @@ func (c *Client) Stats() Stats {
 		ConnectedSince: c.connectedSince(),
 		SendBuffered:   len(c.sendQ),
 	}
-	lanes := c.lanes
+	var lanes []*lane
+	if c.sb != nil {
+		lanes = c.sb.lanes
+	}
 	c.mu.Unlock()
 	st := &c.stats
 	s.Connects = st.connects.Load()
