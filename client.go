@@ -216,6 +216,7 @@ type clientCounters struct {
 	connSeq                           atomic.Uint64 // numbers connections (Conn.ID)
 	gaps, gapMsgs, serverPings, won   atomic.Int64
 	delivered, eventsDropped          atomic.Int64
+	heldDropped                       atomic.Int64 // read during a failed attempt's OnConnect, never delivered
 	rtt, srtt                         atomic.Int64
 }
 

@@ -207,8 +207,13 @@ func (c *Client) readHeld(conn *Conn, mr *msgReader) (msg Message, data, inHand 
 		data, keep := c.classify(conn, msg)
 		conn.held.Add(1)
 		c.countIn(conn, msg)
-		if h.put(msg, data, keep) == holdLive {
+		switch h.put(msg, data, keep) {
+		case holdLive:
 			return msg, data, keep, nil
+		case holdFailed:
+			if keep { // read after the attempt failed: counted, never delivered
+				c.stats.heldDropped.Add(1)
+			}
 		}
 		mr.rb.release()
 	}
@@ -323,6 +328,7 @@ func (c *Client) abort(conn *Conn, graceful bool) {
 	h := &conn.hold
 	h.mu.Lock()
 	h.phase = holdFailed
+	c.stats.heldDropped.Add(int64(len(h.msgs))) // read, counted, never delivered
 	h.msgs, h.bytes = nil, 0
 	done := h.done
 	h.notifyLocked()
