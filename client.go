@@ -217,12 +217,13 @@ type clientCounters struct {
 	gaps, gapMsgs, serverPings, won   atomic.Int64
 	delivered, eventsDropped          atomic.Int64
 	heldDropped                       atomic.Int64 // read during a failed attempt's OnConnect, never delivered
+	primaryPings                      atomic.Int64 // the server pings of serverPings the primary connection answered
 	rtt, srtt                         atomic.Int64
 }
 
 // dataCount is the number of data messages read so far, heartbeat replies excluded.
 func (c *Client) dataCount() int64 {
-	return c.stats.msgsIn.Load() - c.stats.replies.Load() - c.stats.serverPings.Load()
+	return c.stats.msgsIn.Load() - c.stats.replies.Load() - c.stats.primaryPings.Load()
 }
 
 // NewClient returns a Client for the ws:// or wss:// URL rawURL, delivering

@@ -430,6 +430,9 @@ func (c *Client) answerPing(conn *Conn, msg Message) bool {
 		return false
 	}
 	c.stats.serverPings.Add(1)
+	if conn.lane == nil {
+		c.stats.primaryPings.Add(1) // the primary's data count leaves them out
+	}
 	if err := checkType(typ); err != nil {
 		c.reportHandlerError(&HandlerError{Feed: c.name, Callback: "ServerPing.Reply", Err: err})
 		return true

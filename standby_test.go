@@ -12,6 +12,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/wspool/wspool"
+	"github.com/wspool/wspool/internal/wstest"
 )
 
 // TestStandbyWonCountsOnlyData: with standby connections, Stats.Won (and a
@@ -117,4 +118,49 @@ func TestStandbyGateWaitIsNotTheFeedsState(t *testing.T) {
 	if s.AdmissionWaits == 0 {
 		t.Fatal("no dial ever waited at the gate: the test did not test")
 	}
+}
+
+// TestStandbyPingsDoNotHoldOffPrimaryStaleCheck: server pings a standby
+// connection answers are not the primary connection's data. Before, every
+// answered ping (on any connection) came off the primary's data count, so a
+// standby's pings moved it and the primary's stale-data watchdog never fired
+// on a primary that sent nothing.
+func TestStandbyPingsDoNotHoldOffPrimaryStaleCheck(t *testing.T) {
+	silent := newServer(t, func(c *websocket.Conn, r *http.Request) {
+		gone, stop := wstest.ReadInBackground(c)
+		defer stop()
+		<-gone
+	})
+	pinging := newServer(t, func(c *websocket.Conn, r *http.Request) {
+		gone, stop := wstest.ReadInBackground(c)
+		defer stop()
+		tk := time.NewTicker(20 * time.Millisecond)
+		defer tk.Stop()
+		for n := 1; ; n++ {
+			select {
+			case <-gone:
+				return
+			case <-tk.C:
+			}
+			if c.WriteMessage(websocket.TextMessage, []byte(`{"ping":`+strconv.Itoa(n)+`}`)) != nil {
+				return
+			}
+		}
+	})
+	ev := newEvents()
+	c, err := wspool.NewClient(silent.URL("/"), nil, ev.option(),
+		wspool.WithSequence(wspool.Sequence{Extract: func(wspool.Message) (string, uint64, bool) { return "", 0, false }}),
+		wspool.WithStandby(wspool.Standby{Connections: 1, URLs: []string{pinging.URL("/")}}),
+		wspool.WithServerPing(wspool.ServerPing{Reply: func(m wspool.Message) (wspool.MessageType, []byte, bool) {
+			n, ok := strings.CutPrefix(string(m.Data), `{"ping":`)
+			return wspool.TextMessage, []byte(`{"pong":` + n), ok
+		}}),
+		wspool.WithStaleTimeout(300*time.Millisecond), wspool.WithBackoff(10*time.Millisecond, 20*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runClient(t, c)
+	waitFor(t, 20*time.Second, "the silent primary cut for stale data", func() bool {
+		return errors.Is(ev.lastCause(wspool.StateBackingOff), wspool.ErrStaleData)
+	})
 }
