@@ -19,42 +19,45 @@ type Conn struct {
 	nc     *trackedConn
 	id     uint64
 	lane   *lane // the standby connection it serves; nil for the primary
-	// mayInflate: permessage-deflate was offered, so messages may arrive
-	// compressed and the read limit must count decompressed bytes.
-	mayInflate bool
 
 	wlock chan struct{} // one writer at a time, waitable with a context
 	pacer *pacer        // WithSendPacing (pacing.go); nil without
 	dead  chan struct{} // closed when the connection is torn down
-	once  sync.Once
-	cause error // why it was torn down; written before dead is closed
+	cause error         // why it was torn down; written before dead is closed
 
-	inOnConnect atomic.Bool // ReadMessage is allowed
-	closing     atomic.Bool // our close frame is being or has been sent
-	stopping    atomic.Bool // the feed is shutting down: deliver nothing more
 	// held counts the reader's passes through user code (IsReply, the
 	// duplicate filter, the handler): odd while one is running, so that any
 	// completed or running pass since a snapshot shows in one load.
-	held          atomic.Uint64
-	closeOnce     sync.Once
-	closeSent     bool                  // written in closeOnce
-	gotData       atomic.Bool           // a data message (not a heartbeat reply) arrived
-	next          atomic.Pointer[Conn]  // the replacement after a rotation
-	rot           *rotator              // the rotation under way or armed (under client.mu)
-	endReason     atomic.Pointer[error] // why we ended it (Reconnect), reported instead of the close that follows
-	resyncing     atomic.Bool           // a resync after a gap was asked for: deliver no more data from it
-	rotStopped    bool                  // no more rotations (under client.mu)
-	afterRotation atomic.Bool           // this connection replaced a rotated one
-	pingSeq       atomic.Uint64
-	pingSent      atomic.Int64
-	start         time.Time // when it reached the connected state (written under client.mu)
+	held      atomic.Uint64
+	next      atomic.Pointer[Conn]  // the replacement after a rotation
+	rot       *rotator              // the rotation under way or armed (under client.mu)
+	endReason atomic.Pointer[error] // why we ended it (Reconnect), reported instead of the close that follows
+	pingSeq   atomic.Uint64
+	pingSent  atomic.Int64
+	start     time.Time // when it reached the connected state (written under client.mu)
+
+	once      sync.Once // kill
+	closeOnce sync.Once // sendClose
+
+	// Flags, packed together (a connection's memory); each says who owns it.
+	inOnConnect   atomic.Bool // ReadMessage is allowed
+	closing       atomic.Bool // our close frame is being or has been sent
+	stopping      atomic.Bool // the feed is shutting down: deliver nothing more
+	gotData       atomic.Bool // a data message (not a heartbeat reply) arrived
+	resyncing     atomic.Bool // a resync after a gap was asked for: deliver no more data from it
+	afterRotation atomic.Bool // this connection replaced a rotated one
+	// mayInflate: permessage-deflate was offered, so messages may arrive
+	// compressed and the read limit must count decompressed bytes.
+	mayInflate bool
+	closeSent  bool // written in closeOnce
+	rotStopped bool // no more rotations (under client.mu)
+	filterDups bool // the read side's: the duplicate filter applies to the next data message
+	timedFirst bool // the read side's: its first data message has been timed
 
 	// The read side (read.go). hold is the hold phase's state; the rest is
 	// used by whoever delivers (the releasing goroutine, then the reader).
-	hold       holdState
-	since      time.Time // when the first connection of its chain of rotations connected (uptime)
-	filterDups bool      // the duplicate filter applies to the next data message
-	timedFirst bool      // its first data message has been timed
+	hold  holdState
+	since time.Time // when the first connection of its chain of rotations connected (uptime)
 }
 
 func newConn(c *Client, ws *websocket.Conn, nc *trackedConn) *Conn {

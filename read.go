@@ -63,16 +63,22 @@ const (
 // holdState is a connection's hold phase (see above).
 type holdState struct {
 	mu      sync.Mutex
-	phase   holdPhase
 	msgs    []heldMsg
-	bytes   int
 	end     error         // the reader's end cause, once its read failed before the release
 	changed chan struct{} // closed and replaced at every change (messages, phase, end); nil once live
 	hb      *heartbeat    // the connection's timers, started at the release
 
 	done   chan struct{}           // closed when the reader of a failed attempt has exited (abort waits)
 	cancel context.CancelCauseFunc // ends OnConnect's context (the reader ended)
+
+	bytes int32 // of msgs' data, each counted as heldSize: at most 2 × holdBytes
+	phase holdPhase
 }
+
+// heldSize is how much a message of n bytes counts against holdBytes: its
+// size, but no more than just over the bound (one larger message is held
+// alone), so that the sum fits an int32 whatever the read limit.
+func heldSize(n int) int32 { return int32(min(n, holdBytes+1)) }
 
 type heldMsg struct {
 	msg  Message // Data is a copy
@@ -233,10 +239,10 @@ func (h *holdState) put(msg Message, data, keep bool) holdPhase {
 			if !keep {
 				return holdHolding
 			}
-			if n := len(h.msgs); n == 0 || n < holdMessages && h.bytes+len(msg.Data) <= holdBytes {
+			if n := len(h.msgs); n == 0 || n < holdMessages && int(h.bytes)+len(msg.Data) <= holdBytes {
 				msg.Data = append([]byte(nil), msg.Data...)
 				h.msgs = append(h.msgs, heldMsg{msg: msg, data: data})
-				h.bytes += len(msg.Data)
+				h.bytes += heldSize(len(msg.Data))
 				h.notifyLocked()
 				return holdHolding
 			}
@@ -277,7 +283,7 @@ func (h *holdState) take(ctx context.Context) (Message, error) {
 	m := h.msgs[0].msg
 	h.msgs[0] = heldMsg{}
 	h.msgs = h.msgs[1:]
-	h.bytes -= len(m.Data)
+	h.bytes -= heldSize(len(m.Data))
 	h.notifyLocked()
 	return m, nil
 }
