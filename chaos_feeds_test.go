@@ -1255,7 +1255,7 @@ func feedAccounting(f *soakFeed) (problem string, blockDiscarded int64) {
 	s := sc.c.Load().Stats()
 	handled := sc.handled.Load()
 	read := s.MessagesIn - sc.onConnReads.Load()
-	notDelivered := s.Duplicates
+	notDelivered := s.Duplicates + s.DiscardedAtConnect // the latter: read during an OnConnect that failed
 	if f.mix.dropReplies {
 		notDelivered += s.HeartbeatReplies
 	}
@@ -1273,9 +1273,7 @@ func feedAccounting(f *soakFeed) (problem string, blockDiscarded int64) {
 		}
 		bad = bad || read < s.Delivered+s.Dropped+s.Duplicates
 	case f.mix.queue == qNone:
-		// Dropped: what a failed attempt's connection read during its
-		// OnConnect (it is never delivered).
-		bad = bad || read != s.Delivered+notDelivered+s.Dropped
+		bad = bad || read != s.Delivered+notDelivered || s.Dropped != 0
 	case f.mix.queue == qBlock || f.mix.queue == qBlockSmall:
 		// Block never drops by policy, but a message read while the queue was
 		// full is given up when the connection dies under it (tail loss).

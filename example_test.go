@@ -86,6 +86,7 @@ func ExampleNewClient() {
 	defer srv.Close()
 
 	ctx, cancel := context.WithCancel(context.Background())
+	var states []string
 	c, err := wspool.NewClient(srv.URL("/"),
 		func(_ context.Context, m wspool.Message) error {
 			fmt.Println("message:", string(m.Data))
@@ -97,21 +98,27 @@ func ExampleNewClient() {
 		wspool.WithOnConnect(func(ctx context.Context, c *wspool.Conn) error {
 			return c.Send(ctx, wspool.TextMessage, []byte("subscribe:X"))
 		}),
+		// State changes come in order from the feed's event dispatcher,
+		// not the handler's goroutine: collected here, printed after Run
+		// (which returns once every callback has returned).
 		wspool.WithOnStateChange(func(sc wspool.StateChange) {
-			fmt.Println("state:", sc.From, "->", sc.To)
+			states = append(states, fmt.Sprint(sc.From, " -> ", sc.To))
 		}))
 	if err != nil {
 		panic(err)
 	}
 	fmt.Println("Run:", c.Run(ctx))
+	for _, st := range states {
+		fmt.Println("state:", st)
+	}
 	// Output:
-	// state: idle -> connecting
-	// state: connecting -> connected
 	// message: X quote 1
 	// message: X quote 2
 	// message: X quote 3
-	// state: connected -> closed
 	// Run: <nil>
+	// state: idle -> connecting
+	// state: connecting -> connected
+	// state: connected -> closed
 }
 
 // Invalid input fails at construction, not at 3 a.m.

@@ -418,8 +418,8 @@ func TestStandbyCloseDuringOnConnectIsRead(t *testing.T) {
 
 // TestFailedOnConnectReportsHeldMessages: messages a connection read while
 // its OnConnect ran are never delivered when that OnConnect fails, and they
-// are reported: counted in Stats.Dropped, so that every message read is
-// delivered or counted (the soak's inbound accounting found 13-68 such
+// are reported: counted in Stats.DiscardedAtConnect, so that every message
+// read is delivered or counted (the soak's inbound accounting found 13-68 such
 // messages per feed read and neither delivered nor counted).
 func TestFailedOnConnectReportsHeldMessages(t *testing.T) {
 	const n = 20
@@ -454,7 +454,7 @@ func TestFailedOnConnectReportsHeldMessages(t *testing.T) {
 	runClient(t, c)
 	waitFor(t, 10*time.Second, "the second connection", func() bool { return c.State() == wspool.StateConnected })
 	st := c.Stats()
-	if delivered.Load() != 0 || st.MessagesIn != n || st.Dropped != n {
-		t.Fatalf("read %d, delivered %d, dropped %d: want the %d messages of the failed attempt read and counted as dropped", st.MessagesIn, delivered.Load(), st.Dropped, n)
+	if delivered.Load() != 0 || st.MessagesIn != n || st.DiscardedAtConnect != n || st.Dropped != 0 {
+		t.Fatalf("read %d, delivered %d, discarded %d, dropped %d: want the %d messages of the failed attempt read and counted as discarded", st.MessagesIn, delivered.Load(), st.DiscardedAtConnect, st.Dropped, n)
 	}
 }

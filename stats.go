@@ -27,12 +27,13 @@ type Stats struct {
 	// those callbacks fell more than 1,024 events behind (they run on a
 	// dispatcher goroutine of the feed; see WithOnStateChange).
 	EventsDropped int64
-	// Dropped counts messages read but never delivered and not counted
-	// elsewhere: dropped by the inbound queue's overflow policy or discarded
-	// at shutdown (WithQueue), and those a connection read while its
-	// OnConnect ran when that attempt then failed (or a rotation's
-	// replacement was not kept). QueueDepth and QueueHighWater are the
-	// queue's current depth and its high-water mark.
+	// DiscardedAtConnect counts messages a connection read while its
+	// OnConnect ran (see WithOnConnect) and never delivered because that
+	// attempt then failed, or a rotation's replacement was not kept: they
+	// are counted in MessagesIn, and reported here.
+	DiscardedAtConnect int64
+	// Inbound queue (WithQueue): messages dropped by the overflow policy or
+	// discarded at shutdown, current depth and its high-water mark.
 	Dropped                    int64
 	QueueDepth, QueueHighWater int
 	// SendBuffered is the number of messages waiting for a connection
@@ -112,9 +113,9 @@ func (c *Client) Stats() Stats {
 	s.AdmissionWaits = c.admit.waits.Load()
 	s.AdmissionWaited = time.Duration(c.admit.waited.Load())
 	s.AdmissionWaiting = c.admit.waiting.Load()
-	s.Dropped = st.heldDropped.Load()
+	s.DiscardedAtConnect = st.heldDropped.Load()
 	if q := c.inq; q != nil {
-		s.Dropped += q.Dropped()
+		s.Dropped = q.Dropped()
 		s.QueueDepth = q.Depth()
 		s.QueueHighWater = q.HighWater()
 	}
@@ -150,10 +151,10 @@ func (ps *PoolStats) addTotals(c *Client) {
 	s := Stats{
 		State: state, Connects: st.connects.Load(), Disconnects: st.disconnects.Load(), Attempts: st.attempts.Load(),
 		MessagesIn: st.msgsIn.Load(), BytesIn: st.bytesIn.Load(), MessagesOut: st.msgsOut.Load(), BytesOut: st.bytesOut.Load(),
-		HandlerErrors: st.handlerErrs.Load(), SendFailed: st.sendFailed.Load(), Dropped: st.heldDropped.Load(),
+		HandlerErrors: st.handlerErrs.Load(), SendFailed: st.sendFailed.Load(),
 	}
 	if q := c.inq; q != nil {
-		s.Dropped += q.Dropped()
+		s.Dropped = q.Dropped()
 	}
 	ps.addCounts(&s)
 }

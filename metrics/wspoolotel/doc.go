@@ -53,6 +53,7 @@
 //	wspool.feed.heartbeat_replies         counter  {message}     HeartbeatReplies
 //	wspool.feed.handler_errors            counter  {error}       HandlerErrors
 //	wspool.feed.callback_events.dropped   counter  {event}       EventsDropped
+//	wspool.feed.messages.discarded_at_connect counter {message} DiscardedAtConnect
 //	wspool.feed.messages.dropped          counter  {message}     Dropped
 //	wspool.feed.queue.depth               gauge    {message}     QueueDepth
 //	wspool.feed.queue.high_water          gauge    {message}     QueueHighWater

@@ -92,6 +92,8 @@ func feedStats() []*stat {
 		count("handler_errors", "{error}", "Handler and callback errors and panics.", func(st *wspool.Stats) int64 { return st.HandlerErrors }),
 		count("callback_events.dropped", "{event}", "OnStateChange and OnError calls dropped because those callbacks fell too far behind.",
 			func(st *wspool.Stats) int64 { return st.EventsDropped }),
+		count("messages.discarded_at_connect", "{message}", "Messages read while OnConnect ran and never delivered because that attempt failed.",
+			func(st *wspool.Stats) int64 { return st.DiscardedAtConnect }),
 		count("messages.dropped", "{message}", "Inbound messages dropped by the queue's overflow policy or discarded at shutdown.",
 			func(st *wspool.Stats) int64 { return st.Dropped }),
 		gauge("queue.depth", "{message}", "Messages in the inbound queue.", intGauge,

@@ -153,6 +153,8 @@ func feedMetrics(constLabels prometheus.Labels) []feedMetric {
 		counter("handler_errors_total", "Handler and callback errors and panics, decode errors included.", func(st *wspool.Stats) int64 { return st.HandlerErrors }),
 		counter("callback_events_dropped_total", "OnStateChange and OnError calls dropped because those callbacks fell too far behind.",
 			func(st *wspool.Stats) int64 { return st.EventsDropped }),
+		counter("connect_discarded_messages_total", "Messages read while OnConnect ran and never delivered because that attempt failed.",
+			func(st *wspool.Stats) int64 { return st.DiscardedAtConnect }),
 		counter("dropped_messages_total", "Inbound messages dropped by the queue's overflow policy or discarded at shutdown (WithQueue).",
 			func(st *wspool.Stats) int64 { return st.Dropped }),
 		gauge("queue_depth", "Messages in the inbound queue (WithQueue).", always(func(st *wspool.Stats) float64 { return float64(st.QueueDepth) })),

@@ -48,6 +48,7 @@
 //	wspool_feed_heartbeat_replies_total          counter  HeartbeatReplies
 //	wspool_feed_handler_errors_total             counter  HandlerErrors
 //	wspool_feed_callback_events_dropped_total    counter  EventsDropped
+//	wspool_feed_connect_discarded_messages_total counter  DiscardedAtConnect
 //	wspool_feed_dropped_messages_total           counter  Dropped
 //	wspool_feed_queue_depth                      gauge    QueueDepth
 //	wspool_feed_queue_high_water                 gauge    QueueHighWater
