@@ -324,11 +324,7 @@ func TestRotationHeldMessagesKeepOrder(t *testing.T) {
 	s := c.Stats()
 	mu.Lock()
 	defer mu.Unlock()
-	for i := 1; i < len(seqs); i++ {
-		if seqs[i] != seqs[i-1]+1 {
-			t.Fatalf("sequence broken at %d: %d after %d (rotations %d)", i, seqs[i], seqs[i-1], s.Rotations)
-		}
-	}
+	checkConsecutive(t, seqs, s.Rotations)
 	if s.Disconnects != s.Rotations || s.State != wspool.StateConnected || held.Load() < 3 {
 		t.Fatalf("stats %+v, %d replacements with held data: every disconnect should be a rotation", s, held.Load())
 	}
@@ -444,8 +440,11 @@ func TestFailedOnConnectReportsHeldMessages(t *testing.T) {
 			if conns.Load() > 1 {
 				return nil
 			}
-			// The first attempt fails once its connection has read all n.
-			waitFor(t, 10*time.Second, "the held messages read", func() bool { return c.Stats().MessagesIn >= n })
+			// The first attempt fails once its connection has read all n
+			// (waitForCtx: t.Fatal must not run on the library's goroutine).
+			if err := waitForCtx(ctx, func() bool { return c.Stats().MessagesIn >= n }); err != nil {
+				return err
+			}
 			return fmt.Errorf("login refused")
 		}))
 	if err != nil {

@@ -265,13 +265,20 @@ func TestRotationWithoutGap(t *testing.T) {
 	s := c.Stats()
 	mu.Lock()
 	defer mu.Unlock()
-	for i := 1; i < len(seqs); i++ {
-		if seqs[i] != seqs[i-1]+1 {
-			t.Fatalf("sequence broken at %d: %d after %d (rotations %d)", i, seqs[i], seqs[i-1], s.Rotations)
-		}
-	}
+	checkConsecutive(t, seqs, s.Rotations)
 	if s.Disconnects != s.Rotations || s.State != wspool.StateConnected {
 		t.Fatalf("stats %+v: every disconnect should be a rotation", s)
 	}
 	t.Logf("%d rotations, %d messages in sequence, %d duplicates dropped", s.Rotations, len(seqs), s.Duplicates)
+}
+
+// checkConsecutive fails t unless every number in seqs is one above the
+// previous: no gap, duplicate or reorder across the rotations.
+func checkConsecutive(t *testing.T, seqs []uint64, rotations int64) {
+	t.Helper()
+	for i := 1; i < len(seqs); i++ {
+		if seqs[i] != seqs[i-1]+1 {
+			t.Fatalf("sequence broken at %d: %d after %d (rotations %d)", i, seqs[i], seqs[i-1], rotations)
+		}
+	}
 }
