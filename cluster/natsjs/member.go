@@ -81,10 +81,17 @@ type Config struct {
 	// it puts the resume point into the request (e.g. ?from=last+1).
 	Resume func(f Feed, u *url.URL, h http.Header, last uint64) error
 	// FeedOptions returns extra wspool options for a feed (pings, queue,
-	// heartbeats). They must not include WithName, WithRequestFunc (use
-	// Resume) or a handler of their own.
+	// heartbeats), after the pool's defaults. The member names every feed
+	// (Feed.Name) and sets its request func (for Resume) itself: WithName or
+	// WithRequestFunc among them is an error, which Register returns for
+	// the feeds it registers and which keeps a feed from starting on a
+	// member (logged at Error level). Register also checks the options
+	// and the URL as wspool.NewClient does. FeedOptions is called by
+	// Register and each time a feed starts on this member.
 	FeedOptions func(f Feed) []wspool.Option
-	// PoolOptions are passed to wspool.NewPool.
+	// PoolOptions are passed to wspool.NewPool; New fails for options it
+	// refuses, and for WithName or WithRequestFunc among them (the member
+	// sets both on every feed: use Config.Resume).
 	PoolOptions []wspool.PoolOption
 	// Logger receives the member's events and New's warnings (default:
 	// slog.Default(); slog.New(slog.DiscardHandler) silences them).
@@ -169,6 +176,18 @@ func New(nc *nats.Conn, cfg Config) (*Member, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
+	var defaults []wspool.Option
+	for _, o := range cfg.PoolOptions {
+		if fo, ok := o.(wspool.Option); ok {
+			defaults = append(defaults, fo)
+		}
+	}
+	if err := checkOwnOptions("PoolOptions", defaults); err != nil {
+		return nil, err
+	}
+	if _, err := wspool.NewPool(cfg.PoolOptions...); err != nil {
+		return nil, fmt.Errorf("natsjs: PoolOptions: %w", err)
+	}
 	if cfg.Member != "" && nc.Opts.ReconnectBufSize >= 0 {
 		return nil, fmt.Errorf("natsjs: the NATS connection buffers publishes while reconnecting (ReconnectBufSize %d): lease renewals and publishes could be sent after their lease ended; connect with nats.ReconnectBufSize(-1)", nc.Opts.ReconnectBufSize)
 	}
@@ -193,6 +212,39 @@ func New(nc *nats.Conn, cfg Config) (*Member, error) {
 		base:   time.Now(),
 		kickCh: make(chan struct{}, 1),
 	}, nil
+}
+
+// ownOptions are the options a member sets on every feed itself: the same
+// in PoolOptions or FeedOptions could not apply.
+var ownOptions = []struct {
+	name, instead string
+	o             wspool.Option
+}{
+	{"WithName", "a feed's name is its Feed.Name", wspool.WithName("x")},
+	{"WithRequestFunc", "use Config.Resume", wspool.WithRequestFunc(func(context.Context, *url.URL, http.Header) error { return nil })},
+}
+
+// checkOwnOptions fails if opts (from where) set what the member sets on
+// every feed.
+func checkOwnOptions(where string, opts []wspool.Option) error {
+	for _, own := range ownOptions {
+		if wspool.OptionsOverlap(own.o, opts...) {
+			return fmt.Errorf("natsjs: %w: %s in %s cannot apply: the member sets it on every feed (%s)", wspool.ErrInvalidOption, own.name, where, own.instead)
+		}
+	}
+	return nil
+}
+
+// feedOptions returns Config.FeedOptions(f), checked.
+func (m *Member) feedOptions(f Feed) ([]wspool.Option, error) {
+	if m.cfg.FeedOptions == nil {
+		return nil, nil
+	}
+	opts := m.cfg.FeedOptions(f)
+	if err := checkOwnOptions("FeedOptions("+f.Name+")", opts); err != nil {
+		return nil, err
+	}
+	return opts, nil
 }
 
 // Subject returns the subject a feed's messages are published to.
@@ -273,18 +325,27 @@ func (m *Member) doSetup(ctx context.Context) error {
 
 // Register adds or replaces desired feeds in the feeds bucket; the members
 // that own their shards start them. It creates the buckets and the stream if
-// they do not exist.
+// they do not exist. It first checks every feed, with this member's
+// FeedOptions, as wspool.NewClient would (a ws:// or wss:// URL, valid
+// options, neither WithName nor WithRequestFunc among them), and registers
+// none if one fails.
 func (m *Member) Register(ctx context.Context, feeds ...Feed) error {
-	if err := m.setup(ctx); err != nil {
-		return err
-	}
 	for _, f := range feeds {
 		if f.Name == "" {
 			return errors.New("natsjs: feed without a name")
 		}
-		if _, err := url.Parse(f.URL); err != nil {
+		opts, err := m.feedOptions(f)
+		if err == nil {
+			_, err = wspool.NewClient(f.URL, nil, opts...)
+		}
+		if err != nil {
 			return fmt.Errorf("natsjs: feed %s: %w", f.Name, err)
 		}
+	}
+	if err := m.setup(ctx); err != nil {
+		return err
+	}
+	for _, f := range feeds {
 		b, _ := json.Marshal(f)
 		if _, err := m.feedsKV.Put(ctx, "f."+escapeToken(f.Name), b); err != nil {
 			return fmt.Errorf("natsjs: register %s: %w", f.Name, err)

@@ -722,11 +722,12 @@ func (r *run) claimed(c *claimResult) {
 
 func (r *run) startFeed(sr *shardRun, f Feed) {
 	fr := newFeedRun(r.m, sr, f)
-	var opts []wspool.Option
-	if r.m.cfg.FeedOptions != nil {
-		opts = append(opts, r.m.cfg.FeedOptions(f)...)
+	opts, err := r.m.feedOptions(f)
+	if err != nil {
+		r.m.log.Error("natsjs: feed not started", "feed", f.Name, "err", err)
+		return
 	}
-	opts = append(opts, wspool.WithName(f.Name), wspool.WithRequestFunc(fr.request))
+	opts = append(slices.Clip(opts), wspool.WithName(f.Name), wspool.WithRequestFunc(fr.request))
 	sr.mu.Lock()
 	defer sr.mu.Unlock()
 	if _, err := r.pool.Add(f.URL, fr.handle, opts...); err != nil {
