@@ -216,3 +216,37 @@ func ExampleUpdates() {
 	fmt.Println(maps.Equal(book, st.State("/book")))
 	// Output: true
 }
+
+// An upstream that allows 5 messages a second per connection: a feed paced
+// at that rate is never closed for it; LimitCloses lists the connections that
+// were (with 1008, "too many requests").
+func ExampleStream_LimitMessages() {
+	st := wspooltest.NewStream(0)
+	defer st.Close()
+	st.LimitMessages("/orders", 5, time.Second)
+	srv, err := wspooltest.NewServer(st.Serve)
+	if err != nil {
+		panic(err)
+	}
+	defer srv.Close()
+
+	c, err := wspool.NewClient(srv.URL("/orders"), func(context.Context, wspool.Message) error { return nil },
+		wspool.WithSendPacing(wspool.SendPacing{Messages: 5, Per: time.Second, Margin: 100 * time.Millisecond}),
+		wspool.WithSendBuffer(wspool.SendBuffer{Messages: 16})) // sends wait for the connection
+	if err != nil {
+		panic(err)
+	}
+	go c.Run(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := range 12 {
+		if err := c.Send(ctx, wspool.TextMessage, []byte("order "+strconv.Itoa(i))); err != nil {
+			panic(err)
+		}
+	}
+	c.Close()
+	<-c.Done()
+	fmt.Println("closed for the rate:", len(st.LimitCloses()))
+	// Output:
+	// closed for the rate: 0
+}

@@ -21,7 +21,9 @@ import (
 // ..., one produced every interval (or when Publish is called). A connection
 // whose URL has a resume point (?from=N) gets the messages from number N on
 // (from the stream's history, then live); without one it starts at the live
-// head. A stream starts producing when it is first connected to (or
+// head. A resume point may name the epoch it is in (?from=N&epoch=E): if E is
+// not the stream's current epoch (it restarted meanwhile), the connection
+// gets the current epoch from its first update. A stream starts producing when it is first connected to (or
 // published to).
 //
 // By default each message is its number as decimal text. With Updates, each
@@ -32,9 +34,10 @@ import (
 // the numbering again (a new epoch), Corrupt sends one wrong update (a
 // checksum mismatch), SnapshotLag makes snapshots older than the stream, and
 // Pause stops one connection's data while it stays alive; the Server's
-// connections can be dropped and frozen. With MessageLimit a connection that
-// sends too fast is closed with 1008, and with Subscribe data flows only after
-// the client subscribed and was acknowledged.
+// connections can be dropped and frozen. With MessageLimit (or LimitMessages,
+// per stream) a connection that sends too fast is closed with 1008, recorded
+// in LimitCloses, and with Subscribe data flows only after the client
+// subscribed and was acknowledged. Sent counts what each stream sent.
 //
 //	st := wspooltest.NewStream(10 * time.Millisecond)
 //	defer st.Close()
@@ -51,6 +54,7 @@ type Stream struct {
 	rng   *rand.Rand
 	hsrv  *snapshotServer // started by SnapshotURL
 	delay time.Duration   // SnapshotDelay
+	cuts  []LimitClose    // connections closed for their message rate
 }
 
 // StreamOption configures a Stream.
@@ -155,6 +159,9 @@ type stream struct {
 	corrupt int              // live updates still to send wrong
 	lag     int              // snapshots are this many updates behind
 	conns   []*streamConn    // in arrival order
+	sent    uint64           // data messages written to its connections
+	limitN  int              // LimitMessages (0: MessageLimit's)
+	limitD  time.Duration
 }
 
 // entry is one update: its changes, the values they replaced (to rebuild an
@@ -458,9 +465,13 @@ func (st *Stream) Serve(c *Conn) {
 	sc.epoch = f.epoch
 	sc.liveFrom = f.head + 1
 	sc.next = sc.liveFrom
-	if from, err := strconv.ParseUint(c.Request().URL.Query().Get("from"), 10, 64); err == nil && from > 0 {
+	q := c.Request().URL.Query()
+	if from, err := strconv.ParseUint(q.Get("from"), 10, 64); err == nil && from > 0 {
 		sc.next = st.updateAt(from)
 		sc.resumed = true
+		if e, err := strconv.ParseUint(q.Get("epoch"), 10, 64); err == nil && e != f.epoch {
+			sc.next = 1 // the resume point is in an epoch that is over
+		}
 	}
 	f.conns = append(f.conns, sc)
 	st.mu.Unlock()
@@ -487,28 +498,34 @@ func (st *Stream) Serve(c *Conn) {
 		case <-sc.wake:
 		}
 		for {
-			msg, ok := st.nextMessage(f, sc)
+			msg, data, ok := st.nextMessage(f, sc)
 			if !ok {
 				break
 			}
 			if c.SendText(msg) != nil {
 				return
 			}
+			if data {
+				st.mu.Lock()
+				f.sent++
+				st.mu.Unlock()
+			}
 		}
 	}
 }
 
-// nextMessage returns the next message due to sc, if any.
-func (st *Stream) nextMessage(f *stream, sc *streamConn) (string, bool) {
+// nextMessage returns the next message due to sc, if any, and whether it is
+// data (not an ack).
+func (st *Stream) nextMessage(f *stream, sc *streamConn) (msg string, data, ok bool) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if len(sc.acks) > 0 {
 		a := sc.acks[0]
 		sc.acks = sc.acks[1:]
-		return a, true
+		return a, false, true
 	}
 	if sc.paused || !sc.subbed {
-		return "", false
+		return "", false, false
 	}
 	if sc.next <= f.base { // trimmed from the history
 		sc.next = f.base + 1
@@ -517,12 +534,12 @@ func (st *Stream) nextMessage(f *stream, sc *streamConn) (string, bool) {
 		sc.next++
 	}
 	if sc.next > f.head {
-		return "", false
+		return "", false, false
 	}
 	if !st.cfg.json {
 		n := sc.next
 		sc.next++
-		return strconv.FormatUint(n, 10), true
+		return strconv.FormatUint(n, 10), true, true
 	}
 	first := sc.next
 	last := first
@@ -549,26 +566,37 @@ func (st *Stream) nextMessage(f *stream, sc *streamConn) (string, bool) {
 	}
 	sc.next = last + 1
 	b, _ := json.Marshal(u)
-	return string(b), true
+	return string(b), true, true
 }
 
 // readClient reads what the client sends: subscriptions, and the message
 // limit.
 func (st *Stream) readClient(ctx context.Context, sc *streamConn) {
+	path := sc.c.Request().URL.Path
 	var recent []time.Time
 	for {
 		_, data, err := sc.c.Read(ctx)
 		if err != nil {
 			return
 		}
-		if st.cfg.limitN > 0 {
+		st.mu.Lock()
+		f := st.feed(path)
+		n, per := f.limitN, f.limitD
+		st.mu.Unlock()
+		if n <= 0 {
+			n, per = st.cfg.limitN, st.cfg.limitPer
+		}
+		if n > 0 {
 			now := time.Now()
 			i := 0
-			for i < len(recent) && now.Sub(recent[i]) >= st.cfg.limitPer {
+			for i < len(recent) && now.Sub(recent[i]) >= per {
 				i++
 			}
 			recent = append(recent[i:], now)
-			if len(recent) > st.cfg.limitN {
+			if len(recent) > n {
+				st.mu.Lock()
+				st.cuts = append(st.cuts, LimitClose{Path: path, Conn: sc.c, At: now, Count: len(recent), Limit: n, Per: per})
+				st.mu.Unlock()
 				sc.c.Close(1008, "too many requests")
 				return
 			}
@@ -595,6 +623,49 @@ func (st *Stream) readClient(ctx context.Context, sc *streamConn) {
 		signal(sc.wake)
 		st.mu.Unlock()
 	}
+}
+
+// LimitMessages sets the message limit of the stream of path, in place of
+// MessageLimit's: a connection whose client sends more than n messages
+// within any window of per is closed with 1008 ("too many requests"), as
+// exchanges do. It applies from the next message each connection sends;
+// n <= 0 goes back to MessageLimit's (or none).
+func (st *Stream) LimitMessages(path string, n int, per time.Duration) {
+	st.mu.Lock()
+	f := st.feed(path)
+	f.limitN, f.limitD = n, per
+	if n <= 0 {
+		f.limitN, f.limitD = 0, 0
+	}
+	st.mu.Unlock()
+}
+
+// LimitClose is a connection a Stream closed with 1008 for the rate of what
+// its client sent (MessageLimit, LimitMessages).
+type LimitClose struct {
+	Path  string    // the stream's path
+	Conn  *Conn     // the connection closed
+	At    time.Time // when the message over the limit arrived
+	Count int       // messages within the window up to it, itself included
+	Limit int       // the limit: Limit messages within any window of Per
+	Per   time.Duration
+}
+
+// LimitCloses returns the connections closed for their message rate so far,
+// oldest first.
+func (st *Stream) LimitCloses() []LimitClose {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return slices.Clone(st.cuts)
+}
+
+// Sent returns how many data messages (not subscription acks) the stream of
+// path has written to its connections so far, resumes and overlapping
+// connections included.
+func (st *Stream) Sent(path string) uint64 {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.feed(path).sent
 }
 
 // SnapshotURL returns the URL of the stream's snapshot endpoint: an HTTP GET

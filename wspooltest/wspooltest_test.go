@@ -458,3 +458,59 @@ func TestStreamUpdatesShapesRestartAndSnapshot(t *testing.T) {
 		})
 	}
 }
+
+// LimitMessages sets one stream's limit in place of MessageLimit's; the
+// connection closed for it is recorded in LimitCloses, and Sent counts the
+// data written (acks not included).
+func TestStreamLimitMessagesPerStreamRecorded(t *testing.T) {
+	st := wspooltest.NewStream(0, wspooltest.MessageLimit(100, time.Minute))
+	t.Cleanup(st.Close)
+	srv := newServer(t, st.Serve)
+	st.LimitMessages("/tight", 3, time.Minute)
+	loose := dialStream(t, srv.URL("/loose"))
+	tight := dialStream(t, srv.URL("/tight"))
+	for i := range 4 {
+		for _, ws := range []*websocket.Conn{loose, tight} {
+			if err := ws.WriteMessage(websocket.TextMessage, []byte("x")); err != nil {
+				t.Fatalf("message %d: %v", i, err)
+			}
+		}
+	}
+	if _, _, err := tight.ReadMessage(); !websocket.IsCloseError(err, websocket.ClosePolicyViolation) {
+		t.Fatalf("/tight after 4 messages: %v, want a 1008 close", err)
+	}
+	cuts := st.LimitCloses()
+	if len(cuts) != 1 || cuts[0].Path != "/tight" || cuts[0].Count != 4 || cuts[0].Limit != 3 || cuts[0].Per != time.Minute {
+		t.Fatalf("LimitCloses %+v, want one for /tight: 4 over 3 per minute", cuts)
+	}
+	waitConns(t, st, "/loose", 1)
+	st.Publish("/loose", 2)
+	for want := 1; want <= 2; want++ {
+		if _, data, err := loose.ReadMessage(); err != nil || string(data) != strconv.Itoa(want) {
+			t.Fatalf("/loose got %q, %v; want %d", data, err, want)
+		}
+	}
+	if n := st.Sent("/loose"); n != 2 {
+		t.Fatalf("Sent(/loose) = %d, want 2", n)
+	}
+}
+
+// A resume point in an epoch that is over (?from=N&epoch=E after a Restart)
+// starts at the current epoch's first update; one in the current epoch
+// resumes as usual.
+func TestStreamResumeFromAnOldEpoch(t *testing.T) {
+	st := wspooltest.NewStream(0, wspooltest.Updates(wspool.SingleNumber, 4, 2))
+	t.Cleanup(st.Close)
+	srv := newServer(t, st.Serve)
+	st.Publish("/s", 20)
+	st.Restart("/s")
+	st.Publish("/s", 5)
+	old := dialStream(t, srv.URL("/s?from=21&epoch=1"))
+	if u := readUpdate(t, old); u.Epoch != 2 || u.Last != 1 {
+		t.Fatalf("resuming from epoch 1 after a restart: update %d of epoch %d, want 1 of 2", u.Last, u.Epoch)
+	}
+	cur := dialStream(t, srv.URL("/s?from=4&epoch=2"))
+	if u := readUpdate(t, cur); u.Epoch != 2 || u.Last != 4 {
+		t.Fatalf("resuming in the current epoch: update %d of epoch %d, want 4 of 2", u.Last, u.Epoch)
+	}
+}
