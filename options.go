@@ -223,7 +223,8 @@ func positive(c *config, name string, d time.Duration) bool {
 // (only letters, digits and "-_.~+=", with a letter and a digit, and at least
 // 24 characters, or at least 16 mixing upper case, lower case and digits:
 // listen keys, API keys, JWTs, UUIDs), and a whole query that does not parse.
-// Names must be unique within a pool.
+// Names must be unique within a pool, so NewPool refuses WithName as a
+// default for every feed.
 func WithName(name string) Option {
 	return func(c *config) {
 		if name == "" {

@@ -41,7 +41,8 @@ type Pool struct {
 // NewPool returns a Pool. Its Options are defaults for every feed (each feed
 // may override them in Add); the pool-only options (WithMaxConcurrentDials,
 // WithFailFast, WithAdmission) configure the pool itself. Invalid options are
-// reported here.
+// reported here, and so is WithName, which cannot be a default: names are
+// unique within a pool.
 func NewPool(opts ...PoolOption) (*Pool, error) {
 	cfg := defaultConfig()
 	var defaults []Option
@@ -53,6 +54,9 @@ func NewPool(opts ...PoolOption) (*Pool, error) {
 		if fo, ok := o.(Option); ok {
 			defaults = append(defaults, fo)
 		}
+	}
+	if cfg.name != "" {
+		cfg.errorf("WithName cannot be a pool's default: names are unique within a pool (give it to Add)")
 	}
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -66,6 +70,18 @@ func NewPool(opts ...PoolOption) (*Pool, error) {
 		done:     make(chan struct{}),
 	}, nil
 }
+
+// DefaultOnConnect returns the OnConnect hook given to NewPool as a default
+// for every feed (WithOnConnect), or nil. A feed added with an OnConnect of
+// its own replaces it; a package that adds feeds with a hook of its own (as
+// package topics does) calls this one first in its hook, so that the pool's
+// default still applies to them.
+func (p *Pool) DefaultOnConnect() func(ctx context.Context, c *Conn) error { return p.cfg.onConnect }
+
+// DefaultOnStateChange returns the state-change callback given to NewPool as
+// a default for every feed (WithOnStateChange), or nil; see
+// DefaultOnConnect.
+func (p *Pool) DefaultOnStateChange() func(StateChange) { return p.cfg.onState }
 
 // Add creates a feed for the ws:// or wss:// URL with handler h and the pool's
 // default options overridden by opts, and starts it at once if the pool is

@@ -164,6 +164,24 @@ func TestPoolFailFast(t *testing.T) {
 	}
 }
 
+// TestNewPoolRefusesDefaultName: WithName cannot be a default for every
+// feed (names are unique within a pool): NewPool refuses it with
+// ErrInvalidOption instead of accepting a name that at most one feed could
+// take and that any feed named in Add silently replaced.
+func TestNewPoolRefusesDefaultName(t *testing.T) {
+	if _, err := wspool.NewPool(wspool.WithPingInterval(time.Second), wspool.WithName("all")); !errors.Is(err, wspool.ErrInvalidOption) || !strings.Contains(err.Error(), "WithName") {
+		t.Fatalf("NewPool(WithName) = %v, want ErrInvalidOption naming WithName", err)
+	}
+	p, err := wspool.NewPool(wspool.WithPingInterval(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if _, err := p.Add("ws://127.0.0.1:1/", nil, wspool.WithName("mine")); err != nil {
+		t.Fatalf("Add with WithName: %v", err)
+	}
+}
+
 func TestPoolCloseBeforeRun(t *testing.T) {
 	p, _ := wspool.NewPool()
 	c, _ := p.Add("ws://127.0.0.1:1/", nil)

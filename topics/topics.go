@@ -116,13 +116,16 @@ type Config struct {
 	// Options apply to every feed (after the pool's defaults). The set
 	// names its feeds and runs their OnConnect and OnStateChange itself:
 	// WithName, WithOnConnect or WithOnStateChange here is an error (give
-	// Name, OnConnect and OnStateChange below). The pool's defaults for
-	// those three do not apply to the set's feeds.
+	// Name, OnConnect and OnStateChange below). The pool's defaults apply
+	// to the set's feeds like to any other, OnConnect and OnStateChange
+	// included: the pool's default runs first, then the one below.
 	Options []wspool.Option
-	// OnConnect, if set, runs on each new connection before the set's
-	// topics are queued on it (a login, say); an error fails the attempt.
+	// OnConnect, if set, runs on each new connection, after the pool's
+	// default OnConnect and before the set's topics are queued on it (a
+	// login, say); an error fails the attempt.
 	OnConnect func(ctx context.Context, c *wspool.Conn) error
-	// OnStateChange, if set, gets every state change of every feed of the set.
+	// OnStateChange, if set, gets every state change of every feed of the
+	// set, after the pool's default OnStateChange.
 	OnStateChange func(wspool.StateChange)
 	// OnError, if set, gets an *Error for every request that failed. A
 	// panic in it is reported like a callback's of the feed (a
@@ -136,6 +139,9 @@ type Config struct {
 type Set struct {
 	pool *wspool.Pool
 	cfg  Config
+	// the pool's defaults, which the set's own hooks replace: run first
+	poolOnConnect func(ctx context.Context, c *wspool.Conn) error
+	poolOnState   func(wspool.StateChange)
 
 	mu       sync.Mutex
 	feeds    []*feed // in creation order: placement fills the first with room
@@ -223,7 +229,7 @@ func New(p *wspool.Pool, cfg Config) (*Set, error) {
 		cfg.AckTimeout = DefaultAckTimeout
 	}
 	cfg.Options = slices.Clone(cfg.Options)
-	return &Set{pool: p, cfg: cfg, where: map[string]*feed{}, rejects: map[string]*rejection{}, pending: map[uint64]*request{}}, nil
+	return &Set{pool: p, cfg: cfg, poolOnConnect: p.DefaultOnConnect(), poolOnState: p.DefaultOnStateChange(), where: map[string]*feed{}, rejects: map[string]*rejection{}, pending: map[uint64]*request{}}, nil
 }
 
 // Add adds topics to the set (those already in it are ignored), placing each
@@ -657,9 +663,11 @@ func (s *Set) takeLocked(f *feed, tp string) {
 // connection's writer, which sends them after OnConnect (paced, with the
 // connection's answers read meanwhile) and then whatever changes come.
 func (s *Set) onConnect(ctx context.Context, f *feed, c *wspool.Conn) error {
-	if s.cfg.OnConnect != nil {
-		if err := s.cfg.OnConnect(ctx, c); err != nil {
-			return err
+	for _, hook := range []func(context.Context, *wspool.Conn) error{s.poolOnConnect, s.cfg.OnConnect} {
+		if hook != nil {
+			if err := hook(ctx, c); err != nil {
+				return err
+			}
 		}
 	}
 	s.mu.Lock()
@@ -678,6 +686,9 @@ func (s *Set) onConnect(ctx context.Context, f *feed, c *wspool.Conn) error {
 
 // onStateChange moves the topics of a feed that ended for good.
 func (s *Set) onStateChange(f *feed, sc wspool.StateChange) {
+	if s.poolOnState != nil {
+		s.poolOnState(sc)
+	}
 	if s.cfg.OnStateChange != nil {
 		s.cfg.OnStateChange(sc)
 	}

@@ -798,6 +798,86 @@ func TestTopicsOptionsThatCannotApplyFail(t *testing.T) {
 	}
 }
 
+// TestTopicsPoolDefaultsApplyToFeeds: the pool's default OnConnect and
+// OnStateChange (given to NewPool) apply to the set's feeds like to any
+// other feed of the pool: on every connection the pool's OnConnect runs
+// first, then Config.OnConnect, then the topics are subscribed; the pool's
+// OnStateChange sees the set's feeds connect. They used to be replaced by
+// the set's own hooks without a word.
+func TestTopicsPoolDefaultsApplyToFeeds(t *testing.T) {
+	ts := newTopicServer(t, 10)
+	var mu sync.Mutex
+	var calls []string // "pool"/"set" OnConnect, per connection id
+	record := func(who string, c *wspool.Conn) {
+		mu.Lock()
+		calls = append(calls, fmt.Sprintf("%s %s#%d", who, c.Feed(), c.ID()))
+		mu.Unlock()
+	}
+	connected := make(chan string, 16)
+	pool, err := wspool.NewPool(wspool.WithBackoff(10*time.Millisecond, 50*time.Millisecond),
+		wspool.WithOnConnect(func(_ context.Context, c *wspool.Conn) error { record("pool", c); return nil }),
+		wspool.WithOnStateChange(func(sc wspool.StateChange) {
+			if sc.To == wspool.StateConnected {
+				select {
+				case connected <- sc.Feed:
+				default:
+				}
+			}
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := topics.New(pool, topics.Config{URL: ts.URL("/stream"), Name: "md", Cap: 10,
+		Subscribe: func(id uint64, tps []string) (wspool.MessageType, []byte) {
+			b, _ := json.Marshal(topicReq{Op: "sub", ID: id, Topics: tps})
+			return wspool.TextMessage, b
+		},
+		OnConnect: func(_ context.Context, c *wspool.Conn) error { record("set", c); return nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := set.Add("a", "b"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- pool.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	select {
+	case feed := <-connected:
+		if feed != "md-1" {
+			t.Errorf("the pool's OnStateChange saw %q connect, want md-1", feed)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the pool's default OnStateChange never saw the set's feed connect")
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for all, _ := ts.subscribed(); all["a"] != 1 || all["b"] != 1; all, _ = ts.subscribed() {
+		if time.Now().After(deadline) {
+			t.Fatalf("topics not subscribed within 30s: %v", all)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	mu.Lock()
+	got := slices.Clone(calls)
+	mu.Unlock()
+	ok := len(got) >= 2 && len(got)%2 == 0
+	for i := 0; ok && i < len(got); i += 2 {
+		pool, _ := strings.CutPrefix(got[i], "pool ")
+		set, _ := strings.CutPrefix(got[i+1], "set ")
+		ok = strings.HasPrefix(pool, "md-1#") && pool == set
+	}
+	if !ok {
+		t.Errorf("OnConnect calls %q, want the pool's then the set's on each connection of md-1", got)
+	}
+}
+
 // TestTopicsStandbyConnectionsSubscribed: with hot standby connections
 // (WithStandby) every connection of a feed subscribes the feed's topics and
 // gets its live changes; a standby connection that is lost subscribes them
