@@ -81,45 +81,6 @@ type Admission struct {
 	Key func(u *url.URL, h http.Header) string
 }
 
-// WithAdmission limits new connections per upstream key, pool-wide (see
-// Admission), for every key that WithAdmissionFor does not name. Pool only.
-// By default there is no admission limit; the pool's handshake slots
-// (WithMaxConcurrentDials) are shared by host either way.
-func WithAdmission(a Admission) PoolOption {
-	return poolOption(func(c *config) {
-		if checkAdmission(c, &a) {
-			c.admissionRules().all = &a
-		}
-	})
-}
-
-// WithAdmissionFor sets the admission limits of one upstream key (what
-// WithAdmission's Key returns, by default the host as the dial's URL has
-// it: "a.example" or "a.example:9443"), in place of WithAdmission's, so that
-// one pool holds feeds of several upstreams with different limits: each key
-// its own rate, burst, concurrency and penalty, one line per key, the pool's
-// handshake slots shared by host across all of them, one set of Stats. It
-// may be given once per key; a.Key must be nil (keys are chosen by
-// WithAdmission's Key). Keys without limits of their own get WithAdmission's,
-// or none. Pool only.
-func WithAdmissionFor(key string, a Admission) PoolOption {
-	return poolOption(func(c *config) {
-		switch r := c.admissionRules(); {
-		case key == "":
-			c.errorf("WithAdmissionFor needs a key")
-		case a.Key != nil:
-			c.errorf("WithAdmissionFor(%q): Key maps dials to keys for the whole pool; set it in WithAdmission", key)
-		case r.perKey[key] != nil:
-			c.errorf("WithAdmissionFor(%q) given twice", key)
-		case checkAdmission(c, &a):
-			if r.perKey == nil {
-				r.perKey = map[string]*Admission{}
-			}
-			r.perKey[key] = &a
-		}
-	})
-}
-
 // checkAdmission validates a and fills in its default penalty.
 func checkAdmission(c *config, a *Admission) bool {
 	switch {

@@ -63,29 +63,6 @@ const (
 	HealthFirstMessage
 )
 
-// WithHealthyWhen sets when a connection that ended counts as healthy (not a
-// failed attempt: the backoff resets); every condition given must hold. By
-// default a connection is healthy once it delivered a data message or stayed
-// up for the minimum uptime (WithMinUptime), whichever comes first, so a
-// stream that breaks every few seconds is redialled after the initial backoff
-// each time, while an upstream that accepts and drops before sending anything
-// sees the waits grow. HealthMinUptime alone (the behaviour before v0.3)
-// keeps the waits growing also against an upstream that sends a little and
-// then kicks the feed; HealthMinUptime|HealthFirstMessage requires both; use
-// HealthOnConnect alone for upstreams that legitimately close short sessions.
-// Whatever the conditions, a connection that ended because a reconnect was
-// asked for (Reconnect, a handler's ErrReconnect, a resync) is never a
-// failure, and one the upstream closed with 1008 or 1013 always is.
-func WithHealthyWhen(h Health) Option {
-	return func(c *config) {
-		if h == 0 || h&^(HealthMinUptime|HealthOnConnect|HealthFirstMessage) != 0 {
-			c.errorf("invalid health condition %d", h)
-			return
-		}
-		c.healthy = h
-	}
-}
-
 // connectionEnded records how a connection that reached the connected state
 // ended (cause): requested says a reconnect was asked for on it. Only a
 // connection that was not a failure resets the backoff (the table in doc.go);

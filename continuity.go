@@ -175,43 +175,6 @@ func (g Gap) Missing() uint64 {
 	return g.Next - g.Last - 1
 }
 
-// WithSequence makes the feed sequence-aware: per stream key it remembers the
-// last number delivered (and the epoch), drops messages numbered at or below
-// it (duplicates from a resume that replays, a rotation's overlap or a
-// standby connection: the first copy wins) and reports gaps, broken links
-// and restarts of the upstream's numbering (OnGap, Stats.Gaps,
-// Stats.Restarts). The state lives as long as the feed, across reconnects,
-// rotations and standby connections. With WithStandby it is what merges the
-// connections into one stream.
-func WithSequence(s Sequence) Option {
-	return func(c *config) {
-		switch {
-		case s.Extract == nil && s.Position == nil:
-			c.errorf("sequence needs an Extract or a Position func")
-			return
-		case s.Extract != nil && s.Position != nil:
-			c.errorf("sequence takes an Extract or a Position func, not both")
-			return
-		case s.Extract != nil && s.Shape != SingleNumber:
-			c.errorf("sequence Extract reads single numbers; shape %v needs a Position func", s.Shape)
-			return
-		case s.Shape > LinkedIDs:
-			c.errorf("unknown sequence shape %v", s.Shape)
-			return
-		case s.MaxKeys < 0:
-			c.errorf("sequence MaxKeys must not be negative, got %d", s.MaxKeys)
-			return
-		}
-		if s.MaxKeys == 0 {
-			s.MaxKeys = 4096
-		}
-		if s.Restart == 0 {
-			s.Restart = 1024
-		}
-		c.sequence = &s
-	}
-}
-
 // seqState is a feed's per-key position: the last number delivered and its
 // epoch.
 type seqState struct {
@@ -402,24 +365,6 @@ type ServerPing struct {
 	// Deliver passes pings on to the handler too (after the reply is
 	// written); by default they are kept from it.
 	Deliver bool
-}
-
-// WithServerPing answers an upstream's data-level pings on the feed's reader,
-// before the queue and the handler: with WithQueue a ping is answered at once
-// even while the handler is busy with a backlog (without a queue the reader
-// waits for the handler, as for every message). The reply is written on the
-// connection the ping came on, ahead of nothing it must follow (it does not
-// wait behind buffered sends). Pings count as proof of life like any inbound
-// frame, are counted in Stats.ServerPings, and do not hold off the stale-data
-// watchdog.
-func WithServerPing(p ServerPing) Option {
-	return func(c *config) {
-		if p.Reply == nil {
-			c.errorf("server ping needs a Reply func")
-			return
-		}
-		c.serverPing = &p
-	}
 }
 
 // answerPing answers msg if it is a server ping; it reports whether it was

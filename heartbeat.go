@@ -28,66 +28,6 @@ type Heartbeat struct {
 	DropReplies bool
 }
 
-// WithPingInterval sets the time between ping control frames. Zero disables
-// pings (and with them dead-peer detection above TCP). Default
-// DefaultPingInterval. Unless WithPongTimeout is given too, the pong timeout
-// becomes the smaller of DefaultPongTimeout and d, so that pings really go out
-// every d (pings go out every max(PingInterval, PongTimeout)).
-func WithPingInterval(d time.Duration) Option {
-	return func(c *config) {
-		if d < 0 {
-			c.errorf("ping interval must not be negative, got %v", d)
-			return
-		}
-		c.pingInterval = d
-	}
-}
-
-// WithPongTimeout sets how long after a ping the connection may stay silent
-// before it is declared dead and redialled (ErrPongTimeout). Any inbound byte
-// counts as an answer, so a large message arriving slowly is not a dead peer,
-// and time during which the feed's own handler holds the reader back is never
-// blamed on the peer. Pings go out every max(PingInterval, PongTimeout).
-// Default DefaultPongTimeout.
-func WithPongTimeout(d time.Duration) Option {
-	return func(c *config) {
-		if positive(c, "pong timeout", d) {
-			c.pongTimeout = d
-			c.pongSet = true
-		}
-	}
-}
-
-// WithHeartbeat enables an application-level heartbeat message for the feed.
-func WithHeartbeat(hb Heartbeat) Option {
-	return func(c *config) {
-		if hb.Interval <= 0 {
-			c.errorf("heartbeat interval must be positive, got %v", hb.Interval)
-			return
-		}
-		if hb.Message == nil {
-			c.errorf("heartbeat needs a Message func")
-			return
-		}
-		c.heartbeat = &hb
-	}
-}
-
-// WithStaleTimeout enables the stale-data watchdog: if no data message (a
-// heartbeat reply does not count) arrives for d, the connection is redialled
-// with ErrStaleData, for upstreams that still answer pings but stopped
-// publishing. The check runs every d/4, so it fires between d and 1.25·d.
-// Zero, the default, disables it.
-func WithStaleTimeout(d time.Duration) Option {
-	return func(c *config) {
-		if d < 0 {
-			c.errorf("stale timeout must not be negative, got %v", d)
-			return
-		}
-		c.staleTimeout = d
-	}
-}
-
 // monoBase anchors monotonic timestamps stored as int64 nanoseconds.
 var monoBase = time.Now()
 

@@ -26,22 +26,6 @@ type KeepAlive struct {
 	UserTimeout time.Duration
 }
 
-// WithKeepAlive sets the TCP keepalive of the feed's sockets.
-func WithKeepAlive(ka KeepAlive) Option {
-	return func(c *config) {
-		if ka.Idle == 0 {
-			ka.Idle = DefaultKeepAliveIdle
-		}
-		if ka.Interval == 0 {
-			ka.Interval = DefaultKeepAliveInterval
-		}
-		if ka.Count == 0 {
-			ka.Count = DefaultKeepAliveCount
-		}
-		c.keepAlive = ka
-	}
-}
-
 // userTimeout resolves KeepAlive.UserTimeout; <= 0 means leave unset.
 func (ka KeepAlive) userTimeout() time.Duration {
 	if ka.Disable || ka.UserTimeout < 0 {

@@ -53,14 +53,15 @@ const (
 
 // An Option configures a Client, or a Pool. Options given to NewPool are
 // defaults for every feed of the pool; options given to Pool.Add override them
-// for one feed. Options marked "pool only" are rejected by NewClient and Pool.Add.
+// for one feed. The options marked "pool only" are PoolOptions, which
+// NewClient and Pool.Add do not take.
 type Option func(*config)
 
 // A PoolOption configures a Pool (NewPool): every Option is one (a default
 // for every feed of the pool, which Add may override), and so are the
-// pool-only options (WithMaxConcurrentDials, WithFailFast, WithAdmission),
-// which a Client cannot take: passing one to NewClient or Pool.Add does not
-// compile.
+// pool-only options (WithMaxConcurrentDials, WithFailFast, WithAdmission,
+// WithAdmissionFor), which a Client cannot take: passing one to NewClient or
+// Pool.Add does not compile.
 type PoolOption interface {
 	applyPool(*config)
 }
@@ -467,6 +468,369 @@ func WithOnError(f func(feed string, err error)) Option {
 	return func(c *config) { c.onError = f }
 }
 
+// Liveness: pings, heartbeats, stale data, TCP keepalive.
+
+// WithPingInterval sets the time between ping control frames. Zero disables
+// pings (and with them dead-peer detection above TCP). Default
+// DefaultPingInterval. Unless WithPongTimeout is given too, the pong timeout
+// becomes the smaller of DefaultPongTimeout and d, so that pings really go out
+// every d (pings go out every max(PingInterval, PongTimeout)).
+func WithPingInterval(d time.Duration) Option {
+	return func(c *config) {
+		if d < 0 {
+			c.errorf("ping interval must not be negative, got %v", d)
+			return
+		}
+		c.pingInterval = d
+	}
+}
+
+// WithPongTimeout sets how long after a ping the connection may stay silent
+// before it is declared dead and redialled (ErrPongTimeout). Any inbound byte
+// counts as an answer, so a large message arriving slowly is not a dead peer,
+// and time during which the feed's own handler holds the reader back is never
+// blamed on the peer. Pings go out every max(PingInterval, PongTimeout).
+// Default DefaultPongTimeout.
+func WithPongTimeout(d time.Duration) Option {
+	return func(c *config) {
+		if positive(c, "pong timeout", d) {
+			c.pongTimeout = d
+			c.pongSet = true
+		}
+	}
+}
+
+// WithHeartbeat enables an application-level heartbeat message for the feed.
+func WithHeartbeat(hb Heartbeat) Option {
+	return func(c *config) {
+		if hb.Interval <= 0 {
+			c.errorf("heartbeat interval must be positive, got %v", hb.Interval)
+			return
+		}
+		if hb.Message == nil {
+			c.errorf("heartbeat needs a Message func")
+			return
+		}
+		c.heartbeat = &hb
+	}
+}
+
+// WithStaleTimeout enables the stale-data watchdog: if no data message (a
+// heartbeat reply does not count) arrives for d, the connection is redialled
+// with ErrStaleData, for upstreams that still answer pings but stopped
+// publishing. The check runs every d/4, so it fires between d and 1.25·d.
+// Zero, the default, disables it.
+func WithStaleTimeout(d time.Duration) Option {
+	return func(c *config) {
+		if d < 0 {
+			c.errorf("stale timeout must not be negative, got %v", d)
+			return
+		}
+		c.staleTimeout = d
+	}
+}
+
+// WithKeepAlive sets the TCP keepalive of the feed's sockets.
+func WithKeepAlive(ka KeepAlive) Option {
+	return func(c *config) {
+		if ka.Idle == 0 {
+			ka.Idle = DefaultKeepAliveIdle
+		}
+		if ka.Interval == 0 {
+			ka.Interval = DefaultKeepAliveInterval
+		}
+		if ka.Count == 0 {
+			ka.Count = DefaultKeepAliveCount
+		}
+		c.keepAlive = ka
+	}
+}
+
+// Failure accounting and retries.
+
+// WithHealthyWhen sets when a connection that ended counts as healthy (not a
+// failed attempt: the backoff resets); every condition given must hold. By
+// default a connection is healthy once it delivered a data message or stayed
+// up for the minimum uptime (WithMinUptime), whichever comes first, so a
+// stream that breaks every few seconds is redialled after the initial backoff
+// each time, while an upstream that accepts and drops before sending anything
+// sees the waits grow. HealthMinUptime alone (the behaviour before v0.3)
+// keeps the waits growing also against an upstream that sends a little and
+// then kicks the feed; HealthMinUptime|HealthFirstMessage requires both; use
+// HealthOnConnect alone for upstreams that legitimately close short sessions.
+// Whatever the conditions, a connection that ended because a reconnect was
+// asked for (Reconnect, a handler's ErrReconnect, a resync) is never a
+// failure, and one the upstream closed with 1008 or 1013 always is.
+func WithHealthyWhen(h Health) Option {
+	return func(c *config) {
+		if h == 0 || h&^(HealthMinUptime|HealthOnConnect|HealthFirstMessage) != 0 {
+			c.errorf("invalid health condition %d", h)
+			return
+		}
+		c.healthy = h
+	}
+}
+
+// WithRetryPolicy replaces the built-in backoff curve (×1.5 per failure,
+// ±50 % jitter, capped by WithBackoff's max) with f, which reads the failure
+// and decides: it returns how long to wait before the next attempt, or
+// retry=false to end the feed (Run then returns an error wrapping
+// ErrMaxAttempts and err). attempt counts consecutive failed attempts,
+// this one included; it is 0 when a connection that had been healthy (see
+// WithHealthyWhen) ended. err is the failure: use errors.As with
+// *HandshakeError for the HTTP status and Retry-After, CloseStatus for the
+// close code.
+//
+// f runs on the feed's own goroutine after the permanent classification
+// (WithPermanentFunc), which still ends the feed first. What the library
+// enforces either way: WithMaxAttempts, a server's Retry-After as the
+// least wait, the pool's admission and its penalties (WithAdmission), and
+// the wake after an outage. A panic in f is reported and the built-in
+// curve used for that failure. Without this option the built-in curve
+// applies, with a short random wait (up to the initial backoff) after a
+// 1012 (service restart) close.
+func WithRetryPolicy(f func(attempt int, err error) (wait time.Duration, retry bool)) Option {
+	return func(c *config) {
+		if f == nil {
+			c.errorf("retry policy must not be nil")
+			return
+		}
+		c.retryFunc = f
+	}
+}
+
+// Delivery and sending: the inbound queue, the outbound buffer, pacing.
+
+// WithQueue puts a bounded queue between the feed's reader and its handler.
+// Without it (the default) the handler runs on the reader's goroutine: no
+// copy, no extra goroutine, and the same lossless backpressure as Block with
+// a queue of zero. With a queue, every queued message is a copy the handler
+// owns, and the handler runs on a second goroutine of the feed.
+//
+// When a feed starts dropping, an error wrapping ErrSlowConsumer is reported
+// through WithOnError and the logger, once until the queue next drains; Stats
+// count every dropped message.
+func WithQueue(q Queue) Option {
+	return func(c *config) {
+		if q.Messages <= 0 {
+			c.errorf("queue needs Messages > 0, got %d", q.Messages)
+			return
+		}
+		if q.Bytes < 0 {
+			c.errorf("queue Bytes must not be negative, got %d", q.Bytes)
+			return
+		}
+		if q.Policy < Block || q.Policy > DropNewest {
+			c.errorf("unknown overflow policy %d", q.Policy)
+			return
+		}
+		if q.Bytes == 0 {
+			q.Bytes = q.Messages * (64 << 10)
+		}
+		c.queue = &q
+	}
+}
+
+// WithSendBuffer makes Send wait in a bounded buffer while the feed is not
+// connected instead of failing at once with ErrNotConnected (the default).
+// A message that does not fit fails at once with ErrSendBufferFull.
+func WithSendBuffer(b SendBuffer) Option {
+	return func(c *config) {
+		if b.Messages <= 0 {
+			c.errorf("send buffer needs Messages > 0, got %d", b.Messages)
+			return
+		}
+		if b.Bytes < 0 || b.MaxAge < 0 {
+			c.errorf("send buffer Bytes and MaxAge must not be negative")
+			return
+		}
+		if b.Bytes == 0 {
+			b.Bytes = b.Messages * (64 << 10)
+		}
+		c.sendBuffer = &b
+	}
+}
+
+// WithSendPacing paces what the library writes on a connection for the
+// user: OnConnect's Conn.Send, the flush of the send buffer after a
+// reconnect, Send and SendAsync, heartbeat messages, replies to server pings
+// (WithServerPing), and with Pings ping frames; a new connection starts a
+// fresh count. Close frames are not paced.
+//
+// The limit holds at the receiver: the library lets a message start only
+// while fewer than Messages writes ended within the last Per+Margin, so as
+// long as the delay from a write's end to the upstream's count of it varies
+// by less than Margin, no window of Per at the upstream holds more than
+// Messages, however the writes were delayed on the way (see SendPacing).
+// The window's memory follows use, not Messages (internal/ratewindow).
+//
+// A write waits for its turn without holding the writer role's lock, and
+// the wait ends if the connection dies (the message is then carried to the
+// next connection or fails, as without pacing) or, for Send and Conn.Send,
+// if ctx ends (Send returns ctx.Err(); nothing was written). Pacing waits
+// are waits for a turn, never for a connection, so a Send from a callback
+// may wait for them. A reply to a server ping that finds no room is written
+// later by a goroutine of the connection: the reader never waits for a
+// turn, so neither Close nor the dead-peer check waits for one. Note the
+// OnConnect hook's context (WithOnConnectTimeout) bounds a paced
+// resubscription done there: 500 subscriptions at 100 per second need an
+// OnConnect timeout above 5 s, or go through the send buffer (SendAsync
+// while disconnected), which has no such bound.
+func WithSendPacing(p SendPacing) Option {
+	return func(c *config) {
+		if p.Messages <= 0 || p.Per <= 0 || p.Margin < 0 {
+			c.errorf("send pacing needs Messages > 0, Per > 0 and Margin >= 0, got %d per %v (margin %v)", p.Messages, p.Per, p.Margin)
+			return
+		}
+		if p.Margin == 0 {
+			p.Margin = p.Per / 10
+		}
+		c.pacing = &p
+	}
+}
+
+// Continuity: rotation, duplicates, sequences, server pings, hot standby.
+
+// WithMaxConnectionAge makes the feed replace each connection after about d
+// (randomised by up to -10% so a fleet does not rotate in step), for
+// upstreams that cut connections at a fixed age. Replacement is
+// make-before-break: a new connection is dialled and its OnConnect run while
+// the old one keeps delivering; then Send switches to the new connection, the
+// old one is closed with 1000 and drained to its end, and delivery continues
+// from the new one. There is no gap; the two connections overlap, so messages
+// published during the switch may arrive on both — see WithDuplicateFilter.
+// The new connection is read from its handshake on: what it receives until
+// the old one has been drained is held (bounded as for OnConnect, see
+// Conn.ReadMessage) and delivered after the old connection's last message.
+// If the new connection cannot be made, the old one is kept and the
+// replacement retried after d/10. Zero, the default, never rotates.
+func WithMaxConnectionAge(d time.Duration) Option {
+	return func(c *config) {
+		if d < 0 {
+			c.errorf("max connection age must not be negative, got %v", d)
+			return
+		}
+		c.maxAge = d
+	}
+}
+
+// WithDuplicateFilter sets a function consulted, after a rotation, for the
+// first messages of the new connection: each message for which it returns
+// true is dropped as a duplicate of one the old connection delivered, until it
+// first returns false. Typically it compares a sequence number with the last
+// one the handler saw. It runs on the feed's reader, before the queue: with
+// WithQueue the handler lags behind the reader, so a filter that compares
+// with what the handler has handled lets some duplicates through to the
+// handler, which must then drop them itself.
+func WithDuplicateFilter(isDup func(Message) bool) Option {
+	return func(c *config) { c.dupFilter = isDup }
+}
+
+// WithSequence makes the feed sequence-aware: per stream key it remembers the
+// last number delivered (and the epoch), drops messages numbered at or below
+// it (duplicates from a resume that replays, a rotation's overlap or a
+// standby connection: the first copy wins) and reports gaps, broken links
+// and restarts of the upstream's numbering (OnGap, Stats.Gaps,
+// Stats.Restarts). The state lives as long as the feed, across reconnects,
+// rotations and standby connections. With WithStandby it is what merges the
+// connections into one stream.
+func WithSequence(s Sequence) Option {
+	return func(c *config) {
+		switch {
+		case s.Extract == nil && s.Position == nil:
+			c.errorf("sequence needs an Extract or a Position func")
+			return
+		case s.Extract != nil && s.Position != nil:
+			c.errorf("sequence takes an Extract or a Position func, not both")
+			return
+		case s.Extract != nil && s.Shape != SingleNumber:
+			c.errorf("sequence Extract reads single numbers; shape %v needs a Position func", s.Shape)
+			return
+		case s.Shape > LinkedIDs:
+			c.errorf("unknown sequence shape %v", s.Shape)
+			return
+		case s.MaxKeys < 0:
+			c.errorf("sequence MaxKeys must not be negative, got %d", s.MaxKeys)
+			return
+		}
+		if s.MaxKeys == 0 {
+			s.MaxKeys = 4096
+		}
+		if s.Restart == 0 {
+			s.Restart = 1024
+		}
+		c.sequence = &s
+	}
+}
+
+// WithServerPing answers an upstream's data-level pings on the feed's reader,
+// before the queue and the handler: with WithQueue a ping is answered at once
+// even while the handler is busy with a backlog (without a queue the reader
+// waits for the handler, as for every message). The reply is written on the
+// connection the ping came on, ahead of nothing it must follow (it does not
+// wait behind buffered sends). Pings count as proof of life like any inbound
+// frame, are counted in Stats.ServerPings, and do not hold off the stale-data
+// watchdog.
+func WithServerPing(p ServerPing) Option {
+	return func(c *config) {
+		if p.Reply == nil {
+			c.errorf("server ping needs a Reply func")
+			return
+		}
+		c.serverPing = &p
+	}
+}
+
+// WithStandby keeps extra connections to the same stream, each with its own
+// dial, OnConnect, liveness checks and reconnect loop, read at the same time
+// as the primary connection and merged into the one handler stream by
+// WithSequence (required): the first copy of each number wins, later copies
+// are dropped as duplicates. Losing any connection while another lives loses
+// nothing, and the stream stalls no longer than the surviving connection's
+// lag behind the lost one. The handler is still never called concurrently
+// with itself: the connections take turns to deliver.
+//
+// The primary connection is the feed's: its state is the feed's state, Send
+// writes on it, and rotation (WithMaxConnectionAge, Rotate) and Reconnect
+// apply to it. Standby connections only read (their OnConnect may Send on
+// its Conn to subscribe). Stats.Standby reports each one.
+func WithStandby(s Standby) Option {
+	return func(c *config) {
+		if s.Connections < 1 {
+			c.errorf("standby needs Connections >= 1, got %d", s.Connections)
+			return
+		}
+		for _, raw := range s.URLs {
+			if _, err := parseFeedURL(raw); err != nil {
+				c.errorf("standby URL: %v", err)
+				return
+			}
+		}
+		s.URLs = append([]string(nil), s.URLs...)
+		c.standby = &s
+	}
+}
+
+// Observability.
+
+// WithTimings reports timings (handshake, OnConnect, time to first message,
+// handler time, queue wait) to f, for histograms: f is called synchronously
+// on the feed's goroutines, once per event (handler and queue timings once
+// per message), so it must be quick and must not block (a histogram's
+// Observe is). It costs two clock reads per message while set, nothing
+// otherwise. A panic in f is reported like any callback's.
+func WithTimings(f func(Timing)) Option {
+	return func(c *config) {
+		if f == nil {
+			c.errorf("timings func must not be nil")
+			return
+		}
+		c.timings = f
+	}
+}
+
+// Pool only.
+
 // WithMaxConcurrentDials caps, pool-wide, the handshakes in flight at once, so
 // that thousands of feeds coming back after an outage reach servers at a
 // bounded rate. Pool only. Default DefaultMaxConcurrentDials.
@@ -493,4 +857,43 @@ func WithMaxConcurrentDials(n int) PoolOption {
 // (state closed with the error, log, Stats) and the other feeds go on.
 func WithFailFast(on bool) PoolOption {
 	return poolOption(func(c *config) { c.failFast = on })
+}
+
+// WithAdmission limits new connections per upstream key, pool-wide (see
+// Admission), for every key that WithAdmissionFor does not name. Pool only.
+// By default there is no admission limit; the pool's handshake slots
+// (WithMaxConcurrentDials) are shared by host either way.
+func WithAdmission(a Admission) PoolOption {
+	return poolOption(func(c *config) {
+		if checkAdmission(c, &a) {
+			c.admissionRules().all = &a
+		}
+	})
+}
+
+// WithAdmissionFor sets the admission limits of one upstream key (what
+// WithAdmission's Key returns, by default the host as the dial's URL has
+// it: "a.example" or "a.example:9443"), in place of WithAdmission's, so that
+// one pool holds feeds of several upstreams with different limits: each key
+// its own rate, burst, concurrency and penalty, one line per key, the pool's
+// handshake slots shared by host across all of them, one set of Stats. It
+// may be given once per key; a.Key must be nil (keys are chosen by
+// WithAdmission's Key). Keys without limits of their own get WithAdmission's,
+// or none. Pool only.
+func WithAdmissionFor(key string, a Admission) PoolOption {
+	return poolOption(func(c *config) {
+		switch r := c.admissionRules(); {
+		case key == "":
+			c.errorf("WithAdmissionFor needs a key")
+		case a.Key != nil:
+			c.errorf("WithAdmissionFor(%q): Key maps dials to keys for the whole pool; set it in WithAdmission", key)
+		case r.perKey[key] != nil:
+			c.errorf("WithAdmissionFor(%q) given twice", key)
+		case checkAdmission(c, &a):
+			if r.perKey == nil {
+				r.perKey = map[string]*Admission{}
+			}
+			r.perKey[key] = &a
+		}
+	})
 }

@@ -31,44 +31,6 @@ type SendPacing struct {
 	Pings bool
 }
 
-// WithSendPacing paces what the library writes on a connection for the
-// user: OnConnect's Conn.Send, the flush of the send buffer after a
-// reconnect, Send and SendAsync, heartbeat messages, replies to server pings
-// (WithServerPing), and with Pings ping frames; a new connection starts a
-// fresh count. Close frames are not paced.
-//
-// The limit holds at the receiver: the library lets a message start only
-// while fewer than Messages writes ended within the last Per+Margin, so as
-// long as the delay from a write's end to the upstream's count of it varies
-// by less than Margin, no window of Per at the upstream holds more than
-// Messages, however the writes were delayed on the way (see SendPacing).
-// The window's memory follows use, not Messages (internal/ratewindow).
-//
-// A write waits for its turn without holding the writer role's lock, and
-// the wait ends if the connection dies (the message is then carried to the
-// next connection or fails, as without pacing) or, for Send and Conn.Send,
-// if ctx ends (Send returns ctx.Err(); nothing was written). Pacing waits
-// are waits for a turn, never for a connection, so a Send from a callback
-// may wait for them. A reply to a server ping that finds no room is written
-// later by a goroutine of the connection: the reader never waits for a
-// turn, so neither Close nor the dead-peer check waits for one. Note the
-// OnConnect hook's context (WithOnConnectTimeout) bounds a paced
-// resubscription done there: 500 subscriptions at 100 per second need an
-// OnConnect timeout above 5 s, or go through the send buffer (SendAsync
-// while disconnected), which has no such bound.
-func WithSendPacing(p SendPacing) Option {
-	return func(c *config) {
-		if p.Messages <= 0 || p.Per <= 0 || p.Margin < 0 {
-			c.errorf("send pacing needs Messages > 0, Per > 0 and Margin >= 0, got %d per %v (margin %v)", p.Messages, p.Per, p.Margin)
-			return
-		}
-		if p.Margin == 0 {
-			p.Margin = p.Per / 10
-		}
-		c.pacing = &p
-	}
-}
-
 // pacer is one connection's sliding window of write end times.
 type pacer struct {
 	pings bool

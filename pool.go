@@ -40,9 +40,9 @@ type Pool struct {
 
 // NewPool returns a Pool. Its Options are defaults for every feed (each feed
 // may override them in Add); the pool-only options (WithMaxConcurrentDials,
-// WithFailFast, WithAdmission) configure the pool itself. Invalid options are
-// reported here, and so is WithName, which cannot be a default: names are
-// unique within a pool.
+// WithFailFast, WithAdmission, WithAdmissionFor) configure the pool itself.
+// Invalid options are reported here, and so is WithName, which cannot be a
+// default: names are unique within a pool.
 func NewPool(opts ...PoolOption) (*Pool, error) {
 	cfg := defaultConfig()
 	var defaults []Option

@@ -55,36 +55,6 @@ type Queue struct {
 	DrainBeforeReconnect bool
 }
 
-// WithQueue puts a bounded queue between the feed's reader and its handler.
-// Without it (the default) the handler runs on the reader's goroutine: no
-// copy, no extra goroutine, and the same lossless backpressure as Block with
-// a queue of zero. With a queue, every queued message is a copy the handler
-// owns, and the handler runs on a second goroutine of the feed.
-//
-// When a feed starts dropping, an error wrapping ErrSlowConsumer is reported
-// through WithOnError and the logger, once until the queue next drains; Stats
-// count every dropped message.
-func WithQueue(q Queue) Option {
-	return func(c *config) {
-		if q.Messages <= 0 {
-			c.errorf("queue needs Messages > 0, got %d", q.Messages)
-			return
-		}
-		if q.Bytes < 0 {
-			c.errorf("queue Bytes must not be negative, got %d", q.Bytes)
-			return
-		}
-		if q.Policy < Block || q.Policy > DropNewest {
-			c.errorf("unknown overflow policy %d", q.Policy)
-			return
-		}
-		if q.Bytes == 0 {
-			q.Bytes = q.Messages * (64 << 10)
-		}
-		c.queue = &q
-	}
-}
-
 // inQueue is the feed's queue (internal/inqueue) of Messages.
 type inQueue = inqueue.Queue[Message]
 

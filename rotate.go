@@ -7,41 +7,6 @@ import (
 	"time"
 )
 
-// WithMaxConnectionAge makes the feed replace each connection after about d
-// (randomised by up to -10% so a fleet does not rotate in step), for
-// upstreams that cut connections at a fixed age. Replacement is
-// make-before-break: a new connection is dialled and its OnConnect run while
-// the old one keeps delivering; then Send switches to the new connection, the
-// old one is closed with 1000 and drained to its end, and delivery continues
-// from the new one. There is no gap; the two connections overlap, so messages
-// published during the switch may arrive on both — see WithDuplicateFilter.
-// The new connection is read from its handshake on: what it receives until
-// the old one has been drained is held (bounded as for OnConnect, see
-// Conn.ReadMessage) and delivered after the old connection's last message.
-// If the new connection cannot be made, the old one is kept and the
-// replacement retried after d/10. Zero, the default, never rotates.
-func WithMaxConnectionAge(d time.Duration) Option {
-	return func(c *config) {
-		if d < 0 {
-			c.errorf("max connection age must not be negative, got %v", d)
-			return
-		}
-		c.maxAge = d
-	}
-}
-
-// WithDuplicateFilter sets a function consulted, after a rotation, for the
-// first messages of the new connection: each message for which it returns
-// true is dropped as a duplicate of one the old connection delivered, until it
-// first returns false. Typically it compares a sequence number with the last
-// one the handler saw. It runs on the feed's reader, before the queue: with
-// WithQueue the handler lags behind the reader, so a filter that compares
-// with what the handler has handled lets some duplicates through to the
-// handler, which must then drop them itself.
-func WithDuplicateFilter(isDup func(Message) bool) Option {
-	return func(c *config) { c.dupFilter = isDup }
-}
-
 // Rotate replaces the current connection make-before-break, on demand: a new
 // connection is dialled (through the pool's admission like any dial) and its
 // OnConnect run while the current one keeps delivering; then Send switches to

@@ -22,26 +22,6 @@ type SendBuffer struct {
 	MaxAge time.Duration
 }
 
-// WithSendBuffer makes Send wait in a bounded buffer while the feed is not
-// connected instead of failing at once with ErrNotConnected (the default).
-// A message that does not fit fails at once with ErrSendBufferFull.
-func WithSendBuffer(b SendBuffer) Option {
-	return func(c *config) {
-		if b.Messages <= 0 {
-			c.errorf("send buffer needs Messages > 0, got %d", b.Messages)
-			return
-		}
-		if b.Bytes < 0 || b.MaxAge < 0 {
-			c.errorf("send buffer Bytes and MaxAge must not be negative")
-			return
-		}
-		if b.Bytes == 0 {
-			b.Bytes = b.Messages * (64 << 10)
-		}
-		c.sendBuffer = &b
-	}
-}
-
 // A SendOption changes how one message is sent.
 type SendOption func(*sendReq)
 

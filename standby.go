@@ -22,36 +22,6 @@ type Standby struct {
 	URLs []string
 }
 
-// WithStandby keeps extra connections to the same stream, each with its own
-// dial, OnConnect, liveness checks and reconnect loop, read at the same time
-// as the primary connection and merged into the one handler stream by
-// WithSequence (required): the first copy of each number wins, later copies
-// are dropped as duplicates. Losing any connection while another lives loses
-// nothing, and the stream stalls no longer than the surviving connection's
-// lag behind the lost one. The handler is still never called concurrently
-// with itself: the connections take turns to deliver.
-//
-// The primary connection is the feed's: its state is the feed's state, Send
-// writes on it, and rotation (WithMaxConnectionAge, Rotate) and Reconnect
-// apply to it. Standby connections only read (their OnConnect may Send on
-// its Conn to subscribe). Stats.Standby reports each one.
-func WithStandby(s Standby) Option {
-	return func(c *config) {
-		if s.Connections < 1 {
-			c.errorf("standby needs Connections >= 1, got %d", s.Connections)
-			return
-		}
-		for _, raw := range s.URLs {
-			if _, err := parseFeedURL(raw); err != nil {
-				c.errorf("standby URL: %v", err)
-				return
-			}
-		}
-		s.URLs = append([]string(nil), s.URLs...)
-		c.standby = &s
-	}
-}
-
 // StandbyStats describes one standby connection.
 type StandbyStats struct {
 	// Index is 1 for the first standby connection.

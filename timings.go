@@ -48,22 +48,6 @@ type Timing struct {
 	D    time.Duration
 }
 
-// WithTimings reports timings (handshake, OnConnect, time to first message,
-// handler time, queue wait) to f, for histograms: f is called synchronously
-// on the feed's goroutines, once per event (handler and queue timings once
-// per message), so it must be quick and must not block (a histogram's
-// Observe is). It costs two clock reads per message while set, nothing
-// otherwise. A panic in f is reported like any callback's.
-func WithTimings(f func(Timing)) Option {
-	return func(c *config) {
-		if f == nil {
-			c.errorf("timings func must not be nil")
-			return
-		}
-		c.timings = f
-	}
-}
-
 // timing reports one timing if WithTimings is set.
 func (c *Client) timing(kind TimingKind, d time.Duration) {
 	if c.cfg.timings == nil {
