@@ -38,9 +38,10 @@ func (t MessageType) String() string {
 
 // Message is one data message of a feed.
 //
-// Data is only valid until the handler returns: the buffer is reused for the
-// next message. A handler that keeps the message (hands it to another
-// goroutine, stores it) must keep a Clone.
+// Data is only valid until the handler returns: its bytes are reused (a
+// small message is delivered in place, in a socket read buffer that may go on
+// to serve another feed). A handler that keeps the message (hands it to
+// another goroutine, stores it) must keep a Clone.
 type Message struct {
 	Type MessageType
 	Data []byte

@@ -113,6 +113,9 @@ func (c *Client) dial(ctx context.Context, base *url.URL, l *lane) (*Conn, error
 		tc = &trackedConn{Conn: ws.UnderlyingConn()}
 	}
 	tc.handshook.Store(true)
+	if tc.chk != nil && tc.chk.Done() {
+		tc.takeRest() // the frames that came with the 101: read first
+	}
 	ws.SetReadLimit(c.cfg.readLimit)
 	c.chargeCloses(ws, key)
 	cn := newConn(c, ws, tc)
@@ -247,6 +250,9 @@ func dialVia(ctx context.Context, chain *dialer.Chain, network, addr string, use
 	}
 	if tc != nil && conn == net.Conn(tc) {
 		tc.chk = slot.chk
+		if tc.rc != nil {
+			slot.chk.KeepRest() // for frameread (readbuf.go), which reads frames from the socket
+		}
 		return tc, nil
 	}
 	return handshake.NewConn(conn, slot.chk), nil

@@ -4,9 +4,9 @@ import (
 	"fmt"
 	"io"
 	"time"
-	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
+	"github.com/wspool/wspool/internal/utf8check"
 )
 
 // msgCheck wraps the reader of one message (gorilla's, which decompresses
@@ -23,8 +23,7 @@ type msgCheck struct {
 	n     int64 // bytes of the message so far
 	count bool  // count against the read limit (compression negotiable: gorilla's limit counts wire bytes)
 	utf8  bool  // check UTF-8 (a text message, validation on)
-	carry [4]byte
-	nc    int // carry[:nc] starts a code point not yet complete
+	text  utf8check.Stream
 }
 
 // reset prepares the check for the message of type typ read from r. With
@@ -38,7 +37,8 @@ func (m *msgCheck) reset(cn *Conn, typ int, r io.Reader, checkUTF8 bool) io.Read
 		return r
 	}
 	// Field by field: this runs for every message.
-	m.r, m.cn, m.n, m.count, m.utf8, m.nc = r, cn, 0, cn.mayInflate, text, 0
+	m.r, m.cn, m.n, m.count, m.utf8 = r, cn, 0, cn.mayInflate, text
+	m.text.Reset()
 	return m
 }
 
@@ -57,52 +57,16 @@ func (m *msgCheck) Read(p []byte) (int, error) {
 			"wspool: message over read limit (%d bytes after decompression; closed with 1009): %w", limit, websocket.ErrReadLimit))
 	}
 	if m.utf8 {
-		if n > 0 && !m.check(p[:n]) {
+		if n > 0 && !m.text.Write(p[:n]) {
 			return 0, m.cn.fail(websocket.CloseInvalidFramePayloadData, fmt.Errorf(
 				"%w (at byte %d of the message; closed with 1007)", ErrInvalidUTF8, m.n-int64(n)))
 		}
-		if err == io.EOF && m.nc > 0 {
+		if err == io.EOF && m.text.Pending() {
 			return 0, m.cn.fail(websocket.CloseInvalidFramePayloadData, fmt.Errorf(
 				"%w (a sequence cut off at the end of the message; closed with 1007)", ErrInvalidUTF8))
 		}
 	}
 	return n, err
-}
-
-// asciiFirst: below this many bytes a chunk is first checked for plain
-// ASCII (asciiOnly), which costs a few nanoseconds where utf8.Valid has a
-// fixed cost of about 12 (BenchmarkUTF8); above, utf8.Valid is as fast.
-const asciiFirst = 512
-
-// check validates b after what came before; false on invalid UTF-8.
-func (m *msgCheck) check(b []byte) bool {
-	if m.nc == 0 && (len(b) < asciiFirst && asciiOnly(b) || utf8.Valid(b)) {
-		return true // the common case: whole code points only
-	}
-	start := 0
-	if m.nc > 0 {
-		// Complete the carried code point with the first bytes of b.
-		var tmp [8]byte
-		k := copy(tmp[:], m.carry[:m.nc])
-		take := min(len(b), 4-m.nc)
-		k += copy(tmp[k:], b[:take])
-		v, ok := utf8Prefix(tmp[:k], 0)
-		if !ok {
-			return false
-		}
-		if v < m.nc || v == 0 {
-			m.nc = copy(m.carry[:], tmp[:k]) // still incomplete
-			return true
-		}
-		start = v - m.nc
-		m.nc = 0
-	}
-	v, ok := utf8Prefix(b, start)
-	if !ok {
-		return false
-	}
-	m.nc = copy(m.carry[:], b[v:])
-	return true
 }
 
 // fail ends the connection for a protocol violation of the peer's: our

@@ -4,8 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/wspool/wspool/internal/frameread"
+	"github.com/wspool/wspool/internal/msgbuf"
 )
 
 // The read side: one reader loop for every connection.
@@ -150,7 +155,7 @@ func (c *Client) read(ctx context.Context, conn *Conn) (cause error, live bool) 
 	stopCloser := closeOnShutdown(ctx, conn)
 	mr := newMsgReader(conn)
 	defer func() {
-		mr.rb.release()
+		mr.release()
 		stopCloser()
 		c.stopRotation(conn)
 		conn.close() // unblocks heartbeat writes before stop waits for them
@@ -180,7 +185,7 @@ func (c *Client) read(ctx context.Context, conn *Conn) (cause error, live bool) 
 		conn.held.Add(1)
 		c.route(ctx, conn, msg, data)
 		conn.held.Add(1)
-		mr.rb.release()
+		mr.release()
 	}
 	return c.serve(ctx, conn, &mr), true
 }
@@ -221,7 +226,7 @@ func (c *Client) readHeld(conn *Conn, mr *msgReader) (msg Message, data, inHand 
 				c.stats.heldDropped.Add(1)
 			}
 		}
-		mr.rb.release()
+		mr.release()
 	}
 }
 
@@ -363,7 +368,7 @@ func (c *Client) serve(ctx context.Context, conn *Conn, mr *msgReader) error {
 		}
 		conn.held.Add(1) // even again: a check since the first Add sees a change
 		c.countIn(conn, msg)
-		mr.rb.release() // a big message's buffer goes back to its pool
+		mr.release() // a big message's buffer goes back to its pool
 	}
 }
 
@@ -533,31 +538,88 @@ func (c *Client) isDup(msg Message) (dup bool) {
 	return c.cfg.dupFilter(msg)
 }
 
-// msgReader reads one connection's messages, checked (msgread.go), into the
-// reader's buffer (readmsg.go); the message's Data is valid until next.
+// msgReader reads one connection's messages. A plain ws:// connection with
+// pooled reads and no compression offered is read by internal/frameread,
+// frames parsed in the socket's buffer and a message of one frame delivered
+// in place; any other through gorilla's reader, checked (msgread.go), into
+// a msgbuf.Buffer. The message's Data is valid until release.
 type msgReader struct {
 	conn      *Conn
 	checkUTF8 bool // WithUTF8Validation (on by default)
-	rb        readBuffer
+	direct    bool // read by fr
+	fr        frameread.Reader
+	rb        msgbuf.Buffer
 	mc        msgCheck
 }
 
 func newMsgReader(conn *Conn) msgReader {
-	return msgReader{conn: conn, checkUTF8: !conn.client.cfg.noUTF8Check}
+	m := msgReader{conn: conn, checkUTF8: !conn.client.cfg.noUTF8Check}
+	if conn.nc.rc != nil && !conn.mayInflate {
+		m.direct = true
+		m.fr.Init((*frameSource)(conn.nc), (*framePeer)(conn))
+		m.fr.Limit = conn.client.cfg.readLimit
+		m.fr.CheckUTF8 = m.checkUTF8
+	}
+	return m
 }
 
 // next reads the next message; the error is the connection's end cause.
 func (m *msgReader) next() (Message, error) {
 	cn := m.conn
-	typ, r, err := cn.ws.NextReader()
-	if err != nil {
-		return Message{}, cn.causeOf(err)
+	var (
+		typ int
+		buf []byte
+		err error
+	)
+	if m.direct {
+		typ, buf, err = m.fr.Next()
+	} else {
+		var r io.Reader
+		if typ, r, err = cn.ws.NextReader(); err == nil {
+			buf, err = m.rb.ReadAll(m.mc.reset(cn, typ, r, m.checkUTF8))
+		}
 	}
-	buf, err := m.rb.read(m.mc.reset(cn, typ, r, m.checkUTF8))
 	if err != nil {
 		return Message{}, cn.causeOf(err)
 	}
 	return Message{Type: MessageType(typ), Data: buf, Feed: cn.client.name, Received: cn.nc.readAt, ConnID: cn.id}, nil
+}
+
+// release ends the message next returned.
+func (m *msgReader) release() {
+	if m.direct {
+		m.fr.Release()
+	} else {
+		m.rb.Release()
+	}
+}
+
+// framePeer is a Conn as internal/frameread acts on it: control frames go to
+// the handlers installed on gorilla's Conn (a pong to the heartbeat, a
+// close's admission penalty), violations close the connection with their
+// code and the cause gorilla's reader would give.
+type framePeer Conn
+
+func (p *framePeer) Ping(b []byte) error { return p.ws.PingHandler()(string(b)) }
+
+func (p *framePeer) Pong(b []byte) error { return p.ws.PongHandler()(string(b)) }
+
+func (p *framePeer) Close(code int, text string) error { return p.ws.CloseHandler()(code, text) }
+
+func (p *framePeer) Fail(code int, err error) error {
+	cn := (*Conn)(p)
+	var ue *frameread.UTF8Error
+	switch {
+	case errors.Is(err, websocket.ErrReadLimit):
+		err = fmt.Errorf("wspool: message over read limit (%d bytes; closed with 1009): %w", cn.client.cfg.readLimit, err)
+	case errors.As(err, &ue) && ue.CutOff:
+		err = fmt.Errorf("%w (a sequence cut off at the end of the message; closed with 1007)", ErrInvalidUTF8)
+	case ue != nil:
+		err = fmt.Errorf("%w (at byte %d of the message; closed with 1007)", ErrInvalidUTF8, ue.At)
+	default:
+		err = fmt.Errorf("wspool: read: %w", err)
+	}
+	return cn.fail(code, err)
 }
 
 // closeOnShutdown sends conn's close frame when ctx ends (shutdown) and gives

@@ -3,6 +3,7 @@ package wspool
 import (
 	"net"
 	"sync"
+	"time"
 )
 
 // Pooled read buffering (plain ws:// connections on unix; see readbuf_unix.go).
@@ -44,12 +45,81 @@ func (p *pooledState) readBuffered(dst []byte) (int, bool) {
 		return 0, false
 	}
 	n := copy(dst, (*p.buf)[p.r:p.w])
+	p.consume(n)
+	return n, true
+}
+
+// consume drops n unread bytes; an emptied buffer goes back to its pool.
+func (p *pooledState) consume(n int) {
 	p.r += int32(n)
 	if p.r == p.w {
-		readBufs.Put(p.buf)
+		if len(*p.buf) == pooledReadSize {
+			readBufs.Put(p.buf)
+		}
 		p.buf, p.r, p.w = nil, 0, 0
 	}
-	return n, true
+}
+
+// takeRest puts what followed the handshake response (kept by the response
+// check) in front of the read buffer's unread bytes: the check read it
+// from the socket before them.
+func (t *trackedConn) takeRest() {
+	rest := t.chk.Rest()
+	t.chk = nil
+	if len(rest) == 0 {
+		return
+	}
+	p := &t.pool
+	if p.buf != nil && int(p.r) >= len(rest) {
+		p.r -= int32(copy((*p.buf)[int(p.r)-len(rest):], rest))
+		return
+	}
+	var unread []byte
+	if p.buf != nil {
+		unread = (*p.buf)[p.r:p.w]
+	}
+	var b *[]byte
+	if n := len(rest) + len(unread); n <= pooledReadSize {
+		b = readBufs.Get().(*[]byte)
+	} else {
+		nb := make([]byte, n) // a server's burst with its 101: not pooled
+		b = &nb
+	}
+	k := copy(*b, rest)
+	k += copy((*b)[k:], unread)
+	if p.buf != nil {
+		p.consume(len(unread)) // gives the old buffer back
+	}
+	p.buf, p.r, p.w = b, 0, int32(k)
+}
+
+// frameSource is a pooled connection's socket as internal/frameread reads
+// it: frames are parsed in the borrowed buffer, in place.
+type frameSource trackedConn
+
+func (s *frameSource) Buffered() []byte {
+	p := &s.pool
+	if p.buf == nil {
+		return nil
+	}
+	return (*p.buf)[p.r:p.w]
+}
+
+func (s *frameSource) Consume(n int) { s.pool.consume(n) }
+
+func (s *frameSource) BufferSize() int { return pooledReadSize }
+
+func (s *frameSource) Fill(n int) error { return (*trackedConn)(s).fill(n) }
+
+// Read reads a large payload in place, with nothing buffered.
+func (s *frameSource) Read(p []byte) (int, error) {
+	t := (*trackedConn)(s)
+	n, err := t.Conn.Read(p)
+	if n > 0 {
+		t.readAt = time.Now()
+		t.bytesIn.Add(int64(n))
+	}
+	return n, err
 }
 
 // readOpError renames the "raw-read" op of errors from RawConn.Read to

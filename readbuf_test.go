@@ -13,6 +13,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/wspool/wspool"
 	"github.com/wspool/wspool/internal/faultproxy"
+	"github.com/wspool/wspool/internal/rawws"
 	"github.com/wspool/wspool/internal/wstest"
 )
 
@@ -163,5 +164,59 @@ func TestReadErrorsReadLikeNet(t *testing.T) {
 	}
 	if !strings.Contains(causes[1], "EOF") {
 		t.Errorf("cause after a close: %q, want EOF", causes[1])
+	}
+}
+
+// TestFramesSentWithThe101AreDelivered: a server that writes its first
+// messages in the same write as its 101 response (a snapshot pushed at
+// once, more than a socket read buffer holds) gets every one delivered, in
+// order, whatever the response check read with the head. Found when reads
+// began parsing frames in the socket's buffer: the bytes read with the head
+// were put in place of those still buffered, and a feed lost messages.
+func TestFramesSentWithThe101AreDelivered(t *testing.T) {
+	for _, size := range []int{10, 700, 5000} {
+		t.Run(fmt.Sprintf("messages of %d bytes", size), func(t *testing.T) {
+			const count = 40
+			srv := newRawServer(t, func(ctx context.Context, c *rawws.Conn) {
+				req, err := c.ReadRequest()
+				if err != nil {
+					return
+				}
+				out := []byte(rawws.UpgradeResponse(req.Header.Get("Sec-WebSocket-Key")))
+				for i := 0; i < count; i++ {
+					out = rawws.Binary(patterned(i, size)).Append(out)
+				}
+				if _, err := c.Write(out); err != nil {
+					return
+				}
+				if c.WaitClose(false).Code > 0 {
+					_ = c.WriteFrames(rawws.Close(1000, ""))
+				}
+			})
+			var mu sync.Mutex
+			var got [][]byte
+			done := make(chan struct{})
+			c, err := wspool.NewClient(srv.URL("/"), func(_ context.Context, m wspool.Message) error {
+				mu.Lock()
+				defer mu.Unlock()
+				got = append(got, bytes.Clone(m.Data))
+				if len(got) == count {
+					close(done)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			runClient(t, c)
+			recv(t, done, 30*time.Second, "every message")
+			mu.Lock()
+			defer mu.Unlock()
+			for i := 0; i < count; i++ {
+				if !bytes.Equal(got[i], patterned(i, size)) {
+					t.Fatalf("message %d differs (%d bytes)", i, len(got[i]))
+				}
+			}
+		})
 	}
 }

@@ -54,28 +54,63 @@ func (t *trackedConn) pooledRead(p []byte) (int, error) {
 	return n, nil
 }
 
-// rawRead is the RawConn.Read callback: one read(2) into a pooled buffer,
-// which it leaves in t.pool holding what was read (or gives back, with the
-// error in t.pool.rawErr); on EAGAIN it gives the buffer back and asks to
-// wait for readability. It runs only when t.pool holds no buffer.
+// fill reads until at least n bytes (at most the buffer's size) are
+// buffered, borrowing a buffer once the socket is readable; unread bytes
+// that would not leave room for n are moved to the buffer's front.
+func (t *trackedConn) fill(n int) error {
+	p := &t.pool
+	for p.buf == nil || int(p.w-p.r) < n {
+		if p.buf != nil && int(p.r)+n > len(*p.buf) {
+			p.w = int32(copy(*p.buf, (*p.buf)[p.r:p.w]))
+			p.r = 0
+		}
+		if err := t.rc.Read(p.fn); err != nil {
+			return readOpError(err)
+		}
+		if err := p.rawErr; err != nil {
+			p.rawErr = nil
+			return err
+		}
+		t.readAt = time.Now()
+	}
+	return nil
+}
+
+// rawRead is the RawConn.Read callback: one read(2) into the buffer after
+// its unread bytes, or into a pooled buffer it borrows if t.pool holds
+// none, which it keeps holding what was read (or gives back, with the error
+// in t.pool.rawErr); on EAGAIN it gives a borrowed buffer back and asks to
+// wait for readability.
 func (t *trackedConn) rawRead(fd uintptr) bool {
-	b := readBufs.Get().(*[]byte)
+	p := &t.pool
+	b := p.buf
+	borrowed := b == nil
+	if borrowed {
+		b = readBufs.Get().(*[]byte)
+	}
 	for {
-		n, err := syscall.Read(int(fd), *b)
+		n, err := syscall.Read(int(fd), (*b)[p.w:])
 		switch {
 		case err == syscall.EINTR:
 			continue
 		case err == syscall.EAGAIN:
-			readBufs.Put(b)
+			if borrowed {
+				readBufs.Put(b)
+			}
 			return false
 		case err != nil:
-			readBufs.Put(b)
-			t.pool.rawErr = &net.OpError{Op: "read", Net: t.RemoteAddr().Network(), Source: t.LocalAddr(), Addr: t.RemoteAddr(), Err: os.NewSyscallError("read", err)}
+			if borrowed {
+				readBufs.Put(b)
+			}
+			p.rawErr = &net.OpError{Op: "read", Net: t.RemoteAddr().Network(), Source: t.LocalAddr(), Addr: t.RemoteAddr(), Err: os.NewSyscallError("read", err)}
 		case n == 0:
-			readBufs.Put(b)
-			t.pool.rawErr = io.EOF
+			if borrowed {
+				readBufs.Put(b)
+			}
+			p.rawErr = io.EOF
 		default:
-			t.pool.buf, t.pool.r, t.pool.w = b, 0, int32(n)
+			p.buf = b
+			p.w += int32(n)
 			t.bytesIn.Add(int64(n))
 		}
 		return true

@@ -99,7 +99,7 @@ func (t *trackedConn) Read(p []byte) (int, error) {
 		if !t.chk.Done() {
 			return t.chk.Read((*rawTracked)(t), p)
 		}
-		t.chk = nil
+		t.takeRest()
 	}
 	return t.readSocket(p)
 }

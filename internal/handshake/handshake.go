@@ -86,8 +86,11 @@ type Check struct {
 	negN [2]int // bytes of the two negotiation headers seen so far
 	last int    // the header of the last complete line: 0 other, 1 extensions, 2 protocol
 	out  []byte // what gorilla reads next, once the head is complete
-	done bool   // the head has been handed on (or was not a 101): pass through
-	err  error  // the failure, kept for dial to report
+	rest []byte // with keepRest: what followed the head (the first frames)
+
+	keepRest bool  // hand gorilla the head only (KeepRest)
+	done     bool  // the head has been handed on (or was not a 101): pass through
+	err      error // the failure, kept for dial to report
 }
 
 // New returns the check for a dial with dialer d and request header h: the
@@ -256,8 +259,14 @@ func (r *Check) finish(end int) error {
 	if err != nil {
 		return err
 	}
+	if r.keepRest {
+		r.rest = r.buf[end:]
+	}
 	if len(exts) == 0 {
-		r.out = r.buf
+		r.out = r.buf[:end]
+		if !r.keepRest {
+			r.out = r.buf
+		}
 		return nil
 	}
 	out := make([]byte, 0, len(r.buf)+len(deflateForGorilla))
@@ -270,7 +279,10 @@ func (r *Check) finish(end int) error {
 		}
 		out = append(out, l...)
 	}
-	r.out = append(out, r.buf[end:]...)
+	if !r.keepRest {
+		out = append(out, r.buf[end:]...)
+	}
+	r.out = out
 	return nil
 }
 
@@ -394,6 +406,18 @@ func (r *Check) Err() error { return r.err }
 // DeflateOffered reports whether permessage-deflate was offered, and so may
 // have been accepted: without the offer any extension fails the check.
 func (r *Check) DeflateOffered() bool { return r.deflate }
+
+// KeepRest makes the check hand on the head of a 101 response only and keep
+// what followed it (the server's first frames) for Rest: the caller reads
+// the frames itself.
+func (r *Check) KeepRest() { r.keepRest = true }
+
+// Rest returns, once, what followed a 101 response's head (KeepRest).
+func (r *Check) Rest() []byte {
+	b := r.rest
+	r.rest = nil
+	return b
+}
 
 // Conn puts a Check above TLS (for wss://, where the socket wrapper below
 // sees only ciphertext).

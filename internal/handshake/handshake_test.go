@@ -222,3 +222,41 @@ func TestConnChecksAboveTLS(t *testing.T) {
 		t.Errorf("read %q", got)
 	}
 }
+
+// TestKeepRestHandsOnTheHeadOnly: with KeepRest, what arrived with a 101's
+// head (the server's first frames) is not handed to gorilla but kept for
+// Rest, whole and once, with and without a rewritten extensions header.
+func TestKeepRestHandsOnTheHeadOnly(t *testing.T) {
+	frames := "\x81\x05hello\x82\x00"
+	for _, tc := range []struct {
+		name, head string
+		deflate    bool
+	}{
+		{"plain", accept + "\r\n", false},
+		{"deflate rewritten", accept + "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n\r\n", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			chk := offer(nil, tc.deflate)
+			chk.KeepRest()
+			src := strings.NewReader(tc.head + frames)
+			var got []byte
+			p := make([]byte, 7)
+			for !chk.Done() {
+				n, err := chk.Read(src, p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, p[:n]...)
+			}
+			if !bytes.HasSuffix(got, []byte("\r\n\r\n")) || bytes.Contains(got, []byte("hello")) {
+				t.Fatalf("gorilla read %q, want the head only", got)
+			}
+			if rest := chk.Rest(); string(rest) != frames {
+				t.Fatalf("Rest %q, want %q", rest, frames)
+			}
+			if rest := chk.Rest(); rest != nil {
+				t.Fatalf("second Rest %q, want nil", rest)
+			}
+		})
+	}
+}

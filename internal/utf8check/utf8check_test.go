@@ -1,4 +1,4 @@
-package wspool
+package utf8check
 
 import (
 	"bytes"
@@ -97,9 +97,9 @@ func BenchmarkUTF8(b *testing.B) {
 	}
 }
 
-// TestMsgCheckCarry: the reader's check, fed in random chunks, agrees with
+// TestStreamCarry: a Stream, fed in random chunks, agrees with
 // utf8.Valid on the whole message.
-func TestMsgCheckCarry(t *testing.T) {
+func TestStreamCarry(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	pieces := []string{"a", "é", "€", "𝄞", "\xed\xa0\x80", "\xc0\xaf", "\xf4\x90\x80\x80", "\xff", "\xe2\x82", "12345678abcdefgh"}
 	for i := 0; i < 50000; i++ {
@@ -108,14 +108,14 @@ func TestMsgCheckCarry(t *testing.T) {
 			sb.WriteString(pieces[rng.IntN(len(pieces))])
 		}
 		b := []byte(sb.String())
-		var m msgCheck
+		var s Stream
 		ok := true
 		for off := 0; off < len(b) && ok; {
 			n := min(1+rng.IntN(5), len(b)-off)
-			ok = m.check(b[off : off+n])
+			ok = s.Write(b[off : off+n])
 			off += n
 		}
-		ok = ok && m.nc == 0
+		ok = ok && !s.Pending()
 		if want := utf8.Valid(b); ok != want {
 			t.Fatalf("%q: chunked check %v, utf8.Valid %v", b, ok, want)
 		}

@@ -1,4 +1,4 @@
-package wspool
+package msgbuf
 
 import (
 	"bytes"
@@ -32,51 +32,51 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 	return k, nil
 }
 
-// TestReadBufferSizes checks what each message size costs: small messages
+// TestSizes checks what each message size costs: small messages
 // stay in the feed's own buffer, a message that exactly fills a size class
 // does not double it, and big buffers go back to the pool on release.
-func TestReadBufferSizes(t *testing.T) {
+func TestSizes(t *testing.T) {
 	for _, tc := range []struct {
 		size, wantCap int
 		big           bool
 	}{
-		{0, minReadBuffer, false},
-		{100, minReadBuffer, false},
-		{minReadBuffer, minReadBuffer, false},
-		{minReadBuffer + 1, 2 * minReadBuffer, false},
-		{maxKeptReadBuffer, maxKeptReadBuffer, false},
-		{maxKeptReadBuffer + 1, 2 * maxKeptReadBuffer, true},
+		{0, MinSize, false},
+		{100, MinSize, false},
+		{MinSize, MinSize, false},
+		{MinSize + 1, 2 * MinSize, false},
+		{MaxKept, MaxKept, false},
+		{MaxKept + 1, 2 * MaxKept, true},
 		{1 << 20, 1 << 20, true},
 		{1<<20 + 1, 2 << 20, true},
 	} {
 		for _, eofWithData := range []bool{false, true} {
-			var rb readBuffer
+			var rb Buffer
 			data := bytes.Repeat([]byte("0123456789abcdef"), tc.size/16+1)[:tc.size]
-			got, err := rb.read(&chunkReader{data: data, n: 48 << 10, eofWithData: eofWithData})
+			got, err := rb.ReadAll(&chunkReader{data: data, n: 48 << 10, eofWithData: eofWithData})
 			if err != nil || !bytes.Equal(got, data) {
 				t.Fatalf("size %d: %d bytes, err %v", tc.size, len(got), err)
 			}
-			if cap(got) != tc.wantCap || (rb.big != nil) != tc.big {
-				t.Errorf("size %d: cap %d (want %d), big buffer %v (want %v)", tc.size, cap(got), tc.wantCap, rb.big != nil, tc.big)
+			if cap(got) != tc.wantCap || rb.Big() != tc.big {
+				t.Errorf("size %d: cap %d (want %d), big buffer %v (want %v)", tc.size, cap(got), tc.wantCap, rb.Big(), tc.big)
 			}
-			rb.release()
-			if rb.big != nil || cap(rb.small) > maxKeptReadBuffer {
-				t.Errorf("size %d: after release: big %v, small cap %d", tc.size, rb.big != nil, cap(rb.small))
+			rb.Release()
+			if rb.Big() || rb.KeptCap() > MaxKept {
+				t.Errorf("size %d: after release: big %v, small cap %d", tc.size, rb.Big(), rb.KeptCap())
 			}
 		}
 	}
 }
 
-// TestReadBufferError returns the reader's error with what was read.
-func TestReadBufferError(t *testing.T) {
+// TestReadAllError returns the reader's error with what was read.
+func TestReadAllError(t *testing.T) {
 	boom := errors.New("boom")
-	var rb readBuffer
+	var rb Buffer
 	r := io.MultiReader(bytes.NewReader(make([]byte, 1000)), errReader{boom})
-	got, err := rb.read(r)
+	got, err := rb.ReadAll(r)
 	if !errors.Is(err, boom) || len(got) != 1000 {
 		t.Fatalf("%d bytes, err %v", len(got), err)
 	}
-	rb.release()
+	rb.Release()
 }
 
 type errReader struct{ err error }
