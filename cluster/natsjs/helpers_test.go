@@ -28,8 +28,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/wspool/wspool"
 	"github.com/wspool/wspool/cluster/natsjs"
-	"github.com/wspool/wspool/cluster/natsjs/internal/seqfeed"
 	"github.com/wspool/wspool/internal/leakcheck"
+	"github.com/wspool/wspool/wspooltest"
 )
 
 // The test binary doubles as a collector process: with NATSJS_CHILD=collector
@@ -158,29 +158,33 @@ func collectorMain() int {
 	return 0
 }
 
-// seqfeedMain runs the sequenced feed server in this process until SIGTERM
-// (the test binary started with NATSJS_CHILD=seqfeed) and prints its
-// address.
+// seqfeedMain runs the sequenced feed server (wspooltest.Stream: each feed
+// /<name> numbers its messages 1, 2, 3, ... one per interval from its first
+// connection; ?from=N resumes from N) in this process until SIGTERM (the
+// test binary started with NATSJS_CHILD=seqfeed) and prints its address.
 func seqfeedMain() int {
 	iv, err := time.ParseDuration(os.Getenv("NATSJS_INTERVAL"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	s, err := seqfeed.Start("", iv)
+	st := wspooltest.NewStream(iv)
+	srv, err := wspooltest.NewServer(st.Serve)
 	if err != nil {
+		st.Close()
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
-	fmt.Printf("ADDR %s\n", strings.TrimSuffix(strings.TrimPrefix(s.URL(""), "ws://"), "/"))
+	fmt.Printf("ADDR %s\n", srv.Addr())
 	<-ctx.Done()
-	s.Close()
+	st.Close()
+	srv.Close()
 	return 0
 }
 
-// feedServer is the sequenced feed server (internal/seqfeed), run as a
+// feedServer is the sequenced feed server (wspooltest.Stream), run as a
 // process of its own, like a real upstream: in the test process its
 // thousands of connections, each written every interval, took half of that
 // process's CPU (profiled at 1,000 feeds) and shared its Go scheduler with

@@ -34,7 +34,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/wspool/wspool"
 	"github.com/wspool/wspool/cluster/natsjs"
-	"github.com/wspool/wspool/cluster/natsjs/internal/seqfeed"
+	"github.com/wspool/wspool/wspooltest"
 )
 
 const ttl = 2 * time.Second
@@ -131,7 +131,11 @@ func run(ctx context.Context, w io.Writer, self string, nFeeds int) error {
 	if !ns.ReadyForConnections(10 * time.Second) {
 		return errors.New("nats-server not ready")
 	}
-	feedSrv, err := seqfeed.Start("", 50*time.Millisecond)
+	// Sequenced feeds: /<name> numbers its messages one per 50 ms, and
+	// ?from=N resumes from N.
+	feeds := wspooltest.NewStream(50 * time.Millisecond)
+	defer feeds.Close()
+	feedSrv, err := wspooltest.NewServer(feeds.Serve)
 	if err != nil {
 		return err
 	}
