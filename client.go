@@ -160,7 +160,7 @@ type Client struct {
 	state State
 	// The feed's flags, packed beside state (an idle feed's memory); each
 	// says who owns it.
-	pooled    bool  // reads are buffered from readBufs (see readbuf.go); set by NewClient
+	pooled    bool  // plain ws:// on unix: reads through internal/socket's pooled buffers; set by NewClient
 	started   bool  // mu
 	closed    bool  // mu
 	finished  bool  // mu: Run is returning, no background goroutine may start

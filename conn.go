@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/wspool/wspool/internal/socket"
 )
 
 // Conn is one live connection of a feed. The OnConnect hook gets it to
@@ -16,7 +17,7 @@ import (
 type Conn struct {
 	client *Client
 	ws     *websocket.Conn
-	nc     *trackedConn
+	nc     *socket.Conn
 	id     uint64
 	lane   *lane // the standby connection it serves; nil for the primary
 
@@ -60,7 +61,7 @@ type Conn struct {
 	since time.Time // when the first connection of its chain of rotations connected (uptime)
 }
 
-func newConn(c *Client, ws *websocket.Conn, nc *trackedConn) *Conn {
+func newConn(c *Client, ws *websocket.Conn, nc *socket.Conn) *Conn {
 	return &Conn{client: c, ws: ws, nc: nc, id: c.stats.connSeq.Add(1), wlock: make(chan struct{}, 1), dead: make(chan struct{}), pacer: newPacer(c.cfg.pacing)}
 }
 
@@ -347,4 +348,21 @@ func (cn *Conn) dataCount() int64 {
 		return cn.lane.data.Load()
 	}
 	return cn.client.dataCount()
+}
+
+// fail ends the connection for a protocol violation of the peer's: our
+// close frame with code (unless one was sent already), then teardown with
+// cause, which the reader reports. It returns cause.
+func (cn *Conn) fail(code int, cause error) error {
+	cn.closeOnce.Do(func() {
+		cn.closing.Store(true)
+		// The socket is closed right after: a short, bounded try.
+		deadline := time.Now().Add(min(cn.client.cfg.closeTimeout, time.Second))
+		if cn.lockWriterUntil(deadline) {
+			_ = cn.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ""), deadline)
+			cn.unlockWriter()
+		}
+	})
+	cn.kill(cause)
+	return cause
 }

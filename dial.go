@@ -16,6 +16,7 @@ import (
 	"github.com/wspool/wspool/internal/dialer"
 	"github.com/wspool/wspool/internal/handshake"
 	"github.com/wspool/wspool/internal/redact"
+	"github.com/wspool/wspool/internal/socket"
 )
 
 // dial makes one connection attempt to base (the feed's URL, or a standby
@@ -110,12 +111,9 @@ func (c *Client) dial(ctx context.Context, base *url.URL, l *lane) (*Conn, error
 	if tc == nil {
 		// A custom dial path bypassed our wrapper; liveness still works from
 		// complete frames, just without byte-level progress.
-		tc = &trackedConn{Conn: ws.UnderlyingConn()}
+		tc = socket.New(ws.UnderlyingConn(), false)
 	}
-	tc.handshook.Store(true)
-	if tc.chk != nil && tc.chk.Done() {
-		tc.takeRest() // the frames that came with the 101: read first
-	}
+	tc.Handshook()
 	ws.SetReadLimit(c.cfg.readLimit)
 	c.chargeCloses(ws, key)
 	cn := newConn(c, ws, tc)
@@ -134,7 +132,7 @@ type dialSlot struct {
 	url    *url.URL    // the feed's URL for this dial (for the Proxy func)
 	header http.Header // the request header (likewise)
 	chk    *handshake.Check
-	conn   atomic.Pointer[trackedConn]
+	conn   atomic.Pointer[socket.Conn]
 }
 
 // dialRecover runs the dialer, turning a panic in it (gorilla's, or a dial
@@ -166,7 +164,7 @@ var sharedDialers [2]struct {
 // dial functions give every socket keepalive tuning and byte-level liveness
 // tracking (and pooled reads for plain ws:// on unix).
 func (c *Client) buildDialer() *websocket.Dialer {
-	c.pooled = pooledReadsSupported && c.url.Scheme == "ws" && (c.cfg.dialer == nil || c.cfg.dialer.ReadBufferSize == 0)
+	c.pooled = socket.PooledReadsSupported && c.url.Scheme == "ws" && (c.cfg.dialer == nil || c.cfg.dialer.ReadBufferSize == 0)
 	if c.cfg.dialer != nil || c.cfg.subprotocols != nil || c.cfg.compression {
 		return newDialer(c.cfg.dialer, c.cfg.subprotocols, c.pooled, c.cfg.compression)
 	}
@@ -208,7 +206,7 @@ func newDialer(base *websocket.Dialer, subprotocols []string, pooled, compressio
 	}
 	d.HandshakeTimeout = 0 // bounded by our own context
 	if pooled {
-		d.ReadBufferSize = pooledGorillaBuffer
+		d.ReadBufferSize = socket.GorillaBufferSize
 	}
 	if d.WriteBufferPool == nil && d.WriteBufferSize == 0 {
 		d.WriteBufferPool = sharedWriteBuffers
@@ -232,16 +230,13 @@ func dialVia(ctx context.Context, chain *dialer.Chain, network, addr string, use
 		return nil, errors.New("wspool: internal: dial without a feed")
 	}
 	c := slot.client
-	var tc *trackedConn
+	var tc *socket.Conn
 	conn, err := chain.Dial(ctx, network, addr, useTLS, dialer.Target{URL: slot.url, Header: slot.header,
 		Opened: func(nc net.Conn) net.Conn {
 			if err := tuneSocket(nc, c.cfg.keepAlive); err != nil {
 				c.log.Warn("tcp keepalive not applied", "err", err)
 			}
-			tc = &trackedConn{Conn: nc}
-			if c.pooled && !useTLS {
-				tc.enablePooledReads()
-			}
+			tc = socket.New(nc, c.pooled && !useTLS)
 			slot.conn.Store(tc)
 			return tc
 		}})
@@ -249,10 +244,7 @@ func dialVia(ctx context.Context, chain *dialer.Chain, network, addr string, use
 		return nil, err
 	}
 	if tc != nil && conn == net.Conn(tc) {
-		tc.chk = slot.chk
-		if tc.rc != nil {
-			slot.chk.KeepRest() // for frameread (readbuf.go), which reads frames from the socket
-		}
+		tc.SetCheck(slot.chk)
 		return tc, nil
 	}
 	return handshake.NewConn(conn, slot.chk), nil

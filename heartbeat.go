@@ -119,7 +119,7 @@ func (h *heartbeat) onPing() {
 	cfg := &cn.client.cfg
 	if h.awaiting {
 		h.awaiting = false
-		if cn.nc.bytesIn.Load() == h.snapBytes && !h.heldBack(h.snapHeld) {
+		if cn.nc.BytesIn() == h.snapBytes && !h.heldBack(h.snapHeld) {
 			cn.kill(fmt.Errorf("%w (%v)", ErrPongTimeout, cfg.pongTimeout))
 			return
 		}
@@ -129,7 +129,7 @@ func (h *heartbeat) onPing() {
 	if cn.closing.Load() {
 		return // our close frame is out: the close timeout bounds the rest
 	}
-	h.snapBytes = cn.nc.bytesIn.Load()
+	h.snapBytes = cn.nc.BytesIn()
 	h.snapHeld = cn.held.Load()
 	h.seq++
 	h.payload = strconv.AppendUint(h.payload[:0], h.seq, 10)

@@ -541,22 +541,23 @@ func (c *Client) isDup(msg Message) (dup bool) {
 // msgReader reads one connection's messages. A plain ws:// connection with
 // pooled reads and no compression offered is read by internal/frameread,
 // frames parsed in the socket's buffer and a message of one frame delivered
-// in place; any other through gorilla's reader, checked (msgread.go), into
-// a msgbuf.Buffer. The message's Data is valid until release.
+// in place; any other through gorilla's reader into
+// a msgbuf.Buffer, with frameread.Check's checks. The message's Data is
+// valid until release.
 type msgReader struct {
 	conn      *Conn
 	checkUTF8 bool // WithUTF8Validation (on by default)
 	direct    bool // read by fr
 	fr        frameread.Reader
 	rb        msgbuf.Buffer
-	mc        msgCheck
+	mc        frameread.Check
 }
 
 func newMsgReader(conn *Conn) msgReader {
 	m := msgReader{conn: conn, checkUTF8: !conn.client.cfg.noUTF8Check}
-	if conn.nc.rc != nil && !conn.mayInflate {
+	if conn.nc.Pooled() && !conn.mayInflate {
 		m.direct = true
-		m.fr.Init((*frameSource)(conn.nc), (*framePeer)(conn))
+		m.fr.Init(conn.nc.Frames(), (*framePeer)(conn))
 		m.fr.Limit = conn.client.cfg.readLimit
 		m.fr.CheckUTF8 = m.checkUTF8
 	}
@@ -576,13 +577,17 @@ func (m *msgReader) next() (Message, error) {
 	} else {
 		var r io.Reader
 		if typ, r, err = cn.ws.NextReader(); err == nil {
-			buf, err = m.rb.ReadAll(m.mc.reset(cn, typ, r, m.checkUTF8))
+			var limit int64
+			if cn.mayInflate {
+				limit = cn.client.cfg.readLimit // gorilla's limit counts wire bytes
+			}
+			buf, err = m.rb.ReadAll(m.mc.Reset(r, (*framePeer)(cn), typ, limit, m.checkUTF8))
 		}
 	}
 	if err != nil {
 		return Message{}, cn.causeOf(err)
 	}
-	return Message{Type: MessageType(typ), Data: buf, Feed: cn.client.name, Received: cn.nc.readAt, ConnID: cn.id}, nil
+	return Message{Type: MessageType(typ), Data: buf, Feed: cn.client.name, Received: cn.nc.ReadAt(), ConnID: cn.id}, nil
 }
 
 // release ends the message next returned.
@@ -611,7 +616,7 @@ func (p *framePeer) Fail(code int, err error) error {
 	var ue *frameread.UTF8Error
 	switch {
 	case errors.Is(err, websocket.ErrReadLimit):
-		err = fmt.Errorf("wspool: message over read limit (%d bytes; closed with 1009): %w", cn.client.cfg.readLimit, err)
+		err = fmt.Errorf("wspool: message over read limit (%d bytes, after decompression if compressed; closed with 1009): %w", cn.client.cfg.readLimit, err)
 	case errors.As(err, &ue) && ue.CutOff:
 		err = fmt.Errorf("%w (a sequence cut off at the end of the message; closed with 1007)", ErrInvalidUTF8)
 	case ue != nil:

@@ -7,9 +7,9 @@ import (
 	"net/http"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/gorilla/websocket"
+	"github.com/wspool/wspool/internal/socket"
 	"github.com/wspool/wspool/internal/wstest"
 )
 
@@ -37,8 +37,8 @@ func TestIdleFeedHoldsNoReadBuffer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.dialer.ReadBufferSize != pooledGorillaBuffer {
-		t.Fatalf("gorilla read buffer %d, want %d", c.dialer.ReadBufferSize, pooledGorillaBuffer)
+	if c.dialer.ReadBufferSize != socket.GorillaBufferSize {
+		t.Fatalf("gorilla read buffer %d, want %d", c.dialer.ReadBufferSize, socket.GorillaBufferSize)
 	}
 	runInternal(t, c)
 	for i := 0; i < 3; i++ {
@@ -51,25 +51,13 @@ func TestIdleFeedHoldsNoReadBuffer(t *testing.T) {
 	c.mu.Lock()
 	conn := c.conn
 	c.mu.Unlock()
-	if conn == nil || conn.nc.rc == nil {
+	if conn == nil || !conn.nc.Pooled() {
 		t.Fatal("the connection does not use pooled reads")
 	}
-	// The reader is now parked waiting for the socket; the last message was
-	// consumed before it was delivered.
-	if conn.nc.pool.buf != nil {
-		t.Fatalf("an idle connection holds a %d-byte read buffer", len(*conn.nc.pool.buf))
-	}
-}
-
-// TestTrackedConnSize keeps every connection's socket wrapper, which idle
-// feeds hold too, within the 128-byte size class on 64-bit platforms (it
-// was 152 bytes, the 160-byte class, while a raw read's results had fields
-// of their own).
-func TestTrackedConnSize(t *testing.T) {
-	if unsafe.Sizeof(uintptr(0)) != 8 {
-		t.Skip("64-bit platforms only")
-	}
-	if n := unsafe.Sizeof(trackedConn{}); n > 128 {
-		t.Fatalf("trackedConn is %d bytes, want at most 128", n)
+	// The reader is now parked waiting for the socket; the last message (of
+	// more than the buffer holds, assembled) was consumed before it was
+	// delivered.
+	if conn.nc.HoldsBuffer() {
+		t.Fatal("an idle connection holds a read buffer")
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/gorilla/websocket"
 	"github.com/wspool/wspool/internal/rawws"
@@ -272,5 +273,41 @@ func TestEndWithoutCloseIsAbnormal(t *testing.T) {
 	huge := rawws.Frame{Fin: true, Opcode: rawws.OpBinary, LieLength: true, Length: 1 << 63}.Bytes()
 	if _, err := readAll(New(newChunkSource(huge, 64, 64, 1), &recPeer{})); !errors.Is(err, websocket.ErrReadLimit) {
 		t.Errorf("top bit set: %v, want ErrReadLimit", err)
+	}
+}
+
+// TestCheckBoundsAndValidatesGorillasMessages: Check, around a message
+// read by gorilla's reader, fails at one byte past the limit (1009) and on
+// invalid or cut-off UTF-8 in text (1007), however the reads cut it, and
+// returns the reader itself when it has nothing to check.
+func TestCheckBoundsAndValidatesGorillasMessages(t *testing.T) {
+	read := func(typ int, data string, limit int64) (string, *recPeer, error) {
+		var c Check
+		peer := &recPeer{}
+		r := c.Reset(iotest.OneByteReader(strings.NewReader(data)), peer, typ, limit, true)
+		got, err := io.ReadAll(r)
+		return string(got), peer, err
+	}
+	if got, peer, err := read(websocket.TextMessage, "caf\xc3\xa9 ok", 0); err != nil || got != "caf\xc3\xa9 ok" || peer.failCode != 0 {
+		t.Fatalf("valid text: %q, %v", got, err)
+	}
+	for _, tc := range []struct {
+		typ   int
+		data  string
+		limit int64
+		code  int
+	}{
+		{websocket.BinaryMessage, strings.Repeat("x", 101), 100, 1009},
+		{websocket.TextMessage, "ok \xed\xa0\x80", 0, 1007},
+		{websocket.TextMessage, "caf\xc3", 0, 1007},
+	} {
+		if _, peer, err := read(tc.typ, tc.data, tc.limit); err == nil || peer.failCode != tc.code {
+			t.Errorf("%q limit %d: %v, fail code %d, want %d", tc.data, tc.limit, err, peer.failCode, tc.code)
+		}
+	}
+	src := strings.NewReader("x")
+	var c Check
+	if r := c.Reset(src, &recPeer{}, websocket.BinaryMessage, 0, true); r != io.Reader(src) {
+		t.Error("binary without a limit: wrapped, want the reader itself")
 	}
 }

@@ -1,6 +1,6 @@
 //go:build unix
 
-package wspool
+package socket
 
 import (
 	"io"
@@ -10,11 +10,11 @@ import (
 	"time"
 )
 
-const pooledReadsSupported = true
+const PooledReadsSupported = true
 
 // enablePooledReads switches t to pooled read buffering if its socket allows
 // raw reads.
-func (t *trackedConn) enablePooledReads() {
+func (t *Conn) enablePooledReads() {
 	sc, ok := t.Conn.(syscall.Conn)
 	if !ok {
 		return
@@ -30,7 +30,7 @@ func (t *trackedConn) enablePooledReads() {
 // pooledRead reads through a borrowed buffer: it waits for readability
 // holding none, then reads as much as one buffer holds. It adds what each
 // system call read to bytesIn.
-func (t *trackedConn) pooledRead(p []byte) (int, error) {
+func (t *Conn) pooledRead(p []byte) (int, error) {
 	if n, ok := t.pool.readBuffered(p); ok {
 		return n, nil
 	}
@@ -57,7 +57,7 @@ func (t *trackedConn) pooledRead(p []byte) (int, error) {
 // fill reads until at least n bytes (at most the buffer's size) are
 // buffered, borrowing a buffer once the socket is readable; unread bytes
 // that would not leave room for n are moved to the buffer's front.
-func (t *trackedConn) fill(n int) error {
+func (t *Conn) fill(n int) error {
 	p := &t.pool
 	for p.buf == nil || int(p.w-p.r) < n {
 		if p.buf != nil && int(p.r)+n > len(*p.buf) {
@@ -81,7 +81,7 @@ func (t *trackedConn) fill(n int) error {
 // none, which it keeps holding what was read (or gives back, with the error
 // in t.pool.rawErr); on EAGAIN it gives a borrowed buffer back and asks to
 // wait for readability.
-func (t *trackedConn) rawRead(fd uintptr) bool {
+func (t *Conn) rawRead(fd uintptr) bool {
 	p := &t.pool
 	b := p.buf
 	borrowed := b == nil

@@ -1,4 +1,4 @@
-package wspool
+package socket
 
 import (
 	"net"
@@ -10,7 +10,7 @@ import (
 //
 // gorilla gives every connection its own 4 KiB read buffer, half of an idle
 // feed's heap. Instead, a pooled connection gets a tiny gorilla buffer
-// (pooledGorillaBuffer) and trackedConn reads the socket into a buffer
+// (GorillaBufferSize) and Conn reads the socket into a buffer
 // borrowed from readBufs, holding it only while it has unread bytes: an idle
 // feed waits for readability holding no buffer but gorilla's tiny one, and a busy one
 // reads up to 16 KiB per system call.
@@ -18,16 +18,16 @@ import (
 // pooledReadSize is the size of the shared read buffers.
 const pooledReadSize = 16 << 10
 
-// pooledGorillaBuffer is gorilla's read buffer size for a pooled connection
+// GorillaBufferSize is gorilla's read buffer size for a pooled connection
 // (gorilla needs at least a control frame's 125 bytes).
-const pooledGorillaBuffer = 128
+const GorillaBufferSize = 128
 
 var readBufs = sync.Pool{New: func() any {
 	b := make([]byte, pooledReadSize)
 	return &b
 }}
 
-// pooledState is trackedConn's read buffering state; used by the reader only.
+// pooledState is Conn's read buffering state; used by the reader only.
 // It is kept small: it lives in every connection, idle ones included.
 type pooledState struct {
 	fn   func(fd uintptr) bool // the raw read callback, bound once per connection
@@ -63,7 +63,7 @@ func (p *pooledState) consume(n int) {
 // takeRest puts what followed the handshake response (kept by the response
 // check) in front of the read buffer's unread bytes: the check read it
 // from the socket before them.
-func (t *trackedConn) takeRest() {
+func (t *Conn) takeRest() {
 	rest := t.chk.Rest()
 	t.chk = nil
 	if len(rest) == 0 {
@@ -93,11 +93,11 @@ func (t *trackedConn) takeRest() {
 	p.buf, p.r, p.w = b, 0, int32(k)
 }
 
-// frameSource is a pooled connection's socket as internal/frameread reads
+// Frames is a pooled connection's socket as internal/frameread reads
 // it: frames are parsed in the borrowed buffer, in place.
-type frameSource trackedConn
+type Frames Conn
 
-func (s *frameSource) Buffered() []byte {
+func (s *Frames) Buffered() []byte {
 	p := &s.pool
 	if p.buf == nil {
 		return nil
@@ -105,15 +105,15 @@ func (s *frameSource) Buffered() []byte {
 	return (*p.buf)[p.r:p.w]
 }
 
-func (s *frameSource) Consume(n int) { s.pool.consume(n) }
+func (s *Frames) Consume(n int) { s.pool.consume(n) }
 
-func (s *frameSource) BufferSize() int { return pooledReadSize }
+func (s *Frames) BufferSize() int { return pooledReadSize }
 
-func (s *frameSource) Fill(n int) error { return (*trackedConn)(s).fill(n) }
+func (s *Frames) Fill(n int) error { return (*Conn)(s).fill(n) }
 
 // Read reads a large payload in place, with nothing buffered.
-func (s *frameSource) Read(p []byte) (int, error) {
-	t := (*trackedConn)(s)
+func (s *Frames) Read(p []byte) (int, error) {
+	t := (*Conn)(s)
 	n, err := t.Conn.Read(p)
 	if n > 0 {
 		t.readAt = time.Now()
