@@ -130,7 +130,13 @@ func (c *Client) startReader(ctx, actx context.Context, conn *Conn) context.Cont
 // runReader is a connection's reader goroutine: it reads the connection to
 // its end, then goes on with the loop if the connection was released.
 func (c *Client) runReader(ctx context.Context, conn *Conn) error {
-	cause, live := c.read(ctx, conn)
+	// The message reader lives in this frame, the bottom of the stack the
+	// reader parks on: an idle feed's reader then fits the 2 KiB a goroutine
+	// starts with (read's frame held it, over 1 KiB, and every idle feed's
+	// stack grew to 4 KiB).
+	var mr msgReader
+	mr.init(conn)
+	cause, live := c.read(ctx, conn, &mr)
 	if !live {
 		close(conn.hold.done)
 		return nil // the attempt failed: the goroutine that ran OnConnect goes on
@@ -150,10 +156,9 @@ func (c *Client) runReader(ctx context.Context, conn *Conn) error {
 // read reads conn from its handshake to its end: the hold phase, then, once
 // released, the live one. It returns the end cause and whether conn was
 // released.
-func (c *Client) read(ctx context.Context, conn *Conn) (cause error, live bool) {
+func (c *Client) read(ctx context.Context, conn *Conn, mr *msgReader) (cause error, live bool) {
 	h := &conn.hold
 	stopCloser := closeOnShutdown(ctx, conn)
-	mr := newMsgReader(conn)
 	defer func() {
 		mr.release()
 		stopCloser()
@@ -166,10 +171,22 @@ func (c *Client) read(ctx context.Context, conn *Conn) (cause error, live bool) 
 			hb.stop()
 		}
 	}()
-	msg, data, inHand, err := c.readHeld(conn, &mr)
+	if err, live := c.holdPhase(ctx, conn, mr); err != nil {
+		return err, live
+	}
+	return c.serve(ctx, conn, mr), true
+}
+
+// holdPhase reads conn's hold phase and, once released, delivers the
+// message read last if it is due. It returns the read's error if the
+// connection ended before, with the verdict: released (this goroutine goes
+// on with the loop) or failed (the one that ran OnConnect does). Its frame,
+// with the message, is gone before serve's: the stack the reader parks on
+// stays small.
+func (c *Client) holdPhase(ctx context.Context, conn *Conn, mr *msgReader) (err error, live bool) {
+	h := &conn.hold
+	msg, data, inHand, err := c.readHeld(conn, mr)
 	if err != nil {
-		// The verdict: released (this goroutine goes on with the loop) or
-		// failed (the one that ran OnConnect does).
 		h.mu.Lock()
 		for h.phase == holdHolding || h.phase == holdReleasing {
 			ch := h.changed
@@ -187,7 +204,7 @@ func (c *Client) read(ctx context.Context, conn *Conn) (cause error, live bool) 
 		conn.held.Add(1)
 		mr.release()
 	}
-	return c.serve(ctx, conn, &mr), true
+	return nil, true
 }
 
 // readHeld is the hold phase: it reads, holding what is to be delivered,
@@ -550,18 +567,17 @@ type msgReader struct {
 	direct    bool // read by fr
 	fr        frameread.Reader
 	rb        msgbuf.Buffer
-	mc        frameread.Check
+	mc        *frameread.Check // the gorilla path's checks (heap: gorilla's reader is an interface)
 }
 
-func newMsgReader(conn *Conn) msgReader {
-	m := msgReader{conn: conn, checkUTF8: !conn.client.cfg.noUTF8Check}
+func (m *msgReader) init(conn *Conn) {
+	m.conn, m.checkUTF8 = conn, !conn.client.cfg.noUTF8Check
 	if conn.nc.Pooled() && !conn.mayInflate {
 		m.direct = true
 		m.fr.Init(conn.nc.Frames(), (*framePeer)(conn))
 		m.fr.Limit = conn.client.cfg.readLimit
 		m.fr.CheckUTF8 = m.checkUTF8
 	}
-	return m
 }
 
 // next reads the next message; the error is the connection's end cause.
@@ -580,6 +596,9 @@ func (m *msgReader) next() (Message, error) {
 			var limit int64
 			if cn.mayInflate {
 				limit = cn.client.cfg.readLimit // gorilla's limit counts wire bytes
+			}
+			if m.mc == nil {
+				m.mc = new(frameread.Check)
 			}
 			buf, err = m.rb.ReadAll(m.mc.Reset(r, (*framePeer)(cn), typ, limit, m.checkUTF8))
 		}

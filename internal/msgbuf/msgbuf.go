@@ -32,7 +32,7 @@ type Buffer struct {
 	small []byte  // kept between messages, at most MaxKept
 	big   *[]byte // the message's buffer from bigBufs, nil if it fit in small
 	hint  int     // size class of the last big message (bigBufs index), 0 if none
-	probe [8]byte // a look past a full buffer (ReadAll)
+	probe []byte  // a look past a full buffer (ReadAll): heap memory, as the reader it is passed to may keep it
 }
 
 // Bytes returns the message so far, valid until Release or the next Room.
@@ -94,7 +94,10 @@ func (b *Buffer) ReadAll(r io.Reader) ([]byte, error) {
 		}
 		// Full: the message may end exactly here. Look before growing,
 		// which at a power of two would double the memory for nothing.
-		n, err = r.Read(b.probe[:])
+		if b.probe == nil {
+			b.probe = make([]byte, 8)
+		}
+		n, err = r.Read(b.probe)
 		if n > 0 {
 			b.Append(b.probe[:n])
 		}
