@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-// Pooled read buffering (plain ws:// connections on unix; see readbuf_unix.go).
+// Pooled read buffering (plain ws:// connections on unix; see pooled_unix.go).
 //
 // gorilla gives every connection its own 4 KiB read buffer, half of an idle
 // feed's heap. Instead, a pooled connection gets a tiny gorilla buffer

@@ -29,7 +29,7 @@ type Conn struct {
 	bytesIn   atomic.Int64
 	handshook atomic.Bool // the upgrade is done: no more cap on bytes read
 
-	rc   syscall.RawConn // set when reads are pooled (readbuf.go)
+	rc   syscall.RawConn // set when reads are pooled (pooled.go)
 	pool pooledState
 
 	hsw *[]byte // handshake writes not yet sent (borrowed from handshakeBufs)
