@@ -148,11 +148,17 @@ func TestPolicyCloseIsAFailure(t *testing.T) {
 // refusing endpoint).
 func TestStandbyStopsWhenRetriesExhausted(t *testing.T) {
 	srv := newServer(t, func(c *websocket.Conn, r *http.Request) {
-		for i := 1; ; i++ {
+		gone, release := wstest.ReadInBackground(c) // answers the close frame: Close need not wait its timeout
+		defer release()
+		for {
 			if c.WriteMessage(websocket.TextMessage, []byte("x")) != nil {
 				return
 			}
-			time.Sleep(20 * time.Millisecond) // the stream's pace
+			select {
+			case <-gone:
+				return
+			case <-time.After(20 * time.Millisecond): // the stream's pace
+			}
 		}
 	})
 	// The standby endpoint accepts TCP and closes at once: every handshake fails.

@@ -247,6 +247,10 @@ func (rs *rotServer) publish() {
 // with a send buffer, nothing is stranded in it and every sender's messages
 // reach the server once, in order.
 func TestRotationWithConcurrentSends(t *testing.T) {
+	rotations := 35
+	if testing.Short() {
+		rotations = 12
+	}
 	for _, buffered := range []bool{false, true} {
 		t.Run(fmt.Sprintf("sendbuffer=%v", buffered), func(t *testing.T) {
 			rs, srv := newRotServer(t)
@@ -321,7 +325,7 @@ func TestRotationWithConcurrentSends(t *testing.T) {
 					}
 				}()
 			}
-			waitFor(t, 30*time.Second, "35 rotations", func() bool { return c.Stats().Rotations >= 35 })
+			waitFor(t, 30*time.Second, fmt.Sprint(rotations, " rotations"), func() bool { return c.Stats().Rotations >= int64(rotations) })
 			close(stop)
 			wg.Wait()
 			st := c.Stats()

@@ -519,9 +519,12 @@ func TestServiceRestartRetriedSoon(t *testing.T) {
 // A resubscription of 500 topics after a reconnect, paced, never trips the
 // exchange's message limit; unpaced it does (the test can fail).
 func TestPacedResubscribeNeverTripsMessageLimit(t *testing.T) {
-	const topics = 500
 	for _, paced := range []bool{true, false} {
 		t.Run(fmt.Sprint("paced=", paced), func(t *testing.T) {
+			topics := 500 // unpaced, twice the exchange's limit in one burst
+			if paced && testing.Short() {
+				topics = 300 // with the flush's 100, over two windows each time
+			}
 			// The exchange allows 250 messages per second; the feed is paced
 			// at 20 per 100 ms, so at most 200 in any second and never in one
 			// burst: the exchange counts arrivals, which its reader on a
@@ -555,13 +558,13 @@ func TestPacedResubscribeNeverTripsMessageLimit(t *testing.T) {
 				return
 			}
 			waitFor(t, 30*time.Second, "the first subscription", func() bool {
-				return ex.Subscribed.Load() == topics && c.State() == wspool.StateConnected
+				return ex.Subscribed.Load() == int64(topics) && c.State() == wspool.StateConnected
 			})
 			ex.StopListening()
 			ex.CloseAll(websocket.CloseGoingAway)
 			waitFor(t, 10*time.Second, "the feed to notice", func() bool { return c.State() != wspool.StateConnected })
 			// While disconnected, 100 more go into the send buffer: flushed,
-			// paced, after OnConnect's 500 on the next connection.
+			// paced, after OnConnect's topics on the next connection.
 			var flushed sync.WaitGroup
 			for i := range 100 {
 				flushed.Add(1)
@@ -575,7 +578,7 @@ func TestPacedResubscribeNeverTripsMessageLimit(t *testing.T) {
 			if err := ex.Start(); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, 30*time.Second, "the resubscription and the flush", func() bool { return ex.Subscribed.Load() == 2*topics+100 })
+			waitFor(t, 30*time.Second, "the resubscription and the flush", func() bool { return ex.Subscribed.Load() == int64(2*topics+100) })
 			flushed.Wait()
 			if n := ex.Closed1008.Load(); n != 0 || conns.Load() != 2 {
 				t.Fatalf("paced resubscription tripped the message limit %d times (%d connections)", n, conns.Load())
@@ -620,8 +623,11 @@ func TestPacedSendHonoursContext(t *testing.T) {
 func TestAdmissionThroughRestart(t *testing.T) {
 	feeds := 200
 	long := os.Getenv("WSPOOL_LONG") != ""
-	if long {
+	switch {
+	case long:
 		feeds = 1000
+	case testing.Short():
+		feeds = 100
 	}
 	raiseFDLimit(t, uint64(3*feeds+200))
 	const rate = 50
@@ -745,7 +751,10 @@ func TestPacingHoldsAtTheReceiver(t *testing.T) {
 			}
 			runClient(t, c)
 			waitFor(t, 10*time.Second, "connected", func() bool { return c.State() == wspool.StateConnected })
-			const n = 32
+			n := 32 // over three windows
+			if testing.Short() {
+				n = 16 // past the first window's end, where the old pacer sent one too many
+			}
 			for i := range n {
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				err := c.Send(ctx, wspool.TextMessage, []byte(fmt.Sprint("m", i)))
@@ -754,7 +763,7 @@ func TestPacingHoldsAtTheReceiver(t *testing.T) {
 					t.Fatalf("send %d: %v (the exchange closed %d connections with 1008)", i, err, ex.Closed1008.Load())
 				}
 			}
-			waitFor(t, 10*time.Second, "every message at the exchange", func() bool { return ex.Messages.Load() >= n || ex.Closed1008.Load() > 0 })
+			waitFor(t, 10*time.Second, "every message at the exchange", func() bool { return ex.Messages.Load() >= int64(n) || ex.Closed1008.Load() > 0 })
 			if k := ex.Closed1008.Load(); k != 0 {
 				t.Fatalf("the exchange closed the paced feed with 1008 (%d times)", k)
 			}
