@@ -8,13 +8,52 @@
 // any goroutine may read the counters. The message type is a parameter; the
 // queue reaches a message's payload through the accessor given to New, to
 // measure it and to copy it when the message is queued.
+//
+// The copies go into buffers from pools per power-of-two size shared by every
+// queue, and back once the handler is done with the message (Delivered) or
+// the message is dropped: a stream through a queue allocates nothing per
+// message, and the runtime empties the pools when they go unused.
 package inqueue
 
 import (
 	"context"
+	"math/bits"
 	"sync"
 	"sync/atomic"
 )
+
+// Payload buffers: bufPools[k] holds buffers of 1<<k bytes, for minClass <=
+// k <= maxClass; a larger payload gets a buffer of its own.
+const (
+	minClass = 6  // 64 B
+	maxClass = 20 // 1 MiB
+)
+
+var bufPools [maxClass + 1]sync.Pool
+
+// getBuf returns a buffer of length n and its pool box (nil if not pooled).
+func getBuf(n int) ([]byte, *[]byte) {
+	if n == 0 {
+		return nil, nil
+	}
+	k := max(bits.Len(uint(n-1)), minClass)
+	if k > maxClass {
+		return make([]byte, n), nil
+	}
+	box, _ := bufPools[k].Get().(*[]byte)
+	if box == nil {
+		b := make([]byte, 1<<k)
+		box = &b
+	}
+	return (*box)[:n], box
+}
+
+// putBuf gives a buffer back to its pool.
+func putBuf(box *[]byte) {
+	if box != nil {
+		bufPools[bits.Len(uint(cap(*box)))-1].Put(box)
+	}
+}
 
 // Policy says what a full queue does with an arriving message.
 type Policy int
@@ -45,8 +84,14 @@ type Queue[M any] struct {
 	cfg  Config
 	data func(*M) *[]byte // the message's payload
 
-	mu       sync.Mutex
-	buf      []M // ring
+	mu    sync.Mutex
+	buf   []M       // ring
+	boxes []*[]byte // the pool box of each queued message's payload (getBuf)
+	cur   *[]byte   // the box of the message the handler has (Delivered gives it back)
+	// in is the message being pushed, the pusher's own (one goroutine
+	// pushes): the payload accessor is called only on messages in the
+	// queue's memory, so that none escapes to the heap per push.
+	in       M
 	head, n  int
 	bytes    int
 	closed   bool
@@ -68,6 +113,7 @@ func New[M any](cfg Config, data func(*M) *[]byte) *Queue[M] {
 		cfg:      cfg,
 		data:     data,
 		buf:      make([]M, cfg.Messages),
+		boxes:    make([]*[]byte, cfg.Messages),
 		notEmpty: make(chan struct{}, 1),
 		notFull:  make(chan struct{}, 1),
 		drained:  make(chan struct{}, 1),
@@ -85,10 +131,11 @@ func (q *Queue[M]) fullLocked(size int) bool {
 	return q.n == len(q.buf) || (q.n > 0 && q.bytes+size > q.cfg.Bytes)
 }
 
-func (q *Queue[M]) pushLocked(m M) {
-	q.buf[(q.head+q.n)%len(q.buf)] = m
+func (q *Queue[M]) pushLocked(m M, box *[]byte) {
+	i := (q.head + q.n) % len(q.buf)
+	q.buf[i], q.boxes[i] = m, box
 	q.n++
-	q.bytes += len(*q.data(&m))
+	q.bytes += len(*q.data(&q.buf[i]))
 	d := int64(q.n)
 	q.depth.Store(d)
 	if d > q.highWater.Load() {
@@ -97,18 +144,20 @@ func (q *Queue[M]) pushLocked(m M) {
 	signal(q.notEmpty)
 }
 
-func (q *Queue[M]) popLocked() M {
-	m := q.buf[q.head]
+// popLocked removes the oldest message; its payload's box is returned
+// with it, for the caller to give back once the payload is no longer used.
+func (q *Queue[M]) popLocked() (M, *[]byte) {
+	m, box := q.buf[q.head], q.boxes[q.head]
+	q.bytes -= len(*q.data(&q.buf[q.head]))
 	var zero M
-	q.buf[q.head] = zero
+	q.buf[q.head], q.boxes[q.head] = zero, nil
 	q.head = (q.head + 1) % len(q.buf)
 	q.n--
-	q.bytes -= len(*q.data(&m))
 	q.depth.Store(int64(q.n))
 	if q.n == 0 {
 		q.dropping = false
 	}
-	return m
+	return m, box
 }
 
 // Push adds a copy of m (its payload is the pusher's buffer, borrowed). The
@@ -124,7 +173,9 @@ func (q *Queue[M]) popLocked() M {
 // Only one goroutine pushes, so room found stays room while the copy is made
 // outside the lock (the popper can only make more).
 func (q *Queue[M]) Push(m M, stop <-chan struct{}) (ok, startedDropping bool) {
-	size := len(*q.data(&m))
+	q.in = m
+	defer q.clearIn()
+	size := len(*q.data(&q.in))
 	for {
 		q.mu.Lock()
 		if q.closed {
@@ -133,7 +184,7 @@ func (q *Queue[M]) Push(m M, stop <-chan struct{}) (ok, startedDropping bool) {
 		}
 		if !q.fullLocked(size) {
 			q.mu.Unlock()
-			return q.commit(m), false
+			return q.commit(), false
 		}
 		switch q.cfg.Policy {
 		case DropNewest:
@@ -144,13 +195,14 @@ func (q *Queue[M]) Push(m M, stop <-chan struct{}) (ok, startedDropping bool) {
 			return true, started
 		case DropOldest:
 			for q.n > 0 && q.fullLocked(size) {
-				q.popLocked()
+				_, box := q.popLocked()
+				putBuf(box)
 				q.dropped.Add(1)
 			}
 			started := !q.dropping
 			q.dropping = true
 			q.mu.Unlock()
-			return q.commit(m), started
+			return q.commit(), started
 		}
 		q.mu.Unlock()
 		select {
@@ -161,30 +213,39 @@ func (q *Queue[M]) Push(m M, stop <-chan struct{}) (ok, startedDropping bool) {
 	}
 }
 
-// commit copies m into the queue, which has room for it; false if the queue
-// was closed meanwhile.
-func (q *Queue[M]) commit(m M) bool {
-	p := q.data(&m)
-	*p = append([]byte(nil), *p...)
+func (q *Queue[M]) clearIn() {
+	var zero M
+	q.in = zero
+}
+
+// commit copies the message being pushed into the queue, which has room for
+// it; false if the queue was closed meanwhile.
+func (q *Queue[M]) commit() bool {
+	p := q.data(&q.in)
+	b, box := getBuf(len(*p))
+	copy(b, *p)
+	*p = b
+	m := q.in
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.closed {
+		putBuf(box)
 		return false
 	}
-	q.pushLocked(m)
+	q.pushLocked(m, box)
 	return true
 }
 
 // Pop waits for a message until ctx ends or the queue is closed and empty.
-// The caller owns the message's payload, and calls Delivered when it has
-// finished with it.
+// The caller may use the message's payload until it calls Delivered, which
+// it calls when it has finished with it.
 func (q *Queue[M]) Pop(ctx context.Context) (M, bool) {
 	var zero M
 	for {
 		q.mu.Lock()
 		if q.n > 0 {
-			m := q.popLocked()
-			q.busy = true
+			m, box := q.popLocked()
+			q.busy, q.cur = true, box
 			q.mu.Unlock()
 			signal(q.notFull)
 			return m, true
@@ -217,15 +278,18 @@ func (q *Queue[M]) DiscardAll() {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for q.n > 0 {
-		q.popLocked()
+		_, box := q.popLocked()
+		putBuf(box)
 		q.dropped.Add(1)
 	}
 }
 
-// Delivered marks the end of the handler's work on a popped message.
+// Delivered marks the end of the handler's work on a popped message: its
+// payload's buffer goes back to its pool.
 func (q *Queue[M]) Delivered() {
 	q.mu.Lock()
-	q.busy = false
+	putBuf(q.cur)
+	q.busy, q.cur = false, nil
 	empty := q.n == 0
 	q.mu.Unlock()
 	if empty {
