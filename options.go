@@ -32,7 +32,8 @@ const (
 	DefaultInitialBackoff = 500 * time.Millisecond
 	// DefaultMaxBackoff caps the mean wait between attempts.
 	DefaultMaxBackoff = 30 * time.Second
-	// DefaultMinUptime is how long a connection must stay up before the backoff resets.
+	// DefaultMinUptime is how long a connection that delivered no data must
+	// stay up before the backoff resets.
 	DefaultMinUptime = 10 * time.Second
 	// DefaultMaxRetryAfter caps how long a server's Retry-After can park a feed.
 	DefaultMaxRetryAfter = 10 * time.Minute
@@ -381,9 +382,11 @@ func WithBackoff(initial, max time.Duration) Option {
 	}
 }
 
-// WithMinUptime sets how long a connection must stay up before the backoff is
-// reset, so that a server that accepts and then drops at once is retried with
-// growing waits instead of in a tight loop. Default DefaultMinUptime.
+// WithMinUptime sets how long a connection that delivered no data message
+// must stay up before the backoff is reset (one that delivered data resets it
+// at once; see WithHealthyWhen), so that a server that accepts and then drops
+// at once is retried with growing waits instead of in a tight loop. Default
+// DefaultMinUptime.
 func WithMinUptime(d time.Duration) Option {
 	return func(c *config) {
 		if d < 0 {
@@ -554,7 +557,7 @@ func WithKeepAlive(ka KeepAlive) Option {
 // up for the minimum uptime (WithMinUptime), whichever comes first, so a
 // stream that breaks every few seconds is redialled after the initial backoff
 // each time, while an upstream that accepts and drops before sending anything
-// sees the waits grow. HealthMinUptime alone (the behaviour before v0.3)
+// sees the waits grow. HealthMinUptime alone (v0.1.0's rule)
 // keeps the waits growing also against an upstream that sends a little and
 // then kicks the feed; HealthMinUptime|HealthFirstMessage requires both; use
 // HealthOnConnect alone for upstreams that legitimately close short sessions.
