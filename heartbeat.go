@@ -24,7 +24,8 @@ type Heartbeat struct {
 	// prove liveness like any inbound frame, but they are not data: they do not
 	// hold off the stale-data watchdog.
 	IsReply func(Message) bool
-	// DropReplies keeps replies recognised by IsReply from the handler.
+	// DropReplies keeps replies recognised by IsReply from the handler;
+	// without IsReply it is an error.
 	DropReplies bool
 }
 

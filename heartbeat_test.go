@@ -256,6 +256,21 @@ func TestAppHeartbeatsPerFeed(t *testing.T) {
 	}
 }
 
+// TestHeartbeatDropRepliesWithoutIsReplyFails: DropReplies cannot apply
+// without IsReply to recognise the replies; it is an error at construction
+// (it was accepted and every reply reached the handler).
+func TestHeartbeatDropRepliesWithoutIsReplyFails(t *testing.T) {
+	msg := func() (wspool.MessageType, []byte) { return wspool.TextMessage, []byte("ping") }
+	_, err := wspool.NewClient("ws://127.0.0.1:1/", nil, wspool.WithHeartbeat(wspool.Heartbeat{Interval: time.Second, Message: msg, DropReplies: true}))
+	if !errors.Is(err, wspool.ErrInvalidOption) || !strings.Contains(err.Error(), "IsReply") {
+		t.Fatalf("DropReplies without IsReply: NewClient = %v, want ErrInvalidOption naming IsReply", err)
+	}
+	if _, err := wspool.NewClient("ws://127.0.0.1:1/", nil, wspool.WithHeartbeat(wspool.Heartbeat{Interval: time.Second, Message: msg,
+		IsReply: func(m wspool.Message) bool { return string(m.Data) == "pong" }, DropReplies: true})); err != nil {
+		t.Fatalf("DropReplies with IsReply: %v", err)
+	}
+}
+
 // TestMeasureBlackholeDetection measures detection times for the docs; it
 // runs only with WSPOOL_MEASURE=1 (it takes minutes at the defaults):
 //

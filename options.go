@@ -504,6 +504,7 @@ func WithPongTimeout(d time.Duration) Option {
 }
 
 // WithHeartbeat enables an application-level heartbeat message for the feed.
+// Interval and Message are required, and DropReplies needs IsReply.
 func WithHeartbeat(hb Heartbeat) Option {
 	return func(c *config) {
 		if hb.Interval <= 0 {
@@ -512,6 +513,10 @@ func WithHeartbeat(hb Heartbeat) Option {
 		}
 		if hb.Message == nil {
 			c.errorf("heartbeat needs a Message func")
+			return
+		}
+		if hb.DropReplies && hb.IsReply == nil {
+			c.errorf("heartbeat DropReplies needs an IsReply func to recognise the replies")
 			return
 		}
 		c.heartbeat = &hb
