@@ -275,11 +275,15 @@
 // waits run on the previous connection's goroutine, which then ends), so its
 // stack stays at the runtime's 4 KiB; a Pool makes every such goroutine a
 // member of its errgroup. Pings and the other liveness checks are timers
-// (time.AfterFunc), not goroutines. On unix, plain ws:// connections keep
-// only a 128-byte read buffer while idle: they wait for data holding no other
-// and borrow a shared 16 KiB buffer while reading (a Dialer with ReadBufferSize set, or wss://,
-// keeps gorilla's own per-connection buffering). Write buffers are lent from a
-// shared pool while writing. WithQueue adds one goroutine per feed, and
+// (time.AfterFunc), not goroutines. On unix, plain ws:// connections hold no
+// read buffer while idle (gorilla's 128-byte one serves the handshake only):
+// they wait for data holding none and borrow a shared 16 KiB buffer while
+// reading, in which wspool's frame reader (internal/frameread) parses frames
+// and hands a message of one frame to the handler in place; a larger or
+// fragmented message is assembled in the feed's own buffer, over 256 KiB in a
+// shared one. Compressed connections, wss:// and a Dialer with ReadBufferSize
+// set are read by gorilla's reader with its own buffering. Write buffers are
+// lent from a shared pool while writing. WithQueue adds one goroutine per feed, and
 // WithStandby one per standby connection; the send-buffer flush, a rotation
 // and a requested close run on goroutines of their own only while they
 // work. At 10,000
