@@ -110,6 +110,19 @@ const (
 //     lossless queue, a sequenced lossless feed's handler got the last number
 //     its reader accepted;
 //
+//   - stream feeds (chaos_stream_test.go: wspooltest.Stream upstreams, one
+//     per SequenceShape, behind proxies of the same chaos, with skips,
+//     restarts, corrupt updates and lagging snapshots): position feeds
+//     (Sequence.Position with epochs, resumed in their epoch) hand every
+//     update to the handler exactly once, in order, each new epoch from its
+//     first update, with the stream's checksums; syncstate feeds end in sync
+//     with the stream's state at its head, as do the position feeds;
+//     each upstream's own admission key (WithAdmissionFor) is answered 429
+//     only behind a fault on its path, as is a per-feed OnConnect timeout;
+//     a feed paced with SendPacing.Margin is closed 1008 by a server that
+//     allows the paced rate (plus one message of slack, see
+//     streamRateSlack) only behind a fault on its path;
+//
 //   - bounded heap, no goroutine left.
 //
 //     WSPOOL_SOAK=60s           duration (default 10s; 3s with -short)
@@ -143,10 +156,13 @@ func TestChaosSoak(t *testing.T) {
 	for i := range proxies {
 		proxies[i] = newProxy(t, ws.Addr())
 	}
+	// The stream feeds' upstreams (chaos_stream_test.go), their proxies
+	// after the seqServer's in the chaos's list.
+	sx := newStreamSoak(t, v, len(proxies))
 
-	pool, err := wspool.NewPool(
-		wspool.WithPingInterval(300*time.Millisecond),
-		wspool.WithPongTimeout(600*time.Millisecond),
+	pool, err := wspool.NewPool(append([]wspool.PoolOption{
+		wspool.WithPingInterval(300 * time.Millisecond),
+		wspool.WithPongTimeout(600 * time.Millisecond),
 		wspool.WithHandshakeTimeout(time.Second),
 		wspool.WithOnConnectTimeout(time.Second),
 		wspool.WithBackoff(20*time.Millisecond, 500*time.Millisecond),
@@ -156,7 +172,7 @@ func TestChaosSoak(t *testing.T) {
 		// soak's churn, with every gate and the key func on the dial path.
 		wspool.WithAdmission(wspool.Admission{Rate: 400, Per: 100 * time.Millisecond, Burst: 200, MaxConcurrent: 24,
 			Penalty: 200 * time.Millisecond, Key: func(u *url.URL, _ http.Header) string { return u.Host }}),
-	)
+	}, sx.poolOptions()...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,6 +207,10 @@ func TestChaosSoak(t *testing.T) {
 		}
 	}
 	t.Logf("option mix: %s", mixSummary(feeds))
+	if err := sx.add(pool, max(6, cfg.feeds/10), cfg.seed); err != nil {
+		t.Fatal(err)
+	}
+	allFeeds := cfg.feeds + len(sx.feeds)
 
 	// Teardown in dependency order, whichever way the test ends.
 	poolCtx, cancelPool := context.WithCancel(context.Background())
@@ -202,10 +222,14 @@ func TestChaosSoak(t *testing.T) {
 		senders.Add(1)
 		go func() { defer senders.Done(); f.sendLoop(senderStop) }()
 	}
-	chaos := newChaos(cfg.seed, proxies, ws, v)
+	chaos := newChaos(cfg.seed, append(slices.Clone(proxies), sx.proxies()...), ws, v)
 	chaosStop := make(chan struct{})
 	chaosDone := make(chan struct{})
 	go func() { defer close(chaosDone); chaos.run(chaosStop) }()
+	streamDone := make(chan struct{})
+	go func() { defer close(streamDone); sx.chaos(cfg.seed, chaosStop) }()
+	sxStop, sxDone := make(chan struct{}), make(chan struct{})
+	go func() { defer close(sxDone); sx.run(cfg.seed, sxStop) }()
 	pk := &poker{feeds: pokeFeeds, rng: rand.New(rand.NewPCG(cfg.seed, 0x9b0e))}
 	pokeDone := make(chan struct{})
 	go func() { defer close(pokeDone); pk.run(chaosStop) }()
@@ -249,9 +273,13 @@ func TestChaosSoak(t *testing.T) {
 		<-chaosDone
 		<-churnDone
 		<-pokeDone
+		<-streamDone
 		stopPool()
 		close(senderStop)
 		senders.Wait()
+		close(sxStop)
+		<-sxDone
+		sx.close()
 		ws.Stop() // waits for every connection handler: the server's records are final
 		close(tickStop)
 		<-tickDone
@@ -269,6 +297,7 @@ func TestChaosSoak(t *testing.T) {
 	<-chaosDone
 	<-churnDone
 	<-pokeDone
+	<-streamDone
 	cleared := time.Now()
 	chaosTime := cleared.Sub(start)
 
@@ -296,11 +325,11 @@ func TestChaosSoak(t *testing.T) {
 				}
 			}
 		}
-		return ps.Total == cfg.feeds && len(seen) == cfg.feeds
+		return ps.Total == allFeeds && len(seen) == allFeeds
 	}, func() string {
 		var b strings.Builder
 		ps := pool.Stats()
-		fmt.Fprintf(&b, "%d of %d feeds seen connected since the faults ended; %s", len(seen), cfg.feeds, soakDiagnostics(t, cfg, proxies, ws))
+		fmt.Fprintf(&b, "%d of %d feeds seen connected since the faults ended; %s", len(seen), allFeeds, soakDiagnostics(t, cfg, proxies, ws))
 		for _, s := range ps.Feeds {
 			if !seen[s.Name] {
 				fmt.Fprintf(&b, "\n  %s (%s): %v, last error %v", s.Name, feedByName(feeds, s.Name).mix, s.State, s.LastError)
@@ -323,6 +352,11 @@ func TestChaosSoak(t *testing.T) {
 				return false
 			}
 		}
+		for _, f := range sx.feeds {
+			if f.lastAt.Load() <= freshFrom.UnixNano() {
+				return false
+			}
+		}
 		return true
 	}, func() string {
 		var b strings.Builder
@@ -332,12 +366,20 @@ func TestChaosSoak(t *testing.T) {
 				fmt.Fprintf(&b, "\n  %s (%s): %v, nothing new delivered (connection %d, last error %v)", f.name, f.mix, s.State, f.latestHello(), s.LastError)
 			}
 		}
+		for _, f := range sx.feeds {
+			if f.lastAt.Load() <= freshFrom.UnixNano() {
+				s := f.client.Load().Stats()
+				fmt.Fprintf(&b, "\n  %s (stream feed, %v): %v, nothing new delivered (last error %v)", f.name, f.up.shape, s.State, s.LastError)
+			}
+		}
 		return "feeds not delivering:" + b.String()
 	})
 	fresh := time.Since(freshFrom)
 
-	// With the server paused, what each feed read is accounted for exactly.
+	// With the servers paused, what each feed read is accounted for
+	// exactly, and every stream feed catches up with its stream's head.
 	srv.paused.Store(true)
+	sx.paused.Store(true)
 	var blockDiscarded int64
 	pending := slices.Clone(feeds)
 	waitSoak(t, v, 60*time.Second, func() bool {
@@ -362,7 +404,17 @@ func TestChaosSoak(t *testing.T) {
 		}
 		return "inbound accounting does not balance:" + b.String()
 	})
+	var behind []string
+	waitSoak(t, v, 60*time.Second, func() bool {
+		behind = sx.caughtUp()
+		return len(behind) == 0
+	}, func() string { return "stream feeds not at their stream's head:\n  " + strings.Join(behind, "\n  ") })
+	streamKnown := 0
+	if len(behind) == 0 {
+		streamKnown = sx.checkState()
+	}
 	srv.paused.Store(false)
+	sx.paused.Store(false)
 
 	// Shut down under traffic: Client.Drain on some feeds (with time to
 	// spare, everything queued is delivered), then the rest by Pool.Drain
@@ -427,6 +479,7 @@ func TestChaosSoak(t *testing.T) {
 	stopPool()
 	teardown()
 	contSum := checkContinuity(feeds, srv, chaos.faults, v)
+	streamSum := sx.check(chaos.faults, streamKnown)
 
 	sendSum := checkSends(feeds, srv, v)
 	rotSum := checkRotations(feeds, srv, v)
@@ -523,6 +576,7 @@ func TestChaosSoak(t *testing.T) {
 		tot.policyDropped, blockDiscarded, chaosTime.Round(time.Millisecond))
 	t.Logf("SUMMARY continuity: %s drain=client %d feeds in %v (lost at push %d), then %s",
 		contSum, len(drained), clientDrains.Round(time.Millisecond), drainLostAtPush.Load(), map[bool]string{true: fmt.Sprintf("Pool.Drain in %v", poolDrainTook.Round(time.Millisecond)), false: "Pool.Run's cancel"}[poolDrain])
+	t.Logf("SUMMARY stream feeds: %s", streamSum)
 	t.Logf("server continuity: %d numbers replayed from resume points, %d skipped, slowest pong %v, %d pongs over 1s",
 		srv.replayed.Load(), srv.skipped.Load(), time.Duration(srv.pongMax.Load()).Round(time.Millisecond), srv.pongsSlow.Load())
 	t.Logf("SUMMARY chaos soak: feeds=%d duration=%v seed=%d mix={%s} faults={%s} clients=%d removes=%d(handler %d, max %v) rotations=%d rotation-switches-checked=%d tail-cut=%d dup-filtered=%d dup-past-filter(queued)=%d messages handled=%d sends=%d written=%d failed=%d no-replay=%d written-but-lost-with-reset-conn=%d handler-errors=%d (panics: handler %d, heartbeat %d, state %d) handler-send max=%v recovered=%v fresh=%v run-return=%v violations=%d heap peak=%.1f MiB (base %.1f MiB) goroutines peak=%d",
