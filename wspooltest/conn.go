@@ -39,6 +39,7 @@ type Conn struct {
 type message struct {
 	typ  int
 	data []byte
+	at   time.Time // when the reader got it from the socket
 }
 
 func newConn(ws *websocket.Conn, r *http.Request) *Conn {
@@ -73,7 +74,7 @@ func (c *Conn) read() {
 		if err != nil {
 			return
 		}
-		m := message{typ, data}
+		m := message{typ, data, time.Now()}
 		select { // the reader never blocks: past inboxSize the oldest goes
 		case c.inbox <- m:
 		default:
@@ -95,14 +96,21 @@ func (c *Conn) Request() *http.Request { return c.req }
 // one arrives, the connection ends (ErrClosed) or ctx ends (ctx.Err()).
 // The last 4,096 messages not read yet are kept; older ones are discarded.
 func (c *Conn) Read(ctx context.Context) (typ int, data []byte, err error) {
+	m, err := c.readAt(ctx)
+	return m.typ, m.data, err
+}
+
+// readAt is Read with the time the message was read from the socket (a
+// message limit counts arrivals, not when the script got to them).
+func (c *Conn) readAt(ctx context.Context) (message, error) {
 	select {
 	case m, ok := <-c.inbox:
 		if !ok {
-			return 0, nil, ErrClosed
+			return message{}, ErrClosed
 		}
-		return m.typ, m.data, nil
+		return m, nil
 	case <-ctx.Done():
-		return 0, nil, ctx.Err()
+		return message{}, ctx.Err()
 	}
 }
 

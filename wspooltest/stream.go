@@ -575,10 +575,11 @@ func (st *Stream) readClient(ctx context.Context, sc *streamConn) {
 	path := sc.c.Request().URL.Path
 	var recent []time.Time
 	for {
-		_, data, err := sc.c.Read(ctx)
+		m, err := sc.c.readAt(ctx)
 		if err != nil {
 			return
 		}
+		data := m.data
 		st.mu.Lock()
 		f := st.feed(path)
 		n, per := f.limitN, f.limitD
@@ -587,7 +588,7 @@ func (st *Stream) readClient(ctx context.Context, sc *streamConn) {
 			n, per = st.cfg.limitN, st.cfg.limitPer
 		}
 		if n > 0 {
-			now := time.Now()
+			now := m.at // counted as it arrived
 			i := 0
 			for i < len(recent) && now.Sub(recent[i]) >= per {
 				i++
