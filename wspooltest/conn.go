@@ -39,7 +39,7 @@ type Conn struct {
 type message struct {
 	typ  int
 	data []byte
-	at   time.Time // when the reader got it from the socket
+	at   int64 // when the reader got it from the socket (UnixNano)
 }
 
 func newConn(ws *websocket.Conn, r *http.Request) *Conn {
@@ -74,7 +74,7 @@ func (c *Conn) read() {
 		if err != nil {
 			return
 		}
-		m := message{typ, data, time.Now()}
+		m := message{typ, data, time.Now().UnixNano()}
 		select { // the reader never blocks: past inboxSize the oldest goes
 		case c.inbox <- m:
 		default:

@@ -588,7 +588,7 @@ func (st *Stream) readClient(ctx context.Context, sc *streamConn) {
 			n, per = st.cfg.limitN, st.cfg.limitPer
 		}
 		if n > 0 {
-			now := m.at // counted as it arrived
+			now := time.Unix(0, m.at) // counted as it arrived
 			i := 0
 			for i < len(recent) && now.Sub(recent[i]) >= per {
 				i++
