@@ -24,10 +24,16 @@ var ErrClosed = errors.New("wspooltest: connection closed")
 // use; it is read on a goroutine of its own, so pings and close frames are
 // answered (unless frozen) whether or not the script reads.
 type Conn struct {
-	ws    *websocket.Conn
-	req   *http.Request
-	inbox chan message
-	done  chan struct{} // closed when the connection has ended
+	ws   *websocket.Conn
+	req  *http.Request
+	done chan struct{} // closed when the connection has ended
+
+	// What the client sent and Read has not taken yet: at most inboxSize,
+	// in a slice that grows with use (a connection nobody reads from
+	// holds only what arrived). arrived is signalled on every message.
+	inMu    sync.Mutex
+	inbox   []message
+	arrived chan struct{}
 
 	wmu sync.Mutex // one writer at a time
 
@@ -43,7 +49,7 @@ type message struct {
 }
 
 func newConn(ws *websocket.Conn, r *http.Request) *Conn {
-	c := &Conn{ws: ws, req: r, inbox: make(chan message, inboxSize), done: make(chan struct{}), thawed: make(chan struct{})}
+	c := &Conn{ws: ws, req: r, arrived: make(chan struct{}, 1), done: make(chan struct{}), thawed: make(chan struct{})}
 	ws.SetPingHandler(func(data string) error {
 		if c.isFrozen() {
 			return nil
@@ -67,7 +73,6 @@ func newConn(ws *websocket.Conn, r *http.Request) *Conn {
 
 func (c *Conn) read() {
 	defer close(c.done)
-	defer close(c.inbox)
 	defer c.ws.NetConn().Close()
 	for {
 		typ, data, err := c.ws.ReadMessage()
@@ -75,14 +80,15 @@ func (c *Conn) read() {
 			return
 		}
 		m := message{typ, data, time.Now().UnixNano()}
-		select { // the reader never blocks: past inboxSize the oldest goes
-		case c.inbox <- m:
+		c.inMu.Lock() // the reader never blocks: past inboxSize the oldest goes
+		if len(c.inbox) >= inboxSize {
+			c.inbox = append(c.inbox[:0], c.inbox[1:]...)
+		}
+		c.inbox = append(c.inbox, m)
+		c.inMu.Unlock()
+		select {
+		case c.arrived <- struct{}{}:
 		default:
-			select {
-			case <-c.inbox:
-			default:
-			}
-			c.inbox <- m
 		}
 	}
 }
@@ -103,14 +109,28 @@ func (c *Conn) Read(ctx context.Context) (typ int, data []byte, err error) {
 // readAt is Read with the time the message was read from the socket (a
 // message limit counts arrivals, not when the script got to them).
 func (c *Conn) readAt(ctx context.Context) (message, error) {
-	select {
-	case m, ok := <-c.inbox:
-		if !ok {
-			return message{}, ErrClosed
+	for {
+		c.inMu.Lock()
+		if len(c.inbox) > 0 {
+			m := c.inbox[0]
+			c.inbox[0] = message{}
+			c.inbox = c.inbox[1:]
+			c.inMu.Unlock()
+			return m, nil
 		}
-		return m, nil
-	case <-ctx.Done():
-		return message{}, ctx.Err()
+		c.inMu.Unlock()
+		select {
+		case <-c.done:
+			c.inMu.Lock()
+			left := len(c.inbox)
+			c.inMu.Unlock()
+			if left == 0 { // the reader has ended: nothing more comes
+				return message{}, ErrClosed
+			}
+		case <-c.arrived:
+		case <-ctx.Done():
+			return message{}, ctx.Err()
+		}
 	}
 }
 
