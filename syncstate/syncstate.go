@@ -129,8 +129,8 @@ type Stats struct {
 	// Fetches counts snapshots fetched, FetchErrors the fetches that failed.
 	Fetches, FetchErrors int64
 	// Applied counts updates applied, Duplicates those ignored as already
-	// applied (or covered by the snapshot), Overflowed those dropped from a
-	// full buffer.
+	// applied (or covered by the snapshot, or of an epoch a snapshot of a
+	// newer one replaced), Overflowed those dropped from a full buffer.
 	Applied, Duplicates, Overflowed int64
 	// InSyncTime is the total time in sync, OutOfSyncTime the total time out
 	// of sync (the wait for the first snapshot included); LastResyncTook the latest resync's
@@ -153,13 +153,17 @@ type State[S, U any] struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu       sync.Mutex
-	state    S
-	have     bool   // a snapshot was installed
-	synced   bool   // state is current: updates apply as they come
-	last     uint64 // last number applied (or the snapshot's)
-	seen     uint64 // number of the update pushed last
-	epoch    uint64
+	mu     sync.Mutex
+	state  S
+	have   bool   // a snapshot was installed
+	synced bool   // state is current: updates apply as they come
+	last   uint64 // last number applied (or the snapshot's)
+	seen   uint64 // number of the update pushed last
+	epoch  uint64
+	// epochs are the epochs seen so far (updates pushed, snapshots
+	// installed), at most maxEpochs, oldest first: epochs have no order, but
+	// one never seen is newer than all of them (see installLocked).
+	epochs   []uint64
 	buf      []U // updates waiting for a snapshot
 	fetching bool
 	closed   bool
@@ -205,6 +209,7 @@ func (s *State[S, U]) Push(u U) error {
 	p := s.position(u)
 	prev := s.seen
 	s.seen = p.Last
+	s.noteEpoch(p.Epoch)
 	switch {
 	case !s.have && !s.fetching:
 		s.buffer(u)
@@ -281,6 +286,21 @@ func (s *State[S, U]) position(u U) wspool.Position {
 		p.First = p.Last
 	}
 	return p
+}
+
+// maxEpochs bounds the epochs remembered (an upstream that restarts more
+// often than that between two snapshots is not told apart from its past).
+const maxEpochs = 16
+
+// noteEpoch remembers e as seen.
+func (s *State[S, U]) noteEpoch(e uint64) {
+	if n := len(s.epochs); n > 0 && s.epochs[n-1] == e || slices.Contains(s.epochs, e) {
+		return
+	}
+	if len(s.epochs) == maxEpochs {
+		s.epochs = append(s.epochs[:0], s.epochs[1:]...)
+	}
+	s.epochs = append(s.epochs, e)
 }
 
 // buffer keeps u for the next snapshot, dropping the oldest past the bound.
@@ -428,8 +448,18 @@ func (s *State[S, U]) pause() {
 func (s *State[S, U]) installLocked(snap Snapshot[S]) bool {
 	s.state, s.last, s.epoch = snap.State, snap.Last, snap.Epoch
 	s.have = true
-	// The stream is in the epoch of the newest update: a snapshot of
-	// another epoch is behind it (taken before the upstream restarted).
+	// The stream is in the epoch of the newest update: a snapshot of an
+	// epoch seen before is behind it (taken before the upstream restarted).
+	// A snapshot of an epoch never seen is ahead of every buffered update
+	// (the upstream restarted after they were sent): they are dropped, and
+	// the snapshot is the state.
+	newEpoch := !slices.Contains(s.epochs, snap.Epoch)
+	s.noteEpoch(snap.Epoch)
+	if n := len(s.buf); n > 0 && newEpoch {
+		s.st.Duplicates += int64(n)
+		clear(s.buf)
+		s.buf = s.buf[:0]
+	}
 	if n := len(s.buf); n > 0 {
 		if cur := s.position(s.buf[n-1]); cur.Epoch != snap.Epoch {
 			s.buf = slices.DeleteFunc(s.buf, func(u U) bool { return s.position(u).Epoch != cur.Epoch })
