@@ -287,7 +287,7 @@
 // WithStandby one per standby connection; the send-buffer flush, a rotation
 // and a requested close run on goroutines of their own only while they
 // work. At 10,000
-// idle feeds this is about 11-12 KiB resident per feed (bench/BENCHMARKS.md).
+// idle feeds this is about 12-13 KiB resident per feed (bench/BENCHMARKS.md).
 //
 // # Security
 //
