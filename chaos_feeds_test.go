@@ -740,7 +740,7 @@ type segment struct {
 	conn     int64
 	lastCseq int64 // the last cseq delivered (duplicates included)
 	firstNew int64 // the first fseq delivered that was not a duplicate (0: none)
-	lastF    int64 // the last such fseq
+	lastF    int64 // the feed's last fseq as of this segment's last delivery (its last new one, or the one its duplicates repeated)
 }
 
 func newSoakFeed(i int, seed uint64, v *violations, tally *sendTally, pool *wspool.Pool, url string) *soakFeed {
@@ -1007,6 +1007,11 @@ func (f *soakFeed) handle(ctx context.Context, m wspool.Message) error {
 	// gets what was published after it subscribed, and a rotation's
 	// overlap is what the duplicate filter removes.
 	if last := f.lastF.Load(); fseq <= last {
+		// The segment has seen the feed up to last: a rotation from it is
+		// checked against that, also when all it delivered were duplicates
+		// (seed 550103538: a replacement rotated again after one duplicate
+		// was reported as a gap from fseq 0).
+		f.seg.lastF = max(f.seg.lastF, last)
 		if f.mix.rotate > 0 && f.mix.queue != qNone {
 			f.dupPastFilter.Add(1) // queued: the filter compared with a handler behind the reader
 		} else {
