@@ -294,7 +294,7 @@ const maxEpochs = 16
 
 // noteEpoch remembers e as seen.
 func (s *State[S, U]) noteEpoch(e uint64) {
-	if n := len(s.epochs); n > 0 && s.epochs[n-1] == e || slices.Contains(s.epochs, e) {
+	if slices.Contains(s.epochs, e) {
 		return
 	}
 	if len(s.epochs) == maxEpochs {
